@@ -1,0 +1,143 @@
+"""Network <-> named tensors (the wire layout of API.md), with strict checks.
+
+Dense layout, ``L`` layers, ``i = 0 .. L-1`` input side first::
+
+    layers.{i}.weight   float32 [out_i, in_i]
+    layers.{i}.bias     float32 [out_i]
+
+``in_0 = input_dim``, ``out_{L-1} = output_dim`` and ``in_{i+1} = out_i`` (hidden
+widths may be smaller than the model spec's after neuron pruning).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from app.engine.network import F32, Network
+
+
+class TensorError(ValueError):
+    """A tensor set that does not describe the model. ``loc`` names the tensor."""
+
+    def __init__(self, loc: str, msg: str) -> None:
+        super().__init__(f"{loc}: {msg}")
+        self.loc = loc
+        self.msg = msg
+
+
+_NAME = re.compile(r"^layers\.(\d+)\.(weight|bias|weight_scale|weight_zero_point)$")
+
+
+def to_tensors(net: Network) -> dict[str, np.ndarray]:
+    """Dense float32 tensors of ``net`` in the API layout (contiguous arrays)."""
+    out: dict[str, np.ndarray] = {}
+    for i, (W, b) in enumerate(zip(net.weights, net.biases, strict=True)):
+        out[f"layers.{i}.weight"] = np.ascontiguousarray(W, dtype=F32)
+        out[f"layers.{i}.bias"] = np.ascontiguousarray(b, dtype=F32)
+    return out
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None) -> np.ndarray:
+    """``(q − zero_point) · scale`` as float32; scale / zero point are ``[out]`` or ``[]``."""
+    qf = q.astype(F32)
+    s = np.asarray(scale, dtype=F32)
+    if zero_point is not None:
+        zp = np.asarray(zero_point, dtype=F32)
+        if zp.ndim == 1:
+            zp = zp[:, None]
+        qf -= zp
+    if s.ndim == 1:
+        s = s[:, None]
+    return qf * s
+
+
+def from_tensors(
+    tensors: dict[str, np.ndarray],
+    *,
+    task: str,
+    activation: str,
+    input_dim: int,
+    output_dim: int,
+    n_layers: int,
+) -> Network:
+    """Check a tensor set against a model and build the (dequantized) float32 network.
+
+    Accepted: every layer has ``weight`` and ``bias``; a weight is float32, float16
+    or an integer tensor with ``weight_scale`` (float32 ``[out]`` or ``[]``) and
+    optionally ``weight_zero_point``. Raises :class:`TensorError` naming the first
+    offending tensor (unknown name, missing tensor, wrong rank, shape or dtype,
+    non-finite value).
+    """
+    layers: dict[int, dict[str, np.ndarray]] = {}
+    for name in sorted(tensors):
+        m = _NAME.match(name)
+        if not m:
+            raise TensorError(name, "unexpected tensor name (expected layers.{i}.weight / .bias)")
+        i = int(m.group(1))
+        if i >= n_layers:
+            raise TensorError(name, f"the model has {n_layers} layers (0..{n_layers - 1})")
+        layers.setdefault(i, {})[m.group(2)] = tensors[name]
+    weights: list[np.ndarray] = []
+    biases: list[np.ndarray] = []
+    fan_in = input_dim
+    for i in range(n_layers):
+        parts = layers.get(i, {})
+        for part in ("weight", "bias"):
+            if part not in parts:
+                raise TensorError(f"layers.{i}.{part}", "missing tensor")
+        W, b = parts["weight"], parts["bias"]
+        wname, bname = f"layers.{i}.weight", f"layers.{i}.bias"
+        if W.ndim != 2:
+            raise TensorError(wname, f"expected 2 dimensions [out, in], got shape {list(W.shape)}")
+        out = output_dim if i == n_layers - 1 else int(W.shape[0])
+        if W.shape != (out, fan_in) or out < 1:
+            raise TensorError(wname, f"expected shape [{out}, {fan_in}], got {list(W.shape)}")
+        if b.dtype != F32:
+            raise TensorError(bname, f"expected float32, got {b.dtype}")
+        if b.shape != (out,):
+            raise TensorError(bname, f"expected shape [{out}], got {list(b.shape)}")
+        if np.issubdtype(W.dtype, np.integer):
+            if "weight_scale" not in parts:
+                raise TensorError(f"layers.{i}.weight_scale", "an integer weight needs a scale")
+            scale = parts["weight_scale"]
+            zp = parts.get("weight_zero_point")
+            for nm, t in (("weight_scale", scale), ("weight_zero_point", zp)):
+                if t is None:
+                    continue
+                if t.shape not in ((), (out,)):
+                    raise TensorError(f"layers.{i}.{nm}", f"expected shape [] or [{out}], got {list(t.shape)}")
+            if scale.dtype != F32:
+                raise TensorError(f"layers.{i}.weight_scale", f"expected float32, got {scale.dtype}")
+            if not np.isfinite(scale).all() or (scale <= 0).any():
+                raise TensorError(f"layers.{i}.weight_scale", "scales must be finite and positive")
+            Wf = dequantize(W, scale, zp)
+        elif W.dtype in (F32, np.float16):
+            if "weight_scale" in parts or "weight_zero_point" in parts:
+                raise TensorError(f"layers.{i}.weight_scale", "scale given for a float weight")
+            Wf = W.astype(F32)
+        else:
+            raise TensorError(wname, f"expected float32, float16 or an integer type, got {W.dtype}")
+        if not np.isfinite(Wf).all():
+            raise TensorError(wname, "contains NaN or infinite values")
+        if not np.isfinite(b).all():
+            raise TensorError(bname, "contains NaN or infinite values")
+        weights.append(np.ascontiguousarray(Wf))
+        biases.append(np.ascontiguousarray(b))
+        fan_in = out
+    return Network(task, activation, weights, biases)
+
+
+def describe(tensors: dict[str, np.ndarray]) -> tuple[str, float]:
+    """(dtype label, sparsity) of a tensor set: the weights' storage dtype and the
+    share of exactly-zero weight entries over all weight matrices."""
+    dtypes = set()
+    zeros = total = 0
+    for name, t in tensors.items():
+        if name.endswith(".weight"):
+            dtypes.add(str(t.dtype))
+            zeros += int(t.size - np.count_nonzero(t))
+            total += int(t.size)
+    dtype = dtypes.pop() if len(dtypes) == 1 else ("mixed" if dtypes else "float32")
+    return dtype, (zeros / total if total else 0.0)

@@ -1,0 +1,246 @@
+"""Dense feed-forward networks in pure numpy (float32).
+
+A network is a list of layers ``i = 0 .. L-1`` (input side first). Layer ``i``
+has ``weights[i]`` of shape ``[out_i, in_i]`` and ``biases[i]`` of shape
+``[out_i]`` -- the layout of a PyTorch ``nn.Linear``. Hidden layers apply the
+network's ``activation``; the output layer applies the task's link:
+
+=============  ==================  ==========================================
+task           output link         per-sample loss  (z = pre-activation)
+=============  ==================  ==========================================
+regression     identity            ½‖ŷ − y‖²,           ∂ℓ/∂z = ŷ − y
+binary         sigmoid (out = 1)   −y log ŷ − (1−y) log(1−ŷ), ∂ℓ/∂z = ŷ − y
+multiclass     softmax (out ≥ 2)   −log ŷ_y,             ∂ℓ/∂z = ŷ − onehot(y)
+=============  ==================  ==========================================
+
+Shapes: ``X`` is ``[N, input_dim]`` float32. Targets ``Y`` are ``[N, out]``
+float32 for regression, ``[N]`` float32 in {0, 1} for binary, ``[N]`` int64
+class indices for multiclass.
+
+Nothing in this package performs I/O or imports from the web or database layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TASKS = ("regression", "binary", "multiclass")
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+F32 = np.float32
+_EPS = 1e-7  # probability clamp for the log in cross-entropy losses
+
+
+# --------------------------------------------------------------------------- activations
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic σ(z) = 1 / (1 + e^{−z}), float32."""
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``z`` [N, K]: exp(z − max) / Σ exp(z − max)."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def activate(name: str, z: np.ndarray) -> np.ndarray:
+    """Hidden activation ``a = f(z)`` for ``name`` in :data:`ACTIVATIONS`."""
+    if name == "relu":
+        return np.maximum(z, 0, dtype=z.dtype)
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "sigmoid":
+        return _sigmoid(z)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def activation_grad(name: str, a: np.ndarray) -> np.ndarray:
+    """f'(z) expressed through the activation's output ``a = f(z)``.
+
+    relu: 1[a > 0]; tanh: 1 − a²; sigmoid: a (1 − a).
+    """
+    if name == "relu":
+        return (a > 0).astype(a.dtype)
+    if name == "tanh":
+        return 1.0 - a * a
+    if name == "sigmoid":
+        return a * (1.0 - a)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def output_link(task: str, z: np.ndarray) -> np.ndarray:
+    """Output of the last layer: identity, sigmoid or softmax of ``z`` [N, out]."""
+    if task == "regression":
+        return z
+    if task == "binary":
+        return _sigmoid(z)
+    if task == "multiclass":
+        return _softmax(z)
+    raise ValueError(f"unknown task {task!r}")
+
+
+# --------------------------------------------------------------------------- network
+@dataclass
+class Network:
+    """Parameters of a dense network plus what is needed to run it.
+
+    ``weights[i]``: [out_i, in_i] float32, ``biases[i]``: [out_i] float32.
+    """
+
+    task: str
+    activation: str
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.weights[0].shape[1])
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.weights[-1].shape[0])
+
+    @property
+    def hidden(self) -> list[int]:
+        """Widths of the hidden layers (may differ from the model spec after neuron pruning)."""
+        return [int(w.shape[0]) for w in self.weights[:-1]]
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(w.size + b.size for w, b in zip(self.weights, self.biases, strict=True)))
+
+    def copy(self) -> Network:
+        return Network(
+            self.task,
+            self.activation,
+            [w.copy() for w in self.weights],
+            [b.copy() for b in self.biases],
+            dict(self.meta),
+        )
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        """Outputs ŷ [N, out] for inputs ``X`` [N, in] (after the output link)."""
+        a = np.asarray(X, dtype=F32)
+        last = len(self.weights) - 1
+        for i, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            z = a @ W.T
+            z += b
+            a = activate(self.activation, z) if i < last else z
+        return output_link(self.task, a)
+
+    def forward_trace(self, X: np.ndarray) -> list[np.ndarray]:
+        """Activations of every layer: ``[X, a_0, ..., a_{L-2}, ŷ]`` (for backprop)."""
+        acts = [np.asarray(X, dtype=F32)]
+        last = len(self.weights) - 1
+        for i, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            z = acts[-1] @ W.T
+            z += b
+            acts.append(activate(self.activation, z) if i < last else output_link(self.task, z))
+        return acts
+
+
+def labels(task: str, outputs: np.ndarray) -> np.ndarray | None:
+    """Class labels from outputs: binary 1 where ŷ ≥ 0.5, multiclass argmax; None for regression."""
+    if task == "binary":
+        return (outputs[:, 0] >= 0.5).astype(np.int64)
+    if task == "multiclass":
+        return outputs.argmax(axis=1).astype(np.int64)
+    return None
+
+
+def per_sample_loss(task: str, outputs: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Loss of each sample, shape [N] float64 (see the module table)."""
+    out = outputs.astype(np.float64)
+    if task == "regression":
+        y = np.asarray(Y, dtype=np.float64).reshape(out.shape)
+        return 0.5 * ((out - y) ** 2).sum(axis=1)
+    if task == "binary":
+        p = np.clip(out[:, 0], _EPS, 1 - _EPS)
+        y = np.asarray(Y, dtype=np.float64).reshape(-1)
+        return -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    if task == "multiclass":
+        idx = np.asarray(Y, dtype=np.int64).reshape(-1)
+        p = np.clip(out[np.arange(out.shape[0]), idx], _EPS, 1.0)
+        return -np.log(p)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def accuracy(task: str, outputs: np.ndarray, Y: np.ndarray) -> float | None:
+    """Share of correct labels, or None for regression."""
+    lab = labels(task, outputs)
+    if lab is None:
+        return None
+    y = np.asarray(Y).reshape(-1).astype(np.int64)
+    return float((lab == y).mean()) if y.size else None
+
+
+def output_delta(task: str, outputs: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """∂ℓ/∂z for the output pre-activation, [N, out] float32 (ŷ − target)."""
+    if task == "regression":
+        return outputs - np.asarray(Y, dtype=F32).reshape(outputs.shape)
+    if task == "binary":
+        return outputs - np.asarray(Y, dtype=F32).reshape(-1, 1)
+    if task == "multiclass":
+        d = outputs.copy()
+        d[np.arange(d.shape[0]), np.asarray(Y, dtype=np.int64).reshape(-1)] -= 1.0
+        return d
+    raise ValueError(f"unknown task {task!r}")
+
+
+def gradients(
+    net: Network, X: np.ndarray, Y: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Mean gradient of the per-sample loss over the batch, by backpropagation.
+
+    Returns ``(dW, db, outputs)`` with ``dW[i]`` shaped like ``weights[i]``,
+    ``db[i]`` like ``biases[i]`` and ``outputs`` the forward pass ŷ [N, out].
+    ``dW[i] = δ_iᵀ a_{i-1} / N``, ``db[i] = Σ_n δ_i / N``,
+    ``δ_{i-1} = (δ_i W_i) ⊙ f'(a_{i-1})``.
+    """
+    acts = net.forward_trace(X)
+    n = acts[0].shape[0]
+    delta = output_delta(net.task, acts[-1], Y)
+    if n != 1:
+        delta /= F32(n)
+    L = len(net.weights)
+    dW: list[np.ndarray] = [None] * L  # type: ignore[list-item]
+    db: list[np.ndarray] = [None] * L  # type: ignore[list-item]
+    for i in range(L - 1, -1, -1):
+        dW[i] = delta.T @ acts[i]
+        db[i] = delta.sum(axis=0)
+        if i:
+            delta = (delta @ net.weights[i]) * activation_grad(net.activation, acts[i])
+    return dW, db, acts[-1]
+
+
+# --------------------------------------------------------------------------- init
+def init_network(
+    task: str, activation: str, input_dim: int, output_dim: int, hidden: list[int], seed: int
+) -> Network:
+    """Deterministic initial parameters for ``seed``.
+
+    Hidden layers use He-normal, std = √(2 / fan_in), for relu and Glorot-uniform,
+    limit = √(6 / (fan_in + fan_out)), for tanh / sigmoid; the output layer always
+    uses Glorot-uniform. Biases start at 0. Drawn from ``np.random.default_rng(seed)``.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = [input_dim, *hidden, output_dim]
+    weights, biases = [], []
+    for i in range(len(sizes) - 1):
+        fan_in, fan_out = sizes[i], sizes[i + 1]
+        is_hidden = i < len(sizes) - 2
+        if is_hidden and activation == "relu":
+            W = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)
+        else:
+            lim = np.sqrt(6.0 / (fan_in + fan_out))
+            W = rng.uniform(-lim, lim, size=(fan_out, fan_in))
+        weights.append(W.astype(F32))
+        biases.append(np.zeros(fan_out, dtype=F32))
+    return Network(task, activation, weights, biases)
