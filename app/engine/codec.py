@@ -107,7 +107,9 @@ def from_tensors(
                 if t is None:
                     continue
                 if t.shape not in ((), (out,)):
-                    raise TensorError(f"layers.{i}.{nm}", f"expected shape [] or [{out}], got {list(t.shape)}")
+                    raise TensorError(
+                        f"layers.{i}.{nm}", f"expected shape [] or [{out}], got {list(t.shape)}"
+                    )
             if scale.dtype != F32:
                 raise TensorError(f"layers.{i}.weight_scale", f"expected float32, got {scale.dtype}")
             if not np.isfinite(scale).all() or (scale <= 0).any():

@@ -1,0 +1,53 @@
+"""/v1/keys (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from app.api.deps import AdminKey, Ctx, PageParams
+from app.schemas.common import Page, problem_responses
+from app.schemas.keys import KeyCreate, KeyCreated, KeyOut
+
+router = APIRouter(tags=["keys"])
+
+
+@router.post(
+    "/keys",
+    status_code=201,
+    response_model=KeyCreated,
+    summary="Create an API key (the secret is shown in this answer only)",
+    responses=problem_responses(400, 401, 403, 422),
+    operation_id="create_key",
+)
+def create_key(body: KeyCreate, ctx: Ctx, _: AdminKey) -> KeyCreated:
+    with ctx.db.write() as s:
+        return ctx.keys.create(s, body)
+
+
+@router.get(
+    "/keys",
+    response_model=Page[KeyOut],
+    summary="List active API keys (never their secrets)",
+    responses=problem_responses(401, 403, 422),
+    operation_id="list_keys",
+)
+def list_keys(ctx: Ctx, _: AdminKey, page: PageParams) -> Page[KeyOut]:
+    limit, cursor = page
+    with ctx.db.read() as s:
+        items, nxt = ctx.keys.page(s, cursor=cursor, limit=limit)
+    return Page[KeyOut](items=items, next_cursor=nxt)
+
+
+@router.delete(
+    "/keys/{key_id}",
+    status_code=204,
+    summary="Revoke an API key at once",
+    responses=problem_responses(401, 403, 404, 422),
+    operation_id="revoke_key",
+)
+def revoke_key(key_id: Annotated[str, Path(max_length=64)], ctx: Ctx, _: AdminKey) -> Response:
+    with ctx.db.write() as s:
+        ctx.keys.revoke(s, key_id)
+    return Response(status_code=204)

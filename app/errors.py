@@ -1,0 +1,212 @@
+"""The error tree, rendered once as ``application/problem+json`` (RFC 9457).
+
+::
+
+    StewardError            500  base; carries status, title, detail, errors
+    ├── BadRequest          400  malformed JSON / NDJSON line, unreadable upload
+    ├── Unauthorized        401  missing or unknown API key
+    ├── Forbidden           403  key lacks the scope or the model
+    ├── NotFound            404  unknown model, version, alias, job, export
+    ├── Conflict            409  name exists; state does not allow the operation
+    ├── PayloadTooLarge     413  body over STEWARD_MAX_BODY_BYTES
+    └── Invalid             422  well-formed but invalid (shape, dtype, non-finite…)
+
+Services raise these; :func:`install` registers the one handler that renders
+them, plus FastAPI's own validation errors and Starlette's HTTP errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger("steward")
+
+PROBLEM = "application/problem+json"
+TYPE_BASE = "https://steward.dev/problems/"
+
+Loc = list[str | int]
+
+
+class StewardError(Exception):
+    status = 500
+    title = "Internal Server Error"
+    slug = "internal"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": TYPE_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors is not None:
+            out["errors"] = self.errors
+        out.update(self.extra)
+        return out
+
+
+class BadRequest(StewardError):
+    status, title, slug = 400, "Bad Request", "bad-request"
+
+
+class Unauthorized(StewardError):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+    def __init__(self, detail: str, **kw: Any) -> None:
+        kw.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="steward"'})
+        super().__init__(detail, **kw)
+
+
+class Forbidden(StewardError):
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class NotFound(StewardError):
+    status, title, slug = 404, "Not Found", "not-found"
+
+
+class MethodNotAllowed(StewardError):
+    status, title, slug = 405, "Method Not Allowed", "method-not-allowed"
+
+
+class Conflict(StewardError):
+    status, title, slug = 409, "Conflict", "conflict"
+
+
+class PayloadTooLarge(StewardError):
+    status, title, slug = 413, "Content Too Large", "payload-too-large"
+
+
+class UnsupportedMediaType(StewardError):
+    status, title, slug = 415, "Unsupported Media Type", "unsupported-media-type"
+
+
+class Invalid(StewardError):
+    """422 with one or more ``{"loc": [...], "msg": ...}`` entries."""
+
+    status, title, slug = 422, "Unprocessable Content", "validation"
+
+    @classmethod
+    def at(cls, loc: Loc, msg: str, detail: str | None = None) -> Invalid:
+        where = ".".join(str(p) for p in loc)
+        return cls(detail or f"{where}: {msg}", errors=[{"loc": list(loc), "msg": msg}])
+
+
+def problem(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _render(exc: StewardError) -> Response:
+    return problem(exc.status, exc.body(), exc.headers)
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe copy of a pydantic error's input/ctx (may hold exceptions or bytes)."""
+    try:
+        orjson.dumps(v)
+        return v
+    except TypeError:
+        return str(v)
+
+
+def validation_problem(errors: list[dict[str, Any]]) -> StewardError:
+    """Map pydantic errors to our 400 (malformed JSON) or 422 (invalid) problem."""
+    items = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")} for e in errors
+    ]
+    if any(e.get("type") == "json_invalid" for e in errors):
+        first = errors[0]
+        ctx = first.get("ctx", {}) or {}
+        return BadRequest(f"malformed JSON body: {ctx.get('error', first.get('msg'))}", errors=items)
+    first = items[0] if items else {"loc": [], "msg": "invalid"}
+    where = ".".join(str(p) for p in first["loc"])
+    more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+    return Invalid(f"{where}: {first['msg']}{more}", errors=items)
+
+
+async def _steward_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StewardError)
+    if exc.status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc.detail)
+    return _render(exc)
+
+
+async def _validation_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return _render(validation_problem(list(exc.errors())))
+
+
+_HTTP = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    405: MethodNotAllowed,
+    409: Conflict,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: Invalid,
+}
+
+
+async def _http_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    cls = _HTTP.get(exc.status_code)
+    if cls is None:
+        body = {
+            "type": "about:blank",
+            "title": str(exc.detail),
+            "status": exc.status_code,
+            "detail": str(exc.detail),
+        }
+        return problem(exc.status_code, body, dict(exc.headers or {}))
+    detail = str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no such resource: {request.url.path}"
+    if exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    err = cls(detail)
+    err.headers.update(dict(exc.headers or {}))
+    return _render(err)
+
+
+async def _unhandled(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(
+        500,
+        {
+            "type": TYPE_BASE + "internal",
+            "title": "Internal Server Error",
+            "status": 500,
+            "detail": "an unexpected error occurred; it has been logged",
+        },
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register the problem+json handlers on ``app``."""
+    app.add_exception_handler(StewardError, _steward_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(Exception, _unhandled)

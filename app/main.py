@@ -1,0 +1,154 @@
+"""The ASGI app. ``create_app(settings)`` builds one; ``app`` is what ``uvicorn
+app.main:app`` serves. The lifespan owns every resource: database engine, blob
+store, caches, and the background worker and learner threads."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import errors
+from app.api import keys, models, ops, predict, versions
+from app.context import AppContext
+from app.errors import PayloadTooLarge
+from app.settings import Settings
+from app.store.migrate import upgrade
+
+log = logging.getLogger("steward")
+
+DESCRIPTION = """
+**Steward keeps deployed models healthy after they ship.**
+
+Production apps POST fresh labelled samples; Steward learns from them online
+(test-then-train, exact per-sample steps, crash-proof replay), retrains in queued
+batch jobs, prunes and quantizes models to make them smaller, and migrates them to
+ONNX / PyTorch and to new tasks. Every step makes a new **immutable, traceable
+version**; aliases (`production`, …) promote and roll back.
+
+* Authenticate with `Authorization: Bearer <api key>` (the **Authorize** button).
+  Scopes: `read` < `ingest` < `maintain` < `admin`.
+* Every error is `application/problem+json` (RFC 9457) naming the offending field.
+* Parameters travel as safetensors: `layers.{i}.weight` `[out, in]`, `layers.{i}.bias`.
+"""
+
+TAGS = [
+    {"name": "models", "description": "Create, list, inspect and delete models; aliases."},
+    {"name": "versions", "description": "Immutable versions: metadata, weight downloads, imports."},
+    {"name": "predict", "description": "Predict and evaluate with any version."},
+    {"name": "keys", "description": "API keys (admin)."},
+    {"name": "operations", "description": "Health, readiness and Prometheus metrics."},
+]
+
+
+class LimitAndMeasure:
+    """Pure ASGI middleware: refuses bodies over the limit (413) and records
+    request counts and latency per route template."""
+
+    def __init__(self, app: ASGIApp, get_ctx: Any) -> None:
+        self.app = app
+        self.get_ctx = get_ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx: AppContext = self.get_ctx()
+        limit = ctx.settings.max_body_bytes
+        for k, v in scope.get("headers", ()):
+            if k == b"content-length" and v.isdigit() and int(v) > limit:
+                err = PayloadTooLarge(f"body of {int(v)} bytes exceeds the limit of {limit} bytes")
+                resp = errors.problem(413, err.body())
+                await resp(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            return msg
+
+        status = 500
+        t0 = time.perf_counter()
+
+        async def sending(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, limited, sending)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            ctx.metrics.requests.labels(scope["method"], path, str(status)).inc()
+            ctx.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - t0)
+
+
+def _announce_admin_key(secret: str) -> None:
+    msg = (
+        "\n" + "=" * 72 + "\nSteward generated an admin API key. It is shown ONCE; store it now:\n\n"
+        f"    {secret}\n\n" + "=" * 72 + "\n"
+    )
+    sys.stderr.write(msg)
+    sys.stderr.flush()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for ``settings`` (default: from the environment / .env)."""
+    holder: dict[str, AppContext] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cfg = settings or Settings()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(cfg.url)
+        ctx = AppContext.build(cfg)
+        with ctx.db.write() as s:
+            secret = ctx.keys.ensure_admin(s)
+        if secret:
+            _announce_admin_key(secret)
+        holder["ctx"] = ctx
+        app.state.ctx = ctx
+        from app.background import start_background
+
+        stop = start_background(ctx)
+        try:
+            yield
+        finally:
+            stop()
+            ctx.close()
+
+    app = FastAPI(
+        title="Steward",
+        version="0.1.0",
+        summary="Keeps deployed ML models healthy: online learning, retraining, pruning, quantization, migration.",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.add_middleware(LimitAndMeasure, get_ctx=lambda: holder["ctx"])
+    for r in (models.router, versions.router, predict.router, keys.router):
+        app.include_router(r, prefix="/v1")
+    app.include_router(ops.router)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # ``uvicorn app.main:app`` builds the app lazily, so importing this module
+    # creates no engine, session or settings object.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,348 @@
+"""Immutable versions: store a network as a blob + row, load one back, resolve
+``version`` / ``alias`` references, serve downloads, import uploads.
+
+The stored blob is a canonical safetensors file whose ``__metadata__`` holds no
+per-version data, so the same parameters always have the same sha256 (an
+import of a downloaded file reproduces its source's sha256). Downloads carry
+the model name, version and task in ``__metadata__``: the header is rewritten
+on the fly and the tensor bytes are streamed from the blob unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import safetensors.numpy as stnp
+from sqlalchemy.orm import Session
+
+from app.engine import codec
+from app.engine.network import Network
+from app.errors import BadRequest, Invalid, NotFound, PayloadTooLarge
+from app.store.blobs import BlobStore
+from app.store.models import Model, Version, utcnow
+from app.store.repositories import AliasRepository, ExportRepository, VersionRepository
+
+FORMAT = "steward/1"
+
+
+# --------------------------------------------------------------------------- encoding
+def encode(tensors: dict[str, np.ndarray], encoding: str = "dense") -> bytes:
+    """Canonical safetensors bytes of a tensor set (no per-version metadata)."""
+    ordered = {k: tensors[k] for k in sorted(tensors)}
+    return stnp.save(ordered, metadata={"format": FORMAT, "encoding": encoding})
+
+
+def read_header(data: bytes | memoryview, *, max_header: int) -> tuple[dict[str, Any], int]:
+    """Parse and check a safetensors header without trusting it.
+
+    Returns ``(header, data_start)``. Raises :class:`BadRequest` for anything that
+    is not a well-formed safetensors file (too short, header too big or not JSON,
+    offsets outside the file, overlapping or with gaps).
+    """
+    if len(data) < 8:
+        raise BadRequest("not a safetensors file: shorter than its 8-byte header length")
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
+    if n > max_header:
+        raise PayloadTooLarge(f"safetensors header of {n} bytes exceeds the limit of {max_header}")
+    if 8 + n > len(data):
+        raise BadRequest("not a safetensors file: header length points past the end of the body")
+    try:
+        header = json.loads(bytes(data[8 : 8 + n]))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"not a safetensors file: header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise BadRequest("not a safetensors file: header is not a JSON object")
+    return header, 8 + n
+
+
+_DTYPES = {"F32": 4, "F16": 2, "I8": 1, "U8": 1, "BF16": 2, "F64": 8, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
+
+
+def decode_upload(data: bytes, *, max_header: int) -> dict[str, np.ndarray]:
+    """Load an uploaded safetensors body into numpy arrays, after checking its header."""
+    header, start = read_header(data, max_header=max_header)
+    body_len = len(data) - start
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise BadRequest("__metadata__ must map strings to strings")
+            continue
+        if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"}:
+            raise BadRequest(f"tensor {name!r}: malformed header entry")
+        dt, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dt not in _DTYPES:
+            raise Invalid.at(["body", name], f"unsupported dtype {dt!r}")
+        if (
+            not isinstance(shape, list)
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or len(shape) > 8
+        ):
+            raise BadRequest(f"tensor {name!r}: malformed shape")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+            raise BadRequest(f"tensor {name!r}: malformed data_offsets")
+        a, b = offs
+        if not 0 <= a <= b <= body_len or (b - a) != int(np.prod(shape, dtype=np.int64)) * _DTYPES[dt]:
+            raise BadRequest(f"tensor {name!r}: data_offsets do not match its shape and the file size")
+        spans.append((a, b))
+    spans.sort()
+    pos = 0
+    for a, b in spans:
+        if a != pos:
+            raise BadRequest("safetensors tensors overlap or leave gaps")
+        pos = b
+    if pos != body_len:
+        raise BadRequest("safetensors file has trailing bytes")
+    try:
+        return stnp.load(bytes(data))
+    except Exception as e:  # the library's own checks, as a last line
+        raise BadRequest(f"unreadable safetensors file: {e}") from None
+
+
+def architecture(net: Network) -> list[int]:
+    return [net.input_dim, *net.hidden, net.output_dim]
+
+
+# --------------------------------------------------------------------------- cache
+class NetworkCache:
+    """Loaded, dequantized networks by blob sha256 (LRU bounded in bytes), so a
+    quantized or sparse version is decoded once, not per request."""
+
+    def __init__(self, max_bytes: int = 512 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._d: OrderedDict[str, tuple[Network, int]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, sha: str) -> Network | None:
+        with self._lock:
+            hit = self._d.get(sha)
+            if hit is None:
+                return None
+            self._d.move_to_end(sha)
+            return hit[0]
+
+    def put(self, sha: str, net: Network) -> None:
+        size = net.n_params * 4
+        with self._lock:
+            if sha in self._d:
+                return
+            self._d[sha] = (net, size)
+            self._size += size
+            while self._size > self.max_bytes and len(self._d) > 1:
+                _, (_, s) = self._d.popitem(last=False)
+                self._size -= s
+
+
+# --------------------------------------------------------------------------- service
+class VersionService:
+    """Everything about versions; callers pass the Session of their unit of work."""
+
+    def __init__(self, blobs: BlobStore, cache: NetworkCache, max_header: int) -> None:
+        self.blobs = blobs
+        self.cache = cache
+        self.max_header = max_header
+
+    # ---- create
+    def create(
+        self,
+        s: Session,
+        model: Model,
+        *,
+        operation: str,
+        net: Network | None = None,
+        tensors: dict[str, np.ndarray] | None = None,
+        encoding: str = "dense",
+        parent: int | None,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        applied_through: int | None = None,
+        state: bytes | None = None,
+        job_id: str | None = None,
+        dtype: str | None = None,
+        sparsity: float | None = None,
+    ) -> Version:
+        """Write the blob (fsynced) and add the next version row, in ``s``'s transaction.
+
+        Give ``net`` (stored dense float32) or already-encoded ``tensors`` plus
+        ``encoding`` (quantized / sparse forms made by the engine). The caller must
+        hold the model row lock (services lock it with ``for_update``).
+        """
+        if tensors is None:
+            assert net is not None
+            tensors = codec.to_tensors(net)
+        data = encode(tensors, encoding)
+        sha, size = self.blobs.put(data)
+        state_sha = self.blobs.put(state)[0] if state is not None else None
+        if net is None:
+            net = self.decode(model, tensors, encoding)
+        d, sp = codec.describe(tensors)
+        repo = VersionRepository(s)
+        number = repo.latest_number(model.id) + 1
+        row = Version(
+            model_id=model.id,
+            version=number,
+            parent=parent,
+            operation=operation,
+            params=params or {},
+            metrics=metrics or {},
+            blob_sha256=sha,
+            size_bytes=size,
+            dtype=dtype or d,
+            sparsity=float(sparsity if sparsity is not None else sp),
+            encoding=encoding,
+            architecture=architecture(net),
+            applied_through=applied_through,
+            state_sha256=state_sha,
+            job_id=job_id,
+            created_at=utcnow(),
+        )
+        repo.add(row)
+        model.updated_at = utcnow()
+        self.cache.put(sha, net)
+        return row
+
+    # ---- read
+    def decode(self, model: Model, tensors: dict[str, np.ndarray], encoding: str = "dense") -> Network:
+        """Stored or uploaded tensors → float32 Network (checks names, shapes, dtypes, finiteness)."""
+        if encoding == "sparse" or any(k.endswith((".mask", ".values", ".shape")) for k in tensors):
+            from app.engine import sparse
+
+            tensors = sparse.decode(tensors)
+        net = codec.from_tensors(
+            tensors,
+            task=model.task,
+            activation=model.activation,
+            input_dim=model.input_dim,
+            output_dim=model.output_dim,
+            n_layers=len(model.hidden) + 1,
+        )
+        return net
+
+    def load(self, model: Model, v: Version) -> Network:
+        """The float32 network of version ``v`` (cached by sha256)."""
+        net = self.cache.get(v.blob_sha256)
+        if net is None:
+            tensors = stnp.load_file(str(self.blobs.path(v.blob_sha256)))
+            net = self.decode(model, tensors, v.encoding)
+            self.cache.put(v.blob_sha256, net)
+        return net
+
+    def stored_tensors(self, v: Version) -> dict[str, np.ndarray]:
+        return stnp.load_file(str(self.blobs.path(v.blob_sha256)))
+
+    def get(self, s: Session, model: Model, number: int) -> Version:
+        v = VersionRepository(s).get(model.id, number)
+        if v is None:
+            raise NotFound(f"model {model.name!r} has no version {number}")
+        return v
+
+    def resolve(self, s: Session, model: Model, *, version: int | None, alias: str | None) -> Version:
+        """A version by number, by alias (``latest`` implicit) or by default
+        (alias ``production`` if set, else latest)."""
+        if version is not None:
+            return self.get(s, model, version)
+        if alias is None:
+            a = AliasRepository(s).get(model.id, "production")
+            if a is not None:
+                return self.get(s, model, a.version)
+            alias = "latest"
+        if alias == "latest":
+            v = VersionRepository(s).latest(model.id)
+            if v is None:
+                raise NotFound(f"model {model.name!r} has no versions")
+            return v
+        a = AliasRepository(s).get(model.id, alias)
+        if a is None:
+            raise NotFound(f"model {model.name!r} has no alias {alias!r}")
+        return self.get(s, model, a.version)
+
+    def resolve_ref(self, s: Session, model: Model, ref: int | str | None) -> Version:
+        """``from``-style reference: a version number, an alias name, or None (latest)."""
+        if ref is None:
+            return self.resolve(s, model, version=None, alias="latest")
+        if isinstance(ref, int):
+            return self.get(s, model, ref)
+        return self.resolve(s, model, version=None, alias=ref)
+
+    def exports(self, s: Session, v: Version) -> list[dict[str, Any]]:
+        return [
+            {
+                "target": e.target,
+                "sha256": e.blob_sha256,
+                "size_bytes": e.size_bytes,
+                "media_type": e.media_type,
+                "created_at": e.created_at.isoformat(),
+            }
+            for e in ExportRepository(s).for_version(v.id)
+        ]
+
+    # ---- download
+    def download(self, model: Model, v: Version) -> tuple[Iterator[bytes], int]:
+        """The dense API-layout safetensors file of ``v`` with name / version / task
+        in ``__metadata__``: (chunks, total length). Quantized versions keep their
+        integer weights + scales; sparse storage is densified."""
+        path = self.blobs.path(v.blob_sha256)
+        meta = {
+            "format": FORMAT,
+            "model": model.name,
+            "version": str(v.version),
+            "task": model.task,
+            "activation": model.activation,
+            "operation": v.operation,
+        }
+        if v.encoding == "sparse":
+            from app.engine import sparse
+
+            tensors = sparse.decode(stnp.load_file(str(path)))
+            meta["encoding"] = "dense"
+            data = stnp.save(tensors, metadata=meta)
+            return iter([data]), len(data)
+        with path.open("rb") as f:
+            head8 = f.read(8)
+            (n,) = struct.unpack("<Q", head8)
+            header = json.loads(f.read(n))
+        meta["encoding"] = v.encoding
+        header["__metadata__"] = meta
+        new_head = json.dumps(header, separators=(",", ":")).encode()
+        new_head += b" " * (-len(new_head) % 8)
+        body_len = path.stat().st_size - 8 - n
+
+        def chunks() -> Iterator[bytes]:
+            yield struct.pack("<Q", len(new_head)) + new_head
+            with path.open("rb") as f:
+                f.seek(8 + n)
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        return chunks(), 8 + len(new_head) + body_len
+
+    # ---- import
+    def import_safetensors(self, s: Session, model: Model, data: bytes) -> Version:
+        """Create an ``import`` version from an uploaded safetensors file."""
+        tensors = decode_upload(data, max_header=self.max_header)
+        if not tensors:
+            raise Invalid.at(["body"], "the file holds no tensors")
+        try:
+            net = self.decode(model, tensors)
+        except codec.TensorError as e:
+            raise Invalid.at(["body", e.loc], e.msg) from None
+        quantized = any(t.dtype != np.float32 for t in tensors.values())
+        latest = VersionRepository(s).latest_number(model.id)
+        stored = {k: np.ascontiguousarray(t) for k, t in tensors.items()}
+        return self.create(
+            s,
+            model,
+            operation="import",
+            net=net,
+            tensors=stored,
+            encoding="quantized" if quantized else "dense",
+            parent=latest or None,
+            params={"format": "safetensors", "bytes": len(data)},
+        )

@@ -1,0 +1,65 @@
+"""Configuration: one :class:`Settings`, read from ``STEWARD_*`` variables and ``.env``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Nothing here is read at import time: build one per app."""
+
+    model_config = SettingsConfigDict(env_prefix="STEWARD_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Blobs and the default SQLite file live here.")
+    database_url: str | None = Field(
+        None, description="sqlite:///path or postgresql+psycopg://…; default: SQLite in data_dir."
+    )
+    admin_key: str | None = Field(None, description="An admin API key accepted from start-up.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Request body limit (413 past it).")
+    max_header_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest safetensors / ONNX header accepted on import."
+    )
+    metrics_enabled: bool = Field(True, description="Serve /metrics (open).")
+    sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=1, description="How long Idempotency-Keys are kept.")
+    run_worker: bool = Field(True, description="Run a job worker thread inside the API process.")
+    run_learner: bool = Field(True, description="Run the online learner inside the API process.")
+    job_lease_seconds: float = Field(30.0, gt=0)
+    job_max_attempts: int = Field(3, ge=1)
+    worker_poll_seconds: float = Field(0.2, gt=0)
+    learner_poll_seconds: float = Field(0.05, gt=0)
+    learner_lease_seconds: float = Field(15.0, gt=0)
+    learner_window: int = Field(1000, ge=10, description="Size of the recent prequential window.")
+    max_params: int = Field(100_000_000, ge=1, description="Largest network (parameters) a client may create")
+    page_limit_max: int = Field(500, ge=1)
+    access_log: bool = Field(False)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not (v.startswith("sqlite") or v.startswith("postgresql")):
+            raise ValueError("STEWARD_DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL")
+        if v.startswith("postgresql://") or v.startswith("postgres://"):
+            v = "postgresql+psycopg://" + v.split("://", 1)[1]
+        return v
+
+    @model_validator(mode="after")
+    def _fill(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        return self
+
+    @property
+    def url(self) -> str:
+        """The effective database URL."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'steward.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"

@@ -1,0 +1,76 @@
+"""Content-addressed blob store on the local file system.
+
+A blob lives at ``<root>/<sha[:2]>/<sha>``. :meth:`BlobStore.put` writes a temp
+file in the same directory, fsyncs it, renames it into place and fsyncs the
+directory, so a blob is durable before the database row pointing to it
+commits. Rewriting an existing blob is a no-op (same bytes, same name). An
+unreferenced blob is garbage, never a half-made version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError("not a sha256 hex digest")
+        return self.root / sha256[:2] / sha256
+
+    def put(self, data: bytes | memoryview) -> tuple[str, int]:
+        """Store ``data`` durably; returns ``(sha256, size)``."""
+        sha = hashlib.sha256(data).hexdigest()
+        target = self.path(sha)
+        if target.exists() and target.stat().st_size == len(data):
+            return sha, len(data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dfd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return sha, len(data)
+
+    def get(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).exists()
+
+    def stream(self, sha256: str) -> Iterator[bytes]:
+        with self.path(sha256).open("rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    def check(self) -> None:
+        """Raise unless the store is writable and readable (used by /readyz)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".ready-")
+        try:
+            os.write(fd, b"ok")
+            os.close(fd)
+            if Path(tmp).read_bytes() != b"ok":
+                raise OSError("blob store read back different bytes")
+        finally:
+            Path(tmp).unlink(missing_ok=True)

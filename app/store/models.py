@@ -1,0 +1,207 @@
+"""SQLAlchemy 2 typed table models. The schema itself exists only through Alembic
+migrations (``migrations/``); a test checks that both agree on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC timestamp on both databases (SQLite drops the zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        float: sa.Float(),
+        dict[str, Any]: sa.JSON(),
+        list[Any]: sa.JSON(),
+    }
+
+
+class Model(Base):
+    """A named dense network and its online-learning state."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    task: Mapped[str] = mapped_column(sa.String(16))
+    input_dim: Mapped[int]
+    output_dim: Mapped[int]
+    hidden: Mapped[list[Any]]
+    activation: Mapped[str] = mapped_column(sa.String(16))
+    optimizer: Mapped[dict[str, Any]]
+    checkpoint_every: Mapped[int]
+    seed: Mapped[int] = mapped_column(sa.BigInteger)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    tags: Mapped[dict[str, Any]]
+    guard: Mapped[dict[str, Any]]
+    lineage: Mapped[dict[str, Any] | None]
+    status: Mapped[str] = mapped_column(sa.String(16), default="active")
+    status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    paused_offset: Mapped[int | None] = mapped_column(sa.BigInteger)
+    next_offset: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Version(Base):
+    """An immutable version: a blob (by sha256) plus metadata and lineage."""
+
+    __tablename__ = "versions"
+    __table_args__ = (sa.UniqueConstraint("model_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int]
+    parent: Mapped[int | None]
+    operation: Mapped[str] = mapped_column(sa.String(16))
+    params: Mapped[dict[str, Any]]
+    metrics: Mapped[dict[str, Any]]
+    blob_sha256: Mapped[str] = mapped_column(sa.String(64))
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    dtype: Mapped[str] = mapped_column(sa.String(16))
+    sparsity: Mapped[float]
+    encoding: Mapped[str] = mapped_column(sa.String(16), default="dense")
+    architecture: Mapped[list[Any]]
+    applied_through: Mapped[int | None] = mapped_column(sa.BigInteger)
+    state_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    job_id: Mapped[str | None] = mapped_column(sa.String(36), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Alias(Base):
+    __tablename__ = "aliases"
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    version: Mapped[int]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128))
+    scope: Mapped[str] = mapped_column(sa.String(16))
+    models: Mapped[list[Any] | None]
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class SampleBatch(Base):
+    """One accepted /update request: packed float32 inputs and targets, offsets
+    ``first_offset .. first_offset + count − 1``."""
+
+    __tablename__ = "sample_batches"
+    __table_args__ = (sa.UniqueConstraint("model_id", "first_offset"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    first_offset: Mapped[int] = mapped_column(sa.BigInteger)
+    count: Mapped[int]
+    x: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    y: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(sa.String(64))
+    response: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Learner(Base):
+    """Who holds a model's online learner (lease) and its last published progress."""
+
+    __tablename__ = "learners"
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[datetime | None]
+    applied_through: Mapped[int] = mapped_column(sa.BigInteger, default=-1)
+    metrics: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (sa.Index("ix_jobs_status_run_after", "status", "run_after"),)
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    model_name: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    progress: Mapped[float] = mapped_column(default=0.0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int]
+    params: Mapped[dict[str, Any]]
+    result: Mapped[dict[str, Any] | None]
+    error: Mapped[dict[str, Any] | None]
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[datetime | None]
+    run_after: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Export(Base):
+    """A verified artifact of a version for another runtime (content-addressed blob)."""
+
+    __tablename__ = "exports"
+    __table_args__ = (sa.UniqueConstraint("version_id", "target"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(sa.ForeignKey("versions.id", ondelete="CASCADE"))
+    target: Mapped[str] = mapped_column(sa.String(16))
+    blob_sha256: Mapped[str] = mapped_column(sa.String(64))
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    media_type: Mapped[str] = mapped_column(sa.String(64))
+    filename: Mapped[str] = mapped_column(sa.String(128))
+    meta: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
