@@ -11,6 +11,12 @@ from app.context import AppContext
 def start_background(ctx: AppContext) -> Callable[[], None]:
     """Start what the settings ask for; return a function that stops it all gracefully."""
     stops: list[Callable[[], None]] = []
+    if ctx.settings.run_worker:
+        from app.worker.handlers import HANDLERS
+        from app.worker.runner import Worker
+
+        worker = Worker(ctx, HANDLERS).start()
+        stops.append(worker.stop)
 
     def stop() -> None:
         for fn in reversed(stops):

@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from app.services.jobs import JobService
 from app.services.keys import KeyService
 from app.services.models import ModelService
 from app.services.predict import PredictService
@@ -14,6 +15,7 @@ from app.services.versions import NetworkCache, VersionService
 from app.settings import Settings
 from app.store.blobs import BlobStore
 from app.store.db import Database
+from app.worker.queue import Queue
 
 
 class Metrics:
@@ -22,9 +24,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "steward_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
-        )
+        self.requests = Counter("steward_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
         self.latency = Histogram(
             "steward_http_request_seconds", "HTTP request latency", ["method", "route"], registry=r
         )
@@ -34,9 +34,7 @@ class Metrics:
         self.samples_applied = Counter(
             "steward_samples_applied", "Samples applied by the online learner", ["model"], registry=r
         )
-        self.learner_lag = Gauge(
-            "steward_learner_lag", "Accepted but not yet applied samples", ["model"], registry=r
-        )
+        self.learner_lag = Gauge("steward_learner_lag", "Accepted but not yet applied samples", ["model"], registry=r)
         self.learner_step_seconds = Histogram(
             "steward_learner_step_seconds",
             "Mean seconds per learner step, observed per applied chunk",
@@ -58,7 +56,9 @@ class AppContext:
     models: ModelService
     predict: PredictService
     keys: KeyService
+    jobs: JobService
     extras: dict[str, Any] = field(default_factory=dict)
+    batch: Any = None
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:
@@ -74,7 +74,13 @@ class AppContext:
             models=ModelService(versions, settings.max_params),
             predict=PredictService(versions),
             keys=KeyService(settings.admin_key),
+            jobs=JobService(db, Queue(db, settings.job_lease_seconds), settings.job_max_attempts),
         )
+
+    def __post_init__(self) -> None:
+        from app.services.batch import BatchService
+
+        self.batch = BatchService(self)
 
     def close(self) -> None:
         self.db.dispose()

@@ -132,9 +132,7 @@ def _clean(v: Any) -> Any:
 
 def validation_problem(errors: list[dict[str, Any]]) -> StewardError:
     """Map pydantic errors to our 400 (malformed JSON) or 422 (invalid) problem."""
-    items = [
-        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")} for e in errors
-    ]
+    items = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")} for e in errors]
     if any(e.get("type") == "json_invalid" for e in errors):
         first = errors[0]
         ctx = first.get("ctx", {}) or {}

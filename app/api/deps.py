@@ -1,6 +1,5 @@
 """Named dependencies: the app context, the caller, scope and model checks."""
 
-
 from collections.abc import Callable
 from typing import Annotated
 
@@ -20,14 +19,10 @@ def get_ctx(request: Request) -> AppContext:
 
 
 Ctx = Annotated[AppContext, Depends(get_ctx)]
-ModelNamePath = Annotated[
-    str, Path(pattern=NAME_PATTERN, max_length=64, description="Model name", examples=["churn"])
-]
+ModelNamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, description="Model name", examples=["churn"])]
 
 
-def get_principal(
-    ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> Principal:
+def get_principal(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
     token = creds.credentials if creds is not None else None
     with ctx.db.read() as s:
         return ctx.keys.authenticate(s, token)
@@ -70,9 +65,7 @@ ModelAdmin = Annotated[Principal, Depends(require_model("admin"))]
 def page_params(
     ctx: Ctx,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=256, description="From a previous page's next_cursor")
-    ] = None,
+    cursor: Annotated[str | None, Query(max_length=256, description="From a previous page's next_cursor")] = None,
 ) -> tuple[int, str | None]:
     if limit > ctx.settings.page_limit_max:
         raise Invalid.at(["query", "limit"], f"at most {ctx.settings.page_limit_max}")

@@ -107,9 +107,7 @@ def from_tensors(
                 if t is None:
                     continue
                 if t.shape not in ((), (out,)):
-                    raise TensorError(
-                        f"layers.{i}.{nm}", f"expected shape [] or [{out}], got {list(t.shape)}"
-                    )
+                    raise TensorError(f"layers.{i}.{nm}", f"expected shape [] or [{out}], got {list(t.shape)}")
             if scale.dtype != F32:
                 raise TensorError(f"layers.{i}.weight_scale", f"expected float32, got {scale.dtype}")
             if not np.isfinite(scale).all() or (scale <= 0).any():
@@ -131,15 +129,26 @@ def from_tensors(
     return Network(task, activation, weights, biases)
 
 
+def decode_stored(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Dense API layout of a *stored* tensor set: weights kept in the sparse encoding of
+    :mod:`app.engine.sparse` (``layers.{i}.weight.mask`` / ``.values`` / ``.shape``) are
+    expanded to ``layers.{i}.weight``; a dense set is returned unchanged (same object).
+    Use before :func:`from_tensors` and before serving a download. Raises
+    :class:`TensorError` for an inconsistent encoding."""
+    from app.engine import sparse  # sparse builds on this module
+
+    return sparse.decode(tensors) if sparse.is_sparse(tensors) else tensors
+
+
 def describe(tensors: dict[str, np.ndarray]) -> tuple[str, float]:
-    """(dtype label, sparsity) of a tensor set: the weights' storage dtype and the
-    share of exactly-zero weight entries over all weight matrices."""
-    dtypes = set()
-    zeros = total = 0
-    for name, t in tensors.items():
-        if name.endswith(".weight"):
-            dtypes.add(str(t.dtype))
-            zeros += int(t.size - np.count_nonzero(t))
-            total += int(t.size)
+    """(dtype label, sparsity) of a tensor set, dense or sparse-encoded: the weights' storage
+    dtype and the share of zero weight entries over all weight matrices (an integer weight
+    with a ``weight_zero_point`` is zero where ``q == zero_point``)."""
+    from app.engine import sparse
+
+    info = sparse.stored_weight_info(tensors)
+    dtypes = {str(dtype) for dtype, _, _ in info.values()}
+    total = sum(size for _, size, _ in info.values())
+    zeros = total - sum(nz for _, _, nz in info.values())
     dtype = dtypes.pop() if len(dtypes) == 1 else ("mixed" if dtypes else "float32")
     return dtype, (zeros / total if total else 0.0)

@@ -194,9 +194,7 @@ def output_delta(task: str, outputs: np.ndarray, Y: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown task {task!r}")
 
 
-def gradients(
-    net: Network, X: np.ndarray, Y: np.ndarray
-) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+def gradients(net: Network, X: np.ndarray, Y: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """Mean gradient of the per-sample loss over the batch, by backpropagation.
 
     Returns ``(dW, db, outputs)`` with ``dW[i]`` shaped like ``weights[i]``,
@@ -221,9 +219,7 @@ def gradients(
 
 
 # --------------------------------------------------------------------------- init
-def init_network(
-    task: str, activation: str, input_dim: int, output_dim: int, hidden: list[int], seed: int
-) -> Network:
+def init_network(task: str, activation: str, input_dim: int, output_dim: int, hidden: list[int], seed: int) -> Network:
     """Deterministic initial parameters for ``seed``.
 
     Hidden layers use He-normal, std = √(2 / fan_in), for relu and Glorot-uniform,

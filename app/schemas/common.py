@@ -49,9 +49,7 @@ class Problem(BaseModel):
 
 class Page(BaseModel, Generic[T]):
     items: list[T]
-    next_cursor: str | None = Field(
-        None, description="Pass as `cursor` to get the next page; null at the end."
-    )
+    next_cursor: str | None = Field(None, description="Pass as `cursor` to get the next page; null at the end.")
 
 
 def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -22,9 +22,7 @@ class OptimizerSpec(Strict):
     kind: Literal["sgd", "adam"] = "sgd"
     learning_rate: float = Field(0.01, gt=0, le=10, allow_inf_nan=False)
     momentum: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False, description="sgd only (PyTorch convention)")
-    l2: float = Field(
-        0.0, ge=0, le=10, allow_inf_nan=False, description="Weight decay on weights, never biases"
-    )
+    l2: float = Field(0.0, ge=0, le=10, allow_inf_nan=False, description="Weight decay on weights, never biases")
     clip_norm: float | None = Field(
         None, gt=0, le=1e6, allow_inf_nan=False, description="Clip the global gradient norm"
     )

@@ -48,9 +48,7 @@ class Principal:
 
 
 def key_out(k: ApiKey) -> KeyOut:
-    return KeyOut(
-        id=k.id, name=k.name, scope=k.scope, models=k.models, prefix=k.prefix, created_at=k.created_at
-    )  # type: ignore[arg-type]
+    return KeyOut(id=k.id, name=k.name, scope=k.scope, models=k.models, prefix=k.prefix, created_at=k.created_at)  # type: ignore[arg-type]
 
 
 class KeyService:
@@ -93,9 +91,7 @@ class KeyService:
         k = ApiKeyRepository(s).by_hash(h)
         if k is None or k.revoked_at is not None:
             raise Unauthorized("unknown or revoked API key")
-        return Principal(
-            id=k.id, name=k.name, scope=k.scope, models=tuple(k.models) if k.models is not None else None
-        )
+        return Principal(id=k.id, name=k.name, scope=k.scope, models=tuple(k.models) if k.models is not None else None)
 
     def ensure_admin(self, s: Session) -> str | None:
         """On first start without STEWARD_ADMIN_KEY, create an admin key and return

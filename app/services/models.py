@@ -106,9 +106,7 @@ class ModelService:
         except IntegrityError:
             raise Conflict(f"a model named {spec.name!r} already exists") from None
         s.add(Learner(model_id=m.id, applied_through=-1, metrics={}, updated_at=now))
-        net = init_network(
-            spec.task, spec.activation, spec.input_dim, spec.output_dim, spec.hidden, spec.seed
-        )
+        net = init_network(spec.task, spec.activation, spec.input_dim, spec.output_dim, spec.hidden, spec.seed)
         self.versions.create(
             s,
             m,

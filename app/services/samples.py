@@ -88,9 +88,7 @@ def parse_targets(task: str, output_dim: int, ys: list[Any], loc: list[str | int
             raise _bad([*loc, i, "y"], f"expected {output_dim} target values")
         for j, v in enumerate(y):
             if isinstance(v, bool) or not isinstance(v, int | float) or abs(v) > F32_MAX:
-                raise _bad(
-                    [*loc, i, "y", j] if output_dim > 1 else [*loc, i, "y"], "expected a finite float32"
-                )
+                raise _bad([*loc, i, "y", j] if output_dim > 1 else [*loc, i, "y"], "expected a finite float32")
         out_r[i] = y
     bad = ~np.isfinite(out_r) | (np.abs(out_r) > F32_MAX)
     if bad.any():

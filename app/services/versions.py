@@ -79,11 +79,7 @@ def decode_upload(data: bytes, *, max_header: int) -> dict[str, np.ndarray]:
         dt, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if dt not in _DTYPES:
             raise Invalid.at(["body", name], f"unsupported dtype {dt!r}")
-        if (
-            not isinstance(shape, list)
-            or not all(isinstance(d, int) and d >= 0 for d in shape)
-            or len(shape) > 8
-        ):
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 8:
             raise BadRequest(f"tensor {name!r}: malformed shape")
         if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
             raise BadRequest(f"tensor {name!r}: malformed data_offsets")

@@ -66,9 +66,7 @@ class VersionRepository:
     def latest_number(self, model_id: int) -> int:
         return int(
             self.s.scalar(
-                sa.select(sa.func.coalesce(sa.func.max(Version.version), 0)).where(
-                    Version.model_id == model_id
-                )
+                sa.select(sa.func.coalesce(sa.func.max(Version.version), 0)).where(Version.model_id == model_id)
             )
             or 0
         )
@@ -84,9 +82,7 @@ class VersionRepository:
     def by_job(self, job_id: str) -> Version | None:
         return self.s.scalars(sa.select(Version).where(Version.job_id == job_id)).one_or_none()
 
-    def page(
-        self, model_id: int, *, after: int | None, limit: int, descending: bool = False
-    ) -> list[Version]:
+    def page(self, model_id: int, *, after: int | None, limit: int, descending: bool = False) -> list[Version]:
         order = Version.version.desc() if descending else Version.version
         q = sa.select(Version).where(Version.model_id == model_id).order_by(order).limit(limit)
         if after is not None:
@@ -151,10 +147,7 @@ class ApiKeyRepository:
 
     def count_admin(self) -> int:
         return int(
-            self.s.scalar(
-                sa.select(sa.func.count()).where(ApiKey.scope == "admin", ApiKey.revoked_at.is_(None))
-            )
-            or 0
+            self.s.scalar(sa.select(sa.func.count()).where(ApiKey.scope == "admin", ApiKey.revoked_at.is_(None))) or 0
         )
 
     def add(self, k: ApiKey) -> ApiKey:

@@ -1,0 +1,42 @@
+"""Job-creating routes: POST /v1/models/{name}/batch-update (prune, quantize and
+migrate join here). Each validates everything at the edge, enqueues in the same
+transaction, and answers with :func:`app.api.jobs.job_answer`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+
+from app.api.deps import Ctx, ModelMaintain, ModelNamePath
+from app.api.jobs import JOB_RESPONSES, job_answer
+from app.schemas.batch import BatchUpdateIn
+from app.schemas.common import problem_responses
+from app.schemas.jobs import JobOut
+
+router = APIRouter(tags=["jobs"])
+PreferHeader = Annotated[
+    str | None, Header(description="`wait=N`: wait up to N seconds for the job to finish (RFC 7240)")
+]
+
+
+@router.post(
+    "/models/{name}/batch-update",
+    status_code=202,
+    response_model=JobOut,
+    summary="Retrain a version by mini-batch gradient descent (a job); optionally promote an alias",
+    responses={**JOB_RESPONSES, **problem_responses(400, 401, 403, 404, 413, 422)},
+    operation_id="batch_update",
+)
+async def batch_update(
+    name: ModelNamePath,
+    body: BatchUpdateIn,
+    ctx: Ctx,
+    _: ModelMaintain,
+    response: Response,
+    prefer: PreferHeader = None,
+) -> JobOut:
+    from starlette.concurrency import run_in_threadpool
+
+    job_id = await run_in_threadpool(ctx.batch.submit, name, body)
+    return await job_answer(ctx, job_id, prefer, response)
