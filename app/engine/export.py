@@ -256,9 +256,7 @@ def to_onnx(
             weight_kinds.add("float16")
             initializers.append(numpy_helper.from_array(np.ascontiguousarray(stored), f"{w_name}_float16"))
             nodes.append(
-                helper.make_node(
-                    "Cast", [f"{w_name}_float16"], [w_name], to=TensorProto.FLOAT, name=f"layers.{i}.cast"
-                )
+                helper.make_node("Cast", [f"{w_name}_float16"], [w_name], to=TensorProto.FLOAT, name=f"layers.{i}.cast")
             )
         else:
             weight_kinds.add("float32")
@@ -271,9 +269,7 @@ def to_onnx(
         if not is_last:
             x = f"layers.{i}.{net.activation}"
             nodes.append(
-                helper.make_node(
-                    _ONNX_ACTIVATIONS[net.activation], [z], [x], name=f"layers.{i}.{net.activation}"
-                )
+                helper.make_node(_ONNX_ACTIVATIONS[net.activation], [z], [x], name=f"layers.{i}.{net.activation}")
             )
         elif net.task == "binary":
             nodes.append(helper.make_node("Sigmoid", [z], [OUTPUT_NAME], name="output.sigmoid"))
@@ -308,9 +304,7 @@ def to_onnx(
     return model.SerializeToString()
 
 
-def probe_inputs(
-    input_dim: int, rng: np.random.Generator, n: int = 64, real: np.ndarray | None = None
-) -> np.ndarray:
+def probe_inputs(input_dim: int, rng: np.random.Generator, n: int = 64, real: np.ndarray | None = None) -> np.ndarray:
     """Probe inputs ``[n + len(real), input_dim]`` float32 for :func:`verify_onnx`.
 
     Half are standard normal, half are standard normal × 4 (to reach saturated
@@ -323,9 +317,7 @@ def probe_inputs(
     return z
 
 
-def compare_outputs(
-    got: np.ndarray, expected: np.ndarray, *, atol: float, rtol: float
-) -> tuple[bool, dict[str, Any]]:
+def compare_outputs(got: np.ndarray, expected: np.ndarray, *, atol: float, rtol: float) -> tuple[bool, dict[str, Any]]:
     """Elementwise ``|got − expected| ≤ atol + rtol·|expected|`` over ``[N, out]`` arrays.
 
     Returns ``(ok, evidence)`` with ``max_abs_error`` and, for the worst element
@@ -375,8 +367,7 @@ def _check_contract(model: onnx.ModelProto, net: Network) -> None:
     }:
         raise ExportVerificationError(
             "contract",
-            f"expected one float input {INPUT_NAME!r} {want_in} and one float output "
-            f"{OUTPUT_NAME!r} {want_out}",
+            f"expected one float input {INPUT_NAME!r} {want_in} and one float output {OUTPUT_NAME!r} {want_out}",
             {"found": json.loads(json.dumps(found))},
         )
 
