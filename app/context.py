@@ -59,6 +59,7 @@ class AppContext:
     jobs: JobService
     extras: dict[str, Any] = field(default_factory=dict)
     batch: Any = None
+    migrate: Any = None
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:
@@ -81,6 +82,10 @@ class AppContext:
         from app.services.batch import BatchService
 
         self.batch = BatchService(self)
+        from app.services.migrate import MigrateService
+
+        self.migrate = MigrateService(self)
+        self.extras["import_onnx"] = self.migrate.import_onnx
 
     def close(self) -> None:
         self.db.dispose()

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import errors
-from app.api import jobs, keys, maintain, models, ops, predict, versions
+from app.api import exports, jobs, keys, maintain, models, ops, predict, versions
 from app.context import AppContext
 from app.errors import PayloadTooLarge
 from app.settings import Settings
@@ -143,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(LimitAndMeasure, get_ctx=lambda: holder["ctx"])
     for r in (models.router, versions.router, predict.router, maintain.router, jobs.router, keys.router):
         app.include_router(r, prefix="/v1")
+    app.include_router(exports.router, prefix="/v1")
     app.include_router(ops.router)
     return app
 

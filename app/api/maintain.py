@@ -13,6 +13,7 @@ from app.api.jobs import JOB_RESPONSES, job_answer
 from app.schemas.batch import BatchUpdateIn
 from app.schemas.common import problem_responses
 from app.schemas.jobs import JobOut
+from app.schemas.migrate import MigrateIn
 
 router = APIRouter(tags=["jobs"])
 PreferHeader = Annotated[
@@ -39,4 +40,32 @@ async def batch_update(
     from starlette.concurrency import run_in_threadpool
 
     job_id = await run_in_threadpool(ctx.batch.submit, name, body)
+    return await job_answer(ctx, job_id, prefer, response)
+
+
+@router.post(
+    "/models/{name}/migrate",
+    status_code=202,
+    response_model=JobOut,
+    summary="Export a version to ONNX / PyTorch / npz (verified), or transfer it to a new task (a job)",
+    description='Export: `{"from", "target", "opset"}`; the job verifies the artifact before offering it '
+    "at `GET /v1/models/{name}/versions/{v}/exports/{target}`. Re-requesting an existing export (same "
+    'target, and for onnx the same opset) succeeds at once with `"reused": true`; another opset replaces '
+    'the stored onnx file. Transfer: `{"from", "mode": "transfer", "new_model", "task", '
+    '"output_dim", "freeze", "samples", ...batch options}` creates a new model whose version 1 '
+    "(operation `transfer`) records its lineage.",
+    responses={**JOB_RESPONSES, **problem_responses(400, 401, 403, 404, 409, 413, 422)},
+    operation_id="migrate",
+)
+async def migrate(
+    name: ModelNamePath,
+    body: MigrateIn,
+    ctx: Ctx,
+    _: ModelMaintain,
+    response: Response,
+    prefer: PreferHeader = None,
+) -> JobOut:
+    from starlette.concurrency import run_in_threadpool
+
+    job_id = await run_in_threadpool(ctx.migrate.submit, name, body)
     return await job_answer(ctx, job_id, prefer, response)

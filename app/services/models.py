@@ -72,7 +72,19 @@ class ModelService:
         aliases = {a.name: a.version for a in AliasRepository(s).all(m.id)}
         return model_out(m, latest, aliases, s.get(Learner, m.id))
 
-    def create(self, s: Session, spec: ModelCreate, *, lineage: dict[str, Any] | None = None) -> Model:
+    def create(
+        self,
+        s: Session,
+        spec: ModelCreate,
+        *,
+        lineage: dict[str, Any] | None = None,
+        first: dict[str, Any] | None = None,
+    ) -> Model:
+        """Add the model, its learner row and version 1 to ``s``'s transaction.
+
+        Version 1 is the seeded initialization unless ``first`` gives the keyword
+        arguments of :meth:`VersionService.create` for it (e.g. a transfer job's
+        ``operation``, ``net``, ``params``, ``metrics``, ``job_id``)."""
         if spec.n_params() > self.max_params:
             raise Invalid.at(
                 ["body", "hidden"],
@@ -106,15 +118,14 @@ class ModelService:
         except IntegrityError:
             raise Conflict(f"a model named {spec.name!r} already exists") from None
         s.add(Learner(model_id=m.id, applied_through=-1, metrics={}, updated_at=now))
-        net = init_network(spec.task, spec.activation, spec.input_dim, spec.output_dim, spec.hidden, spec.seed)
-        self.versions.create(
-            s,
-            m,
-            operation="init",
-            net=net,
-            parent=None,
-            params={"seed": spec.seed, "init": "he-normal (relu hidden) / glorot-uniform"},
-        )
+        if first is None:
+            net = init_network(spec.task, spec.activation, spec.input_dim, spec.output_dim, spec.hidden, spec.seed)
+            first = {
+                "operation": "init",
+                "net": net,
+                "params": {"seed": spec.seed, "init": "he-normal (relu hidden) / glorot-uniform"},
+            }
+        self.versions.create(s, m, parent=None, **first)
         return m
 
     def page(
