@@ -1,0 +1,133 @@
+"""The migrate service below HTTP, on both databases: probes from the model's log,
+duplicate export jobs, and what a retried job does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.context import AppContext
+from app.engine.export import ExportVerificationError, to_npz, to_torch_state
+from app.engine.export_verify import verify_npz, verify_torch_state
+from app.schemas.migrate import MigrateIn
+from app.schemas.models import ModelCreate
+from app.services.migrate import N_REAL_PROBES, recent_inputs
+from app.services.models import get_model
+from app.store.migrate import upgrade
+from app.store.models import Job, SampleBatch, utcnow
+from app.store.repositories import ExportRepository
+from app.worker.handlers import HANDLERS
+from app.worker.runner import Worker
+from tests.engine.test_export import make_net
+
+
+@pytest.fixture
+def ctx(make_settings):
+    settings = make_settings(run_worker=False)
+    upgrade(settings.url)
+    c = AppContext.build(settings)
+    with c.db.write() as s:
+        c.models.create(s, ModelCreate(name="m", task="binary", input_dim=3, hidden=[4]))
+    yield c
+    c.close()
+
+
+def append_log(ctx, X: np.ndarray, y: np.ndarray) -> None:
+    """Append samples to the log as /update would (one packed row)."""
+    with ctx.db.write() as s:
+        m = get_model(s, "m", for_update=True)
+        s.add(
+            SampleBatch(
+                model_id=m.id,
+                first_offset=m.next_offset,
+                count=len(X),
+                x=X.astype(np.float32).tobytes(),
+                y=y.astype(np.float32).tobytes(),
+                created_at=utcnow(),
+            )
+        )
+        m.next_offset += len(X)
+
+
+def submit(ctx, **body) -> str:
+    return ctx.migrate.submit("m", MigrateIn.model_validate(body))
+
+
+def job(ctx, jid) -> Job:
+    with ctx.db.read() as s:
+        return ctx.jobs.get(s, jid)
+
+
+def test_probes_include_the_newest_log_samples(ctx):
+    rng = np.random.default_rng(0)
+    X1, X2 = rng.normal(size=(50, 3)), rng.normal(size=(40, 3))
+    append_log(ctx, X1, np.ones(50))
+    append_log(ctx, X2, np.zeros(40))
+    with ctx.db.read() as s:
+        got = recent_inputs(s, get_model(s, "m"))
+    np.testing.assert_array_equal(got, np.concatenate([X1, X2])[-N_REAL_PROBES:].astype(np.float32))
+    jid = submit(ctx, target="onnx")
+    assert Worker(ctx, HANDLERS).run_once() == jid
+    j = job(ctx, jid)
+    assert j.status == "succeeded", j.error
+    assert j.result["verification"]["n_probes"] == 64 + N_REAL_PROBES
+    with ctx.db.read() as s:
+        m = get_model(s, "m")
+        e = ExportRepository(s).get(ctx.versions.get(s, m, 1).id, "onnx")
+        assert e.meta["probes"] == {"random": 64, "real": N_REAL_PROBES}
+        assert e.meta["job_id"] == jid and e.meta["verification"] == j.result["verification"]
+
+
+def test_duplicate_jobs_build_once(ctx):
+    first, second = submit(ctx, target="npz"), submit(ctx, target="npz")
+    w = Worker(ctx, HANDLERS)
+    assert w.run_once() == first and w.run_once() == second
+    a, b = job(ctx, first), job(ctx, second)
+    assert a.result["reused"] is False and b.result["reused"] is True
+    assert a.result["sha256"] == b.result["sha256"]
+    with ctx.db.read() as s:
+        m = get_model(s, "m")
+        assert len(ExportRepository(s).for_version(ctx.versions.get(s, m, 1).id)) == 1
+
+
+def test_a_lost_blob_is_rebuilt(ctx):
+    jid = submit(ctx, target="torch")
+    w = Worker(ctx, HANDLERS)
+    w.run_once()
+    sha = job(ctx, jid).result["sha256"]
+    ctx.blobs.path(sha).unlink()
+    jid2 = submit(ctx, target="torch")
+    w.run_once()
+    res = job(ctx, jid2).result
+    assert res["reused"] is False and ctx.blobs.exists(res["sha256"])
+
+
+# --------------------------------------------------------------------------- engine-side checks
+def test_torch_and_npz_verification_catch_tampering():
+    net = make_net("multiclass", "tanh")
+    X = np.random.default_rng(0).normal(size=(20, net.input_dim)).astype(np.float32)
+    data, _ = to_torch_state(net, name="m", version=1)
+    assert verify_torch_state(data, net, X)["max_abs_error"] == 0.0
+    assert verify_npz(to_npz(net), net, X)["max_abs_error"] == 0.0
+    other = net.copy()
+    other.weights[1][0, 0] += 1.0
+    with pytest.raises(ExportVerificationError) as e:
+        verify_torch_state(to_torch_state(other, name="m", version=1)[0], net, X)
+    assert e.value.stage == "compare" and e.value.evidence["max_abs_error"] > 1e-3
+    with pytest.raises(ExportVerificationError) as e:
+        verify_npz(to_npz(other), net, X)
+    assert e.value.stage == "compare"
+    with pytest.raises(ExportVerificationError) as e:
+        verify_npz(b"not an npz", net, X)
+    assert e.value.stage == "reload"
+    # strict loading: an unused tensor or a wrong shape is a contract failure
+    from app.engine.export import architecture, torch_state_dict
+    from app.engine.export_verify import sequential_forward
+
+    modules, state = architecture(net)["modules"], torch_state_dict(net)
+    with pytest.raises(ExportVerificationError) as e:
+        sequential_forward(modules, {**state, "9.weight": state["0.weight"]}, X, lambda k, _i: str(k))
+    assert e.value.stage == "contract" and e.value.evidence["unexpected"] == ["9.weight"]
+    with pytest.raises(ExportVerificationError) as e:
+        sequential_forward(modules, {**state, "2.weight": state["2.weight"][:3]}, X, lambda k, _i: str(k))
+    assert e.value.stage == "contract"
