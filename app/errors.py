@@ -9,7 +9,8 @@
     ├── NotFound            404  unknown model, version, alias, job, export
     ├── Conflict            409  name exists; state does not allow the operation
     ├── PayloadTooLarge     413  body over STEWARD_MAX_BODY_BYTES
-    └── Invalid             422  well-formed but invalid (shape, dtype, non-finite…)
+    ├── Invalid             422  well-formed but invalid (shape, dtype, non-finite…)
+    └── Unavailable         503  a needed component (e.g. the online learner) is not answering
 
 Services raise these; :func:`install` registers the one handler that renders
 them, plus FastAPI's own validation errors and Starlette's HTTP errors.
@@ -111,6 +112,10 @@ class Invalid(StewardError):
     def at(cls, loc: Loc, msg: str, detail: str | None = None) -> Invalid:
         where = ".".join(str(p) for p in loc)
         return cls(detail or f"{where}: {msg}", errors=[{"loc": list(loc), "msg": msg}])
+
+
+class Unavailable(StewardError):
+    status, title, slug = 503, "Service Unavailable", "unavailable"
 
 
 def problem(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import errors
-from app.api import exports, jobs, keys, maintain, models, ops, predict, versions
+from app.api import exports, jobs, keys, maintain, models, online, ops, predict, versions
 from app.context import AppContext
 from app.errors import PayloadTooLarge
 from app.settings import Settings
@@ -42,6 +42,7 @@ TAGS = [
     {"name": "models", "description": "Create, list, inspect and delete models; aliases."},
     {"name": "versions", "description": "Immutable versions: metadata, weight downloads, imports."},
     {"name": "predict", "description": "Predict and evaluate with any version."},
+    {"name": "online", "description": "Online learning: append samples, checkpoint, resume."},
     {"name": "jobs", "description": "Queued maintenance work: batch-update, prune, quantize, migrate."},
     {"name": "keys", "description": "API keys (admin)."},
     {"name": "operations", "description": "Health, readiness and Prometheus metrics."},
@@ -141,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(LimitAndMeasure, get_ctx=lambda: holder["ctx"])
-    for r in (models.router, versions.router, predict.router, maintain.router, jobs.router, keys.router):
+    for r in (models.router, versions.router, predict.router, online.router, maintain.router, jobs.router, keys.router):
         app.include_router(r, prefix="/v1")
     app.include_router(exports.router, prefix="/v1")
     app.include_router(ops.router)

@@ -5,11 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.store.models import Alias, ApiKey, Export, Model, Version, utcnow
+from app.store.models import (
+    Alias,
+    ApiKey,
+    Export,
+    IdempotencyKey,
+    Learner,
+    Model,
+    SampleBatch,
+    Version,
+    utcnow,
+)
 
 
 class ModelRepository:
@@ -176,3 +188,160 @@ class ExportRepository:
         self.s.add(e)
         self.s.flush()
         return e
+
+
+# --------------------------------------------------------------------------- online learning
+class SampleRepository:
+    """The sample log: ``sample_batches`` rows of packed arrays, offsets allocated
+    from ``models.next_offset`` (the number of samples ever accepted)."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def allocate(self, model_id: int, n: int) -> tuple[int, str, int, int] | None:
+        """Reserve ``n`` offsets: ``UPDATE models SET next_offset = next_offset + n``.
+
+        The update takes the model row's write lock until the transaction ends, so
+        concurrent appends get contiguous, disjoint ranges in commit order. Returns
+        ``(first_offset, task, input_dim, output_dim)`` or None when the model is gone.
+        """
+        t = Model.__table__
+        row = self.s.execute(
+            sa.update(t)
+            .where(t.c.id == model_id)
+            .values(next_offset=t.c.next_offset + n)
+            .returning(t.c.next_offset, t.c.task, t.c.input_dim, t.c.output_dim)
+        ).one_or_none()
+        if row is None:
+            return None
+        return int(row[0]) - n, row[1], int(row[2]), int(row[3])
+
+    def add(self, model_id: int, first_offset: int, X: np.ndarray, Y: np.ndarray, *, max_rows: int) -> int:
+        """Insert the packed samples as rows of at most ``max_rows`` samples; returns the row count."""
+        now = utcnow()
+        rows = []
+        for lo in range(0, len(X), max_rows):
+            hi = min(lo + max_rows, len(X))
+            rows.append(
+                {
+                    "model_id": model_id,
+                    "first_offset": first_offset + lo,
+                    "count": hi - lo,
+                    "x": np.ascontiguousarray(X[lo:hi]).tobytes(),
+                    "y": np.ascontiguousarray(Y[lo:hi]).tobytes(),
+                    "created_at": now,
+                }
+            )
+        self.s.execute(sa.insert(SampleBatch.__table__), rows)
+        return len(rows)
+
+    def covering(self, model_id: int, lo: int, hi: int) -> list[SampleBatch]:
+        """Rows holding any offset in ``lo..hi`` (inclusive), in offset order."""
+        start = (
+            sa.select(sa.func.max(SampleBatch.first_offset))
+            .where(SampleBatch.model_id == model_id, SampleBatch.first_offset <= lo)
+            .scalar_subquery()
+        )
+        q = (
+            sa.select(SampleBatch)
+            .where(
+                SampleBatch.model_id == model_id,
+                SampleBatch.first_offset >= sa.func.coalesce(start, lo),
+                SampleBatch.first_offset <= hi,
+            )
+            .order_by(SampleBatch.first_offset)
+        )
+        return list(self.s.scalars(q))
+
+
+class IdempotencyRepository:
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def get(self, model_id: int, key: str) -> IdempotencyKey | None:
+        return self.s.get(IdempotencyKey, (model_id, key))
+
+    def put(self, model_id: int, key: str, request_hash: str, response: dict[str, Any]) -> None:
+        self.s.execute(
+            sa.insert(IdempotencyKey.__table__),
+            [
+                {
+                    "model_id": model_id,
+                    "key": key,
+                    "request_hash": request_hash,
+                    "response": response,
+                    "created_at": utcnow(),
+                }
+            ],
+        )
+
+    def delete(self, row: IdempotencyKey) -> None:
+        self.s.delete(row)
+        self.s.flush()
+
+    def purge(self, before: datetime) -> int:
+        """Forget keys created before ``before``; returns how many."""
+        res = self.s.execute(sa.delete(IdempotencyKey.__table__).where(IdempotencyKey.created_at < before))
+        return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+class LearnerRepository:
+    """``learners`` rows: which process holds a model's online learner (a lease) and
+    the progress it publishes. Leases are taken and renewed by conditional UPDATEs,
+    so exactly one owner wins on SQLite and PostgreSQL alike."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def get(self, model_id: int, *, for_update: bool = False) -> Learner | None:
+        q = sa.select(Learner).where(Learner.model_id == model_id)
+        if for_update:
+            q = q.with_for_update()
+        return self.s.scalars(q).one_or_none()
+
+    def ensure_rows(self) -> int:
+        """Create missing ``learners`` rows (models made without one); returns how many."""
+        missing = list(self.s.scalars(sa.select(Model.id).where(~sa.exists().where(Learner.model_id == Model.id))))
+        now = utcnow()
+        for mid in missing:
+            self.s.add(Learner(model_id=mid, applied_through=-1, metrics={}, updated_at=now))
+        if missing:
+            self.s.flush()
+        return len(missing)
+
+    def claimable(self, owner: str, now: datetime, limit: int, *, skip_locked: bool) -> list[int]:
+        """Model ids whose learner is free, expired or already ours."""
+        q = (
+            sa.select(Learner.model_id)
+            .where(sa.or_(Learner.owner.is_(None), Learner.owner == owner, Learner.lease_expires_at < now))
+            .order_by(Learner.model_id)
+            .limit(limit)
+        )
+        if skip_locked:
+            q = q.with_for_update(skip_locked=True)
+        return list(self.s.scalars(q))
+
+    def claim(self, model_id: int, owner: str, now: datetime, until: datetime) -> bool:
+        t = Learner.__table__
+        res = self.s.execute(
+            sa.update(t)
+            .where(
+                t.c.model_id == model_id,
+                sa.or_(t.c.owner.is_(None), t.c.owner == owner, t.c.lease_expires_at < now),
+            )
+            .values(owner=owner, lease_expires_at=until)
+        )
+        return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def renew(self, model_id: int, owner: str, until: datetime) -> bool:
+        t = Learner.__table__
+        res = self.s.execute(
+            sa.update(t).where(t.c.model_id == model_id, t.c.owner == owner).values(lease_expires_at=until)
+        )
+        return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def release(self, model_id: int, owner: str) -> None:
+        t = Learner.__table__
+        self.s.execute(
+            sa.update(t).where(t.c.model_id == model_id, t.c.owner == owner).values(owner=None, lease_expires_at=None)
+        )

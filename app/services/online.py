@@ -1,0 +1,317 @@
+"""Online learning, request side: append samples to the log, wait for the learner,
+ask it for a checkpoint, resume a paused model.
+
+The learner itself (:mod:`app.worker.learner`) runs in a background thread of
+whichever process holds the model's lease; this module talks to it only
+through the database, so it works the same whether the learner runs here, in
+another API process or in a ``steward worker``.
+
+**The sample log.** ``models.next_offset`` is the number of samples ever
+accepted. An append reserves its offsets with one ``UPDATE … SET next_offset =
+next_offset + n … RETURNING`` (which holds the model row's write lock until
+commit, so concurrent appends get contiguous, disjoint ranges), inserts the
+packed arrays as ``sample_batches`` rows (one per request; requests over
+:data:`MAX_ROW_SAMPLES` samples are split into several rows in the same
+transaction), records the ``Idempotency-Key`` and commits — all before the 202.
+
+**Idempotency.** A key is remembered per model with the SHA-256 of the packed
+samples (so a retry that re-serialises the same samples differently, or sends
+them as NDJSON instead of JSON, is still the same request) and the first answer.
+The key is checked after the model row is locked, so two concurrent requests
+with one key cannot both append. Keys expire after
+``STEWARD_IDEMPOTENCY_TTL_SECONDS``; expired keys count as unknown and are
+purged at most once a minute.
+
+**Messages to the learner** live in its ``learners.metrics`` JSON, which both
+sides change only under the row lock (read-modify-write in one transaction):
+
+``checkpoint_requests``  ``{request id: offset}``: ``/checkpoint`` calls waiting
+                         for a version that includes ``offset``
+``checkpoint_replies``   ``{request id: {"version": n, "created": bool}}``: answers
+``resume``               ``{"offset": p, "from_version": n | null}``: ``/resume`` of a
+                         model paused at ``p``; the learner skips ``p`` and
+                         commits a checkpoint, then clears it
+
+The learner keeps its own keys there too (``prequential``, ``base``, …; see
+:mod:`app.worker.learner`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from app.errors import Conflict, Invalid, NotFound
+from app.schemas.models import ModelOut
+from app.services.ingest import SampleSpec
+from app.services.models import get_model
+from app.store.models import Learner, Model, Version, utcnow
+from app.store.repositories import IdempotencyRepository, LearnerRepository, SampleRepository, VersionRepository
+
+#: Largest number of samples in one ``sample_batches`` row.
+MAX_ROW_SAMPLES = 65_536
+PURGE_EVERY_SECONDS = 60.0
+#: How long a model's shape is cached by ingestion (a delete in this process forgets it at once).
+TARGET_TTL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model as ingestion sees it: its id and sample shape."""
+
+    model_id: int
+    name: str
+    spec: SampleSpec
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The learner's published progress for one model."""
+
+    applied_through: int
+    accepted: int
+    status: str
+    status_reason: str | None
+    paused_offset: int | None
+    prequential: dict[str, Any]
+    owner: str | None
+    lease_alive: bool
+
+
+class SpecChanged(Conflict):
+    """The model was deleted and re-created with another shape while the request was parsed."""
+
+
+class _Duplicate(Exception):
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer = answer
+
+
+def request_hash(X: np.ndarray, Y: np.ndarray) -> str:
+    """SHA-256 of the packed samples (shape, dtype and bytes)."""
+    h = hashlib.sha256()
+    h.update(f"{X.shape}{X.dtype}|{Y.shape}{Y.dtype}|".encode())
+    h.update(np.ascontiguousarray(X).data)
+    h.update(np.ascontiguousarray(Y).data)
+    return h.hexdigest()
+
+
+class OnlineService:
+    """Request-side online learning; one per app (``online_service(ctx)``)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
+        self._targets: dict[str, tuple[Target, float]] = {}
+        self._lock = threading.Lock()
+        self._last_purge = 0.0
+
+    # ------------------------------------------------------------------ append
+    def target(self, name: str) -> Target:
+        """The model's id and sample shape (cached; an append re-checks the shape)."""
+        hit = self._targets.get(name)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        with self.db.read() as s:
+            m = get_model(s, name)
+            t = Target(m.id, m.name, SampleSpec(m.task, m.input_dim, m.output_dim))
+        with self._lock:
+            self._targets[name] = (t, now + TARGET_TTL_SECONDS)
+        return t
+
+    def cached_target(self, name: str) -> Target | None:
+        """The cached target if fresh (lets async callers skip a thread hop)."""
+        hit = self._targets.get(name)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._targets.pop(name, None)
+
+    def append(self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None) -> dict[str, Any]:
+        """Append validated samples durably; the 202 answer (or the first answer of ``key``).
+
+        Raises :class:`NotFound` when the model is gone and :class:`Conflict` when
+        ``key`` was used with other samples. Call from a worker thread.
+        """
+        n = len(X)
+        digest = request_hash(X, Y) if key is not None else ""
+        ttl = timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
+        try:
+            with self.db.write() as s:
+                got = SampleRepository(s).allocate(t.model_id, n)
+                if got is None:
+                    raise NotFound(f"no model named {t.name!r}")
+                first, task, input_dim, output_dim = got
+                if (task, input_dim, output_dim) != (t.spec.task, t.spec.input_dim, t.spec.output_dim):
+                    raise SpecChanged(
+                        f"model {t.name!r} was re-created with another shape during the request; retry it"
+                    )
+                keys = IdempotencyRepository(s)
+                if key is not None:
+                    prior = keys.get(t.model_id, key)
+                    if prior is not None and prior.created_at > utcnow() - ttl:
+                        if prior.request_hash != digest:
+                            raise Conflict(
+                                f"Idempotency-Key {key!r} was already used with a different request body",
+                                errors=[{"loc": ["header", "Idempotency-Key"], "msg": "key reused"}],
+                            )
+                        raise _Duplicate(dict(prior.response))
+                    if prior is not None:
+                        keys.delete(prior)
+                SampleRepository(s).add(t.model_id, first, X, Y, max_rows=MAX_ROW_SAMPLES)
+                answer = {"accepted": n, "first_offset": first, "last_offset": first + n - 1, "duplicate": False}
+                if key is not None:
+                    keys.put(t.model_id, key, digest, answer)
+        except _Duplicate as d:
+            return {**d.answer, "duplicate": True}
+        except (SpecChanged, NotFound):
+            self.forget(t.name)
+            raise
+        self.ctx.metrics.samples_accepted.labels(t.name).inc(n)
+        self._maybe_purge()
+        return answer
+
+    def _maybe_purge(self) -> None:
+        now = time.monotonic()
+        if now - self._last_purge < PURGE_EVERY_SECONDS:
+            return
+        self._last_purge = now
+        self.purge_keys()
+
+    def purge_keys(self) -> int:
+        """Forget Idempotency-Keys older than the configured time; returns how many."""
+        before = utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
+        with self.db.write() as s:
+            return IdempotencyRepository(s).purge(before)
+
+    # ------------------------------------------------------------------ progress
+    def progress(self, model_id: int) -> Progress | None:
+        """The learner's published progress and the model's status (None: model gone)."""
+        with self.db.read() as s:
+            row = s.execute(
+                sa.select(Model, Learner).outerjoin(Learner, Learner.model_id == Model.id).where(Model.id == model_id)
+            ).one_or_none()
+            if row is None:
+                return None
+            m, lr = row
+            now = utcnow()
+            return Progress(
+                applied_through=lr.applied_through if lr is not None else -1,
+                accepted=m.next_offset,
+                status=m.status,
+                status_reason=m.status_reason,
+                paused_offset=m.paused_offset,
+                prequential=dict((lr.metrics or {}).get("prequential", {})) if lr is not None else {},
+                owner=lr.owner if lr is not None else None,
+                lease_alive=bool(
+                    lr is not None and lr.owner and lr.lease_expires_at is not None and lr.lease_expires_at > now
+                ),
+            )
+
+    # ------------------------------------------------------------------ checkpoint
+    def request_checkpoint(self, name: str) -> tuple[int, str, int]:
+        """Ask the learner for a version including every sample accepted so far.
+
+        Returns ``(model_id, request id, target offset)``; poll :meth:`checkpoint_reply`.
+        """
+        rid = uuid.uuid4().hex
+        with self.db.write() as s:
+            m = get_model(s, name)
+            target = m.next_offset - 1
+            lr = _learner_row(s, m.id)
+            md = dict(lr.metrics or {})
+            md["checkpoint_requests"] = {**md.get("checkpoint_requests", {}), rid: target}
+            lr.metrics = md
+            return m.id, rid, target
+
+    def checkpoint_reply(self, model_id: int, rid: str) -> dict[str, Any] | None:
+        """The learner's answer to request ``rid`` (taken out of the row), or None yet."""
+        with self.db.read() as s:
+            lr = s.get(Learner, model_id)
+            if lr is None:
+                raise NotFound("the model was deleted")
+            if rid not in (lr.metrics or {}).get("checkpoint_replies", {}):
+                return None
+        with self.db.write() as s:
+            lr = LearnerRepository(s).get(model_id, for_update=True)
+            if lr is None:
+                raise NotFound("the model was deleted")
+            md = dict(lr.metrics or {})
+            replies = dict(md.get("checkpoint_replies", {}))
+            reply = replies.pop(rid, None)
+            md["checkpoint_replies"] = replies
+            lr.metrics = md
+            return reply
+
+    def cancel_checkpoint(self, model_id: int, rid: str) -> None:
+        with self.db.write() as s:
+            lr = LearnerRepository(s).get(model_id, for_update=True)
+            if lr is None:
+                return
+            md = dict(lr.metrics or {})
+            for k in ("checkpoint_requests", "checkpoint_replies"):
+                d = dict(md.get(k, {}))
+                d.pop(rid, None)
+                md[k] = d
+            lr.metrics = md
+
+    def version(self, model_id: int, number: int) -> tuple[Model, Version]:
+        with self.db.read() as s:
+            m = s.get(Model, model_id)
+            v = VersionRepository(s).get(model_id, number) if m is not None else None
+            if m is None or v is None:
+                raise NotFound("the model or its version was deleted")
+            return m, v
+
+    # ------------------------------------------------------------------ resume
+    def resume(self, name: str, from_version: int | None) -> ModelOut:
+        """Mark a paused model active and tell its learner to skip the refused sample
+        (restarting from ``from_version``'s parameters when given)."""
+        with self.db.write() as s:
+            m = get_model(s, name, for_update=True)
+            if m.status != "paused":
+                raise Conflict(f"model {name!r} is not paused (status {m.status!r})")
+            if from_version is not None and VersionRepository(s).get(m.id, from_version) is None:
+                raise Invalid.at(["body", "from_version"], f"model {name!r} has no version {from_version}")
+            lr = _learner_row(s, m.id)
+            md = dict(lr.metrics or {})
+            md["resume"] = {
+                "offset": m.paused_offset,
+                "from_version": from_version,
+                "reason": m.status_reason,
+                "requested_at": utcnow().isoformat(),
+            }
+            lr.metrics = md
+            m.status = "active"
+            m.status_reason = None
+            m.paused_offset = None
+            m.updated_at = utcnow()
+            s.flush()
+            return self.ctx.models.view(s, m)
+
+
+def _learner_row(s: Any, model_id: int) -> Learner:
+    lr = LearnerRepository(s).get(model_id, for_update=True)
+    if lr is None:
+        lr = Learner(model_id=model_id, applied_through=-1, metrics={}, updated_at=utcnow())
+        s.add(lr)
+        s.flush()
+    return lr
+
+
+def online_service(ctx: Any) -> OnlineService:
+    """The app's :class:`OnlineService` (made on first use, kept in ``ctx.extras``)."""
+    svc = ctx.extras.get("online")
+    if svc is None:
+        svc = ctx.extras.setdefault("online", OnlineService(ctx))
+    return svc
