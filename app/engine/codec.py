@@ -50,7 +50,8 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None) 
         qf -= zp
     if s.ndim == 1:
         s = s[:, None]
-    return qf * s
+    qf *= s
+    return qf
 
 
 def from_tensors(
@@ -63,6 +64,9 @@ def from_tensors(
     n_layers: int,
 ) -> Network:
     """Check a tensor set against a model and build the (dequantized) float32 network.
+
+    A writable float32 weight becomes the network's array as is (no copy); read-only,
+    float16 and integer weights are converted into new arrays.
 
     Accepted: every layer has ``weight`` and ``bias``; a weight is float32, float16
     or an integer tensor with ``weight_scale`` (float32 ``[out]`` or ``[]``) and
@@ -116,7 +120,8 @@ def from_tensors(
         elif W.dtype in (F32, np.float16):
             if "weight_scale" in parts or "weight_zero_point" in parts:
                 raise TensorError(f"layers.{i}.weight_scale", "scale given for a float weight")
-            Wf = W.astype(F32)
+            # a writable float32 weight is used as is (no copy of the model); others are copied
+            Wf = W.astype(F32, copy=not W.flags.writeable)
         else:
             raise TensorError(wname, f"expected float32, float16 or an integer type, got {W.dtype}")
         if not np.isfinite(Wf).all():

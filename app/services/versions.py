@@ -38,6 +38,21 @@ def encode(tensors: dict[str, np.ndarray], encoding: str = "dense") -> bytes:
     return stnp.save(ordered, metadata={"format": FORMAT, "encoding": encoding})
 
 
+def encode_to(path: Any, tensors: dict[str, np.ndarray], encoding: str = "dense") -> None:
+    """Write :func:`encode`'s bytes to ``path`` straight from the arrays (no in-memory copy)."""
+    ordered = {k: tensors[k] for k in sorted(tensors)}
+    stnp.save_file(ordered, str(path), metadata={"format": FORMAT, "encoding": encoding})
+
+
+def read_tensors(path: Any) -> dict[str, np.ndarray]:
+    """Load a stored safetensors file with ``pread`` (peak memory: the tensors once; the
+    default mmap backend keeps the mapped file resident too, twice the size at peak)."""
+    try:
+        return stnp.load_file(str(path), backend="pread")
+    except TypeError:  # safetensors < 0.7 has no backend choice
+        return stnp.load_file(str(path))
+
+
 def read_header(data: bytes | memoryview, *, max_header: int) -> tuple[dict[str, Any], int]:
     """Parse and check a safetensors header without trusting it.
 
@@ -105,6 +120,21 @@ def architecture(net: Network) -> list[int]:
     return [net.input_dim, *net.hidden, net.output_dim]
 
 
+def tensors_architecture(tensors: dict[str, np.ndarray]) -> list[int]:
+    """``[input_dim, *hidden, output_dim]`` from the weight shapes of a stored tensor set
+    (dense ``layers.{i}.weight`` or sparse ``layers.{i}.weight.shape``), without decoding."""
+    shapes: dict[int, tuple[int, int]] = {}
+    for name, t in tensors.items():
+        parts = name.split(".")
+        if len(parts) >= 3 and parts[0] == "layers" and parts[2] == "weight":
+            if len(parts) == 3:
+                shapes[int(parts[1])] = (int(t.shape[0]), int(t.shape[1]))
+            elif parts[3:] == ["shape"]:
+                shapes[int(parts[1])] = (int(t[0]), int(t[1]))
+    dims = [shapes[0][1]] if shapes else []
+    return dims + [shapes[i][0] for i in range(len(shapes))]
+
+
 # --------------------------------------------------------------------------- cache
 class NetworkCache:
     """Loaded, dequantized networks by blob sha256 (LRU bounded in bytes), so a
@@ -167,17 +197,18 @@ class VersionService:
         """Write the blob (fsynced) and add the next version row, in ``s``'s transaction.
 
         Give ``net`` (stored dense float32) or already-encoded ``tensors`` plus
-        ``encoding`` (quantized / sparse forms made by the engine). The caller must
-        hold the model row lock (services lock it with ``for_update``).
+        ``encoding`` (quantized / sparse forms made by the engine), or both (then
+        ``net`` is what ``tensors`` decode to, and is cached). The blob is written
+        straight from the arrays (no copy of the model in memory). Tensors given
+        without ``net`` are stored as made (not decoded, not cached: the first load
+        decodes them). The caller must hold the model row lock (services lock it with
+        ``for_update``).
         """
         if tensors is None:
             assert net is not None
             tensors = codec.to_tensors(net)
-        data = encode(tensors, encoding)
-        sha, size = self.blobs.put(data)
+        sha, size = self.blobs.put_file(lambda path: encode_to(path, tensors, encoding))
         state_sha = self.blobs.put(state)[0] if state is not None else None
-        if net is None:
-            net = self.decode(model, tensors, encoding)
         d, sp = codec.describe(tensors)
         repo = VersionRepository(s)
         number = repo.latest_number(model.id) + 1
@@ -193,7 +224,7 @@ class VersionService:
             dtype=dtype or d,
             sparsity=float(sparsity if sparsity is not None else sp),
             encoding=encoding,
-            architecture=architecture(net),
+            architecture=architecture(net) if net is not None else tensors_architecture(tensors),
             applied_through=applied_through,
             state_sha256=state_sha,
             job_id=job_id,
@@ -201,7 +232,8 @@ class VersionService:
         )
         repo.add(row)
         model.updated_at = utcnow()
-        self.cache.put(sha, net)
+        if net is not None:
+            self.cache.put(sha, net)
         return row
 
     # ---- read
@@ -225,13 +257,17 @@ class VersionService:
         """The float32 network of version ``v`` (cached by sha256)."""
         net = self.cache.get(v.blob_sha256)
         if net is None:
-            tensors = stnp.load_file(str(self.blobs.path(v.blob_sha256)))
-            net = self.decode(model, tensors, v.encoding)
+            net = self.load_owned(model, v)
             self.cache.put(v.blob_sha256, net)
         return net
 
+    def load_owned(self, model: Model, v: Version) -> Network:
+        """A fresh float32 network of ``v``, read from its blob and not cached: the caller
+        owns it and may change it in place (peak memory: about the network once)."""
+        return self.decode(model, read_tensors(self.blobs.path(v.blob_sha256)), v.encoding)
+
     def stored_tensors(self, v: Version) -> dict[str, np.ndarray]:
-        return stnp.load_file(str(self.blobs.path(v.blob_sha256)))
+        return read_tensors(self.blobs.path(v.blob_sha256))
 
     def get(self, s: Session, model: Model, number: int) -> Version:
         v = VersionRepository(s).get(model.id, number)
@@ -296,7 +332,7 @@ class VersionService:
         if v.encoding == "sparse":
             from app.engine import sparse
 
-            tensors = sparse.decode(stnp.load_file(str(path)))
+            tensors = sparse.decode(read_tensors(path))
             meta["encoding"] = "dense"
             data = stnp.save(tensors, metadata=meta)
             return iter([data]), len(data)

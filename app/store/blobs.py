@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -51,6 +51,43 @@ class BlobStore:
         finally:
             os.close(dfd)
         return sha, len(data)
+
+    def put_file(self, write: Callable[[Path], None]) -> tuple[str, int]:
+        """Store what ``write(path)`` writes into a fresh file, durably; returns ``(sha256, size)``.
+
+        For large blobs: nothing of the blob's size is held in memory. The file is written
+        in the store's root, fsynced, hashed by reading it back in chunks, then renamed into
+        place (an existing blob with that hash is kept and the new file dropped).
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            write(tmp)
+            h = hashlib.sha256()
+            with tmp.open("rb") as f:
+                os.fsync(f.fileno())
+                while chunk := f.read(CHUNK * 4):
+                    h.update(chunk)
+                size = f.tell()
+            sha = h.hexdigest()
+            target = self.path(sha)
+            if target.exists() and target.stat().st_size == size:
+                tmp.unlink()
+                return sha, size
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        for d in {target.parent, self.root}:
+            dfd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return sha, size
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
