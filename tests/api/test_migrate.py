@@ -198,6 +198,42 @@ def test_quantized_and_pruned_versions(client):
     assert arch["size_bytes"] < float_files["torch"][0]["size_bytes"]
 
 
+def job_version(client, name: str, path: str, body: dict) -> dict:
+    r = client.post(f"/v1/models/{name}/{path}", json=body, headers=WAIT)
+    assert r.status_code == 201 and r.json()["status"] == "succeeded", r.text
+    return client.get(f"/v1/models/{name}/versions/{r.json()['result']['version']}").json()
+
+
+@pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])
+def test_versions_made_by_prune_and_quantize_jobs(client, task):
+    X = probe_inputs(9, np.random.default_rng(3), n=40)
+    create_model(client, "c", task, "tanh", [64, 32])
+    base = import_tensors(client, "c", net_tensors(make_net(task, "tanh", hidden=[64, 32])))["version"]
+    made = [
+        job_version(client, "c", "prune", {"from": base, "sparsity": 0.8, "scope": "global"}),
+        job_version(client, "c", "prune", {"from": base, "sparsity": 0.5, "structure": "neurons"}),
+        job_version(client, "c", "quantize", {"from": base, "dtype": "int8"}),
+        job_version(
+            client,
+            "c",
+            "quantize",
+            {"from": base, "dtype": "uint8", "scheme": "asymmetric", "granularity": "per_tensor"},
+        ),
+        job_version(client, "c", "quantize", {"from": base, "dtype": "float16"}),
+    ]
+    sparse, narrow, int8, uint8, half = made
+    assert sparse["encoding"] == "sparse" and sparse["sparsity"] >= 0.79
+    assert narrow["architecture"] == [9, 32, 16, OUT_DIM[task]]
+    assert (int8["dtype"], uint8["dtype"], half["dtype"]) == ("int8", "uint8", "float16")
+    for v in made:
+        files = check_all_targets(client, "c", v["version"], X)
+        ops = [n.op_type for n in onnx.load_model_from_string(files["onnx"][1]).graph.node]
+        if v["dtype"] in ("int8", "uint8"):
+            assert ops.count("DequantizeLinear") == 3
+        if v["dtype"] == "float16":
+            assert ops.count("Cast") == 3
+
+
 # --------------------------------------------------------------------------- reuse and opsets
 def test_re_request_reuses_and_another_opset_replaces(client):
     create_model(client, "r", "binary", "tanh", [4])
@@ -443,3 +479,106 @@ def test_oversized_onnx_is_413(make_settings):
         r = onnx_import(c, "big", data)
         assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
         assert c.get("/v1/models/big").json()["latest_version"] == 1
+
+
+# --------------------------------------------------------------------------- transfer learning
+def samples_of(X, y) -> list[dict]:
+    return [{"x": [float(v) for v in row], "y": int(t)} for row, t in zip(X, y, strict=True)]
+
+
+def weights_of(client, name: str, version: int) -> dict[str, np.ndarray]:
+    r = client.get(f"/v1/models/{name}/versions/{version}/weights")
+    assert r.status_code == 200
+    return stnp.load(r.content)
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+
+
+def test_transfer_from_digits_to_parity_beats_scratch(client, digits_split):
+    Xtr, Xte, ytr, yte = digits_split
+    pytest.importorskip("app.engine.train")
+    arch = {"input_dim": 64, "hidden": [48, 24], "optimizer": {"kind": "adam", "learning_rate": 0.005}}
+    r = client.post("/v1/models", json={"name": "digits", "task": "multiclass", "output_dim": 10, **arch})
+    assert r.status_code == 201, r.text
+    job = client.post(
+        "/v1/models/digits/batch-update",
+        json={"samples": samples_of(Xtr, ytr), "epochs": 30, "batch_size": 32},
+        headers=WAIT,
+    ).json()
+    assert job["status"] == "succeeded", job
+    src_v = job["result"]["version"]
+
+    # a small training subset of the new task: even (0) / odd (1)
+    small = np.random.default_rng(0).choice(len(Xtr), 100, replace=False)
+    Xs, ys = Xtr[small], ytr[small] % 2
+    train = {"epochs": 60, "batch_size": 16, "shuffle_seed": 1, "validation_fraction": 0.2}
+    job = migrate(
+        client,
+        "digits",
+        **{"from": src_v, "mode": "transfer", "new_model": "parity", "task": "binary", "freeze": 2},
+        samples=samples_of(Xs, ys),
+        **train,
+    )
+    assert job["status"] == "succeeded", job
+    assert job["model"] == "digits"  # the job belongs to the source model
+    res = job["result"]
+    assert (res["model"], res["version"], res["frozen"], res["copied_layers"]) == ("parity", 1, 2, 2)
+    assert res["source"] == {"model": "digits", "version": src_v}
+
+    client.post("/v1/models", json={"name": "scratch", "task": "binary", **arch})
+    job = client.post(
+        "/v1/models/scratch/batch-update", json={"samples": samples_of(Xs, ys), **train}, headers=WAIT
+    ).json()
+    assert job["status"] == "succeeded", job
+
+    test = samples_of(Xte, yte % 2)
+    acc_transfer = client.post("/v1/models/parity/evaluate", json={"samples": test, "version": 1}).json()["accuracy"]
+    acc_scratch = client.post(
+        "/v1/models/scratch/evaluate", json={"samples": test, "version": job["result"]["version"]}
+    ).json()["accuracy"]
+    assert acc_transfer >= 0.9 and acc_transfer > acc_scratch + 0.03, (acc_transfer, acc_scratch)
+
+    # lineage on the model and the version
+    model = client.get("/v1/models/parity").json()
+    assert model["lineage"] == {"model": "digits", "version": src_v, "frozen": 2, "copied_layers": 2}
+    assert (model["input_dim"], model["hidden"], model["output_dim"], model["latest_version"]) == (64, [48, 24], 1, 1)
+    v1 = client.get("/v1/models/parity/versions/1").json()
+    assert v1["operation"] == "transfer" and v1["parent"] is None
+    assert v1["params"]["source"]["model"] == "digits" and v1["params"]["source"]["version"] == src_v
+    assert v1["params"]["frozen"] == 2 and v1["params"]["frozen_layers"] == [0, 1]
+    assert v1["metrics"]["validation"]["n"] == 20
+
+    # frozen layers are bit-identical to the source's; the head is new
+    src, new = weights_of(client, "digits", src_v), weights_of(client, "parity", 1)
+    for i in (0, 1):
+        for part in ("weight", "bias"):
+            k = f"layers.{i}.{part}"
+            assert new[k].dtype == src[k].dtype and new[k].tobytes() == src[k].tobytes(), k
+    assert new["layers.2.weight"].shape == (1, 24)
+
+    # freezing fewer layers trains the others, and a new hidden layer can be added
+    job = migrate(
+        client,
+        "digits",
+        **{"from": src_v, "mode": "transfer", "new_model": "parity2", "task": "binary", "freeze": 1},
+        hidden_head=[8],
+        samples=samples_of(Xs, ys),
+        epochs=3,
+        batch_size=16,
+    )
+    assert job["status"] == "succeeded", job
+    new2 = weights_of(client, "parity2", 1)
+    assert new2["layers.0.weight"].tobytes() == src["layers.0.weight"].tobytes()
+    assert new2["layers.1.weight"].tobytes() != src["layers.1.weight"].tobytes()
+    assert client.get("/v1/models/parity2").json()["hidden"] == [48, 24, 8]
+    # the transferred model exports like any other
+    X = Xte[:20]
+    check_all_targets(client, "parity2", 1, X)

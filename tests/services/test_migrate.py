@@ -131,3 +131,54 @@ def test_torch_and_npz_verification_catch_tampering():
     with pytest.raises(ExportVerificationError) as e:
         sequential_forward(modules, {**state, "2.weight": state["2.weight"][:3]}, X, lambda k, _i: str(k))
     assert e.value.stage == "contract"
+
+
+# --------------------------------------------------------------------------- transfer
+def transfer_body(**kw) -> dict:
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    return {
+        "mode": "transfer",
+        "new_model": "child",
+        "task": "multiclass",
+        "output_dim": 2,
+        "samples": [{"x": list(map(float, x)), "y": int(t)} for x, t in zip(X, y, strict=True)],
+        "epochs": 2,
+        "batch_size": 8,
+        **kw,
+    }
+
+
+def test_transfer_retry_after_commit_reports_the_same_version(ctx):
+    pytest.importorskip("app.engine.train")
+    jid = submit(ctx, **transfer_body())
+    w = Worker(ctx, HANDLERS)
+    assert w.run_once() == jid
+    first = job(ctx, jid)
+    assert first.status == "succeeded", first.error
+    # the worker lost track after the commit: the job runs again
+    with ctx.db.write() as s:
+        j = s.get(Job, jid)
+        j.status, j.result, j.finished_at = "queued", None, None
+    assert w.run_once() == jid
+    again = job(ctx, jid)
+    assert again.status == "succeeded" and again.result == first.result and again.attempts == 2
+    with ctx.db.read() as s:
+        child = get_model(s, "child")
+        assert child.lineage == {"model": "m", "version": 1, "frozen": 1, "copied_layers": 1}
+        assert ctx.versions.get(s, child, 1).job_id == jid
+        from app.store.repositories import VersionRepository
+
+        assert VersionRepository(s).latest_number(child.id) == 1
+
+
+def test_transfer_to_a_name_taken_meanwhile_fails_cleanly(ctx):
+    jid = submit(ctx, **transfer_body())
+    with ctx.db.write() as s:
+        ctx.models.create(s, ModelCreate(name="child", task="regression", input_dim=1))
+    Worker(ctx, HANDLERS).run_once()
+    j = job(ctx, jid)
+    assert j.status == "failed" and j.attempts == 1 and "child" in j.error["message"]
+    with ctx.db.read() as s:
+        assert get_model(s, "child").task == "regression"
