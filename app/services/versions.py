@@ -3,7 +3,10 @@
 
 The stored blob is a canonical safetensors file whose ``__metadata__`` holds no
 per-version data, so the same parameters always have the same sha256 (an
-import of a downloaded file reproduces its source's sha256). Downloads carry
+import of a downloaded file reproduces its source's sha256): Steward writes the
+file itself (:func:`write_safetensors`), with sorted metadata keys and a fixed
+tensor order (the safetensors library orders metadata keys at random), straight
+from the arrays, never building the file in memory. Downloads carry
 the model name, version and task in ``__metadata__``: the header is rewritten
 on the fly and the tensor bytes are streamed from the blob unchanged.
 """
@@ -32,16 +35,79 @@ FORMAT = "steward/1"
 
 
 # --------------------------------------------------------------------------- encoding
+_ST_DTYPES = {
+    np.dtype(np.float64): "F64",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
+}
+_CHUNK = 1 << 20
+
+
+def safetensors_parts(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[bytes, list[np.ndarray]]:
+    """``(header bytes, arrays in data order)`` of the safetensors file of ``tensors``.
+
+    Deterministic: metadata keys sorted; tensors by item size (largest first, so every
+    tensor stays aligned to its item size) then name; the JSON header padded with spaces
+    to a multiple of 8 bytes, as the format asks.
+    """
+    names = sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))
+    header: dict[str, Any] = {"__metadata__": {k: metadata[k] for k in sorted(metadata)}}
+    arrays: list[np.ndarray] = []
+    offset = 0
+    for name in names:
+        a = np.asarray(tensors[name])
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        header[name] = {
+            "dtype": _ST_DTYPES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
+        offset += a.nbytes
+        arrays.append(a)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head, arrays
+
+
+def _array_chunks(arrays: list[np.ndarray]) -> Iterator[memoryview]:
+    for a in arrays:
+        mv = memoryview(a.reshape(-1)).cast("B")
+        for o in range(0, len(mv), _CHUNK):
+            yield mv[o : o + _CHUNK]
+
+
+def write_safetensors(f: Any, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> int:
+    """Write the safetensors file of ``tensors`` to the binary file ``f`` straight from the
+    arrays (no copy of the tensors); returns the number of bytes written."""
+    head, arrays = safetensors_parts(tensors, metadata)
+    n = f.write(head)
+    for chunk in _array_chunks(arrays):
+        n += f.write(chunk)
+    return n
+
+
 def encode(tensors: dict[str, np.ndarray], encoding: str = "dense") -> bytes:
     """Canonical safetensors bytes of a tensor set (no per-version metadata)."""
-    ordered = {k: tensors[k] for k in sorted(tensors)}
-    return stnp.save(ordered, metadata={"format": FORMAT, "encoding": encoding})
+    import io
+
+    buf = io.BytesIO()
+    write_safetensors(buf, tensors, {"format": FORMAT, "encoding": encoding})
+    return buf.getvalue()
 
 
 def encode_to(path: Any, tensors: dict[str, np.ndarray], encoding: str = "dense") -> None:
-    """Write :func:`encode`'s bytes to ``path`` straight from the arrays (no in-memory copy)."""
-    ordered = {k: tensors[k] for k in sorted(tensors)}
-    stnp.save_file(ordered, str(path), metadata={"format": FORMAT, "encoding": encoding})
+    """Write :func:`encode`'s bytes to the file ``path`` (no copy of the tensors in memory)."""
+    with open(path, "wb") as f:
+        write_safetensors(f, tensors, {"format": FORMAT, "encoding": encoding})
 
 
 def read_tensors(path: Any) -> dict[str, np.ndarray]:
@@ -333,9 +399,16 @@ class VersionService:
             from app.engine import sparse
 
             tensors = sparse.decode(read_tensors(path))
-            meta["encoding"] = "dense"
-            data = stnp.save(tensors, metadata=meta)
-            return iter([data]), len(data)
+            meta["encoding"] = "quantized" if v.dtype in ("int8", "uint8", "float16") else "dense"
+            head, arrays = safetensors_parts(tensors, meta)
+            length = len(head) + sum(a.nbytes for a in arrays)
+
+            def dense_chunks() -> Iterator[bytes]:
+                yield head
+                for chunk in _array_chunks(arrays):
+                    yield bytes(chunk)
+
+            return dense_chunks(), length
         with path.open("rb") as f:
             head8 = f.read(8)
             (n,) = struct.unpack("<Q", head8)
