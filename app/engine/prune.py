@@ -396,16 +396,28 @@ def prune_magnitude(
 
 
 # --------------------------------------------------------------------------- neurons
+def _square_sums(W: np.ndarray, axis: int) -> np.ndarray:
+    """Σ W² over rows (``axis=1``: one value per row) or columns (``axis=0``), in float64,
+    one row block at a time (no float64 copy of the whole matrix)."""
+    out = np.zeros(W.shape[0] if axis == 1 else W.shape[1], dtype=np.float64)
+    rows = _row_block(W.shape[1])
+    for a in range(0, W.shape[0], rows):
+        blk = W[a : a + rows].astype(np.float64)
+        if axis == 1:
+            out[a : a + rows] = np.einsum("ij,ij->i", blk, blk)
+        else:
+            out += np.einsum("ij,ij->j", blk, blk)
+    return out
+
+
 def neuron_scores(net: Network) -> list[np.ndarray]:
     """Score of every hidden unit, one float64 array [h_i] per hidden layer ``i``:
-    ``‖[W_i[j, :], b_i[j]]‖₂ · ‖W_{i+1}[:, j]‖₂``."""
+    ``‖[W_i[j, :], b_i[j]]‖₂ · ‖W_{i+1}[:, j]‖₂`` (sums of squares in float64, by row blocks)."""
     scores = []
     for i in range(len(net.weights) - 1):
         W, b, W_next = net.weights[i], net.biases[i], net.weights[i + 1]
-        w64 = W.astype(np.float64)
-        incoming = np.sqrt(np.einsum("ij,ij->i", w64, w64) + b.astype(np.float64) ** 2)
-        n64 = W_next.astype(np.float64)
-        outgoing = np.sqrt(np.einsum("ij,ij->j", n64, n64))
+        incoming = np.sqrt(_square_sums(W, 1) + b.astype(np.float64) ** 2)
+        outgoing = np.sqrt(_square_sums(W_next, 0))
         scores.append(incoming * outgoing)
     return scores
 
@@ -479,9 +491,9 @@ def prune_neurons(
     weights, biases = [], []
     for i in range(L):
         W = net.weights[i]
-        rows = kept[i] if i < L - 1 else slice(None)
-        cols = kept[i - 1] if i > 0 else slice(None)
-        weights.append(np.ascontiguousarray(W[rows][:, cols], dtype=F32))
+        rows = kept[i] if i < L - 1 else np.arange(W.shape[0])
+        cols = kept[i - 1] if i > 0 else np.arange(W.shape[1])
+        weights.append(np.ascontiguousarray(W[np.ix_(rows, cols)], dtype=F32))  # one copy, the kept block
         biases.append(np.ascontiguousarray(net.biases[i][rows], dtype=F32))
     out_net = Network(net.task, net.activation, weights, biases, dict(net.meta))
     overall, per_layer = weight_sparsity(weights)

@@ -155,7 +155,9 @@ def weight_errors(
     layers: list[dict[str, float]] = []
     L = len(new.weights)
     tot_max, tot_sum, tot_n = 0.0, 0.0, 0
-    for i, W0 in enumerate(source):
+    i = -1
+    for W0 in source:  # not enumerate(): its reused result tuple would keep the previous matrix alive
+        i += 1
         W1 = new.weights[i]
         if kept_units is not None and W1.shape != W0.shape:
             E = np.zeros_like(W0)
@@ -166,6 +168,7 @@ def weight_errors(
         emax, esum = _diff_stats(W0, W1)
         layers.append({"max_abs_error": emax, "mean_abs_error": esum / W0.size if W0.size else 0.0})
         tot_max, tot_sum, tot_n = max(tot_max, emax), tot_sum + esum, tot_n + W0.size
+        del W0, W1  # before the source reads the next layer: one source matrix at a time
     return {"max_abs_error": tot_max, "mean_abs_error": tot_sum / tot_n if tot_n else 0.0, "layers": layers}
 
 
