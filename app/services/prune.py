@@ -87,13 +87,13 @@ def submit(ctx: Any, name: str, body: PruneIn) -> str:
             raise Invalid.at(["body", "structure"], "the model has no hidden layer: there are no neurons to prune")
         top = body.sparsity if body.sparsity is not None else max(engine.DEFAULT_GRID)
         _check_reachable(m, src, top, body.scope, body.structure)
-        fine_tune = None
+        fine_tune = ft_data = None
         if body.fine_tune is not None:
             ft = body.fine_tune
-            src_desc = data.prepare(
+            ft_data = data.prepare(
                 s, ctx.blobs, m, samples=ft.samples, log=ft.log, loc=["body", "fine_tune"], min_samples=2
             )
-            fine_tune = {**train_options(ft), "data": src_desc}
+            fine_tune = train_options(ft)
         ev = compress.eval_source(ctx, m, body, required="max_loss_increase" if search else None)
         params = {
             "from": body.from_ if body.from_ is not None else "latest",
@@ -102,6 +102,7 @@ def submit(ctx: Any, name: str, body: PruneIn) -> str:
             "scope": body.scope,
             "structure": body.structure,
             "fine_tune": fine_tune,
+            "fine_tune_data": ft_data,
             "max_loss_increase": body.max_loss_increase,
             "eval": ev,
         }
@@ -110,11 +111,7 @@ def submit(ctx: Any, name: str, body: PruneIn) -> str:
 
 # --------------------------------------------------------------------------- run time
 def _public_params(p: dict[str, Any]) -> dict[str, Any]:
-    out = dict(p)
-    out["eval"] = compress.public(p.get("eval"))
-    if p.get("fine_tune"):
-        out["fine_tune"] = {**p["fine_tune"], "data": compress.public(p["fine_tune"]["data"])}
-    return out
+    return p | {"eval": compress.public(p.get("eval")), "fine_tune_data": compress.public(p.get("fine_tune_data"))}
 
 
 def _fine_tune_summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +125,7 @@ def run_prune(ctx: Any, job: Claimed, progress: Progress) -> None:
         m = get_model(s, job.model_name)
         src = ctx.versions.get(s, m, int(p["from_version"]))
         ev = data.load(s, ctx.blobs, m, p["eval"]) if p.get("eval") else None
-        ft = data.load(s, ctx.blobs, m, p["fine_tune"]["data"]) if p.get("fine_tune") else None
+        ft = data.load(s, ctx.blobs, m, p["fine_tune_data"]) if p.get("fine_tune") else None
         reference = [int(h) for h in m.hidden] if structure == "neurons" else None
     progress(0.0, force=True)
     net = ctx.versions.load_owned(m, src)

@@ -19,6 +19,7 @@ from app.schemas.models import ModelCreate
 from app.services import compress
 from app.services import prune as prune_service
 from app.services import quantize as quantize_service
+from app.services.jobs import job_out
 from app.services.models import get_model
 from app.services.versions import encode, read_tensors, tensors_architecture
 from app.store.migrate import upgrade
@@ -235,3 +236,46 @@ def test_quantize_failure_in_the_engine_is_a_job_error(ctx):
     assert j.status == "failed" and j.attempts == 1
     assert j.error["type"] == "job_error" and "layers.1.weight" in j.error["message"]
     assert len(versions(ctx)) == 2
+
+
+def test_fine_tune_gets_the_mask_and_the_mask_stays_fixed(ctx, monkeypatch):
+    """The wiring around the trainer: ``fit`` gets the pruning masks, whatever it does to
+    pruned weights is undone, its metrics are reported; in a search, those of the chosen point."""
+    seen = []
+
+    def fake_fit(c, m, net, X, Y, opts, progress, *, masks=None, frozen=None):
+        seen.append((masks, len(X), opts["epochs"]))
+        net = net.copy()
+        for W in net.weights:
+            W += F32(0.001)  # also "revives" pruned weights: the service must zero them again
+        progress(0.5)
+        progress(1.0)
+        return net, {"train": {"loss": 1.0, "n": len(X)}, "validation": {"loss": 2.0}, "epochs_run": 7}, (X, Y)
+
+    monkeypatch.setattr(prune_service, "fit", fake_fit)
+    smp = [{"x": [0.1 * j for j in range(12)], "y": j % 3} for j in range(20)]
+    body = PruneIn(sparsity=0.6, scope="global", fine_tune={"samples": smp, "epochs": 3})
+    job_id = prune_service.submit(ctx, "m", body)
+    Worker(ctx, HANDLERS).run_once()
+    with ctx.db.read() as s:
+        j = ctx.jobs.get(s, job_id)
+    assert j.status == "succeeded", j.error
+    (masks, n, epochs), *_ = seen
+    assert n == 20 and epochs == 3 and [M.shape for M in masks] == [(16, 12), (8, 16), (3, 8)]
+    assert j.result["fine_tune"] == {"train": {"loss": 1.0, "n": 20}, "validation": {"loss": 2.0}, "epochs_run": 7}
+    assert j.result["sparsity"] == 206 / 344  # ⌊0.6 · 344⌋ of the 344 weights
+    public = job_out(j).params  # what GET /jobs/{id} shows
+    assert "_blob" not in str(public) and public["fine_tune_data"] == {"source": "samples", "n": 20}
+    tuned = net_of(ctx, j.result["version"])
+    for W, M in zip(tuned.weights, masks, strict=True):
+        assert not W[~M].any() and W[M].all()
+    # in a search every probe is fine-tuned; the result reports the chosen probe's training
+    seen.clear()
+    body = PruneIn(scope="global", max_loss_increase=100.0, eval_samples=smp, fine_tune={"samples": smp})
+    job_id = prune_service.submit(ctx, "m", body)
+    Worker(ctx, HANDLERS).run_once()
+    with ctx.db.read() as s:
+        j = ctx.jobs.get(s, job_id)
+    assert j.status == "succeeded", j.error
+    assert len(seen) == len(j.result["search"]["curve"]) >= 2
+    assert j.result["fine_tune"]["epochs_run"] == 7 and j.result["search"]["sparsity"] == 0.99
