@@ -27,7 +27,7 @@ from app.services.models import get_model
 from app.store.models import Model
 from app.store.repositories import AliasRepository
 from app.worker.queue import Claimed
-from app.worker.runner import Progress
+from app.worker.runner import JobError, Progress
 
 
 def resolve_from(ctx: Any, s: Any, m: Model, ref: int | str | None, loc: list[str | int]) -> int:
@@ -36,14 +36,6 @@ def resolve_from(ctx: Any, s: Any, m: Model, ref: int | str | None, loc: list[st
         return ctx.versions.resolve_ref(s, m, ref).version
     except NotFound as e:
         raise Invalid.at(loc, e.detail) from None
-
-
-def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded permutation of ``range(n)`` split into (train, validation) index arrays;
-    the validation part has round(n · fraction) ≥ 1 samples."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, round(n * fraction))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def train_options(body: TrainOptions) -> dict[str, Any]:
@@ -78,37 +70,43 @@ def fit(
     masks: list[np.ndarray] | None = None,
     frozen: set[int] | None = None,
 ) -> tuple[Network, dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """Train ``net`` (in place on a copy) on (X, Y) with ``opts``; returns
-    (trained net, metrics, (X_val, Y_val))."""
+    """Train a copy of ``net`` on (X, Y) with ``opts`` (the engine splits off the
+    validation rows with the shuffle seed); returns (trained net, metrics, (X_val, Y_val))."""
     from app.engine.optim import Optimizer, OptimizerConfig
-    from app.engine.train import train
+    from app.engine.train import Diverged, train
 
-    tr, va = split(len(X), opts["validation_fraction"], opts["shuffle_seed"])
     spec = dict(m.optimizer)
     if opts.get("learning_rate") is not None:
         spec["learning_rate"] = opts["learning_rate"]
-    cfg = OptimizerConfig(**{k: v for k, v in spec.items() if k in OptimizerConfig.__dataclass_fields__})
+    cfg = OptimizerConfig.from_dict({k: v for k, v in spec.items() if k in OptimizerConfig.__dataclass_fields__})
     net = net.copy()
-    opt = Optimizer(net, cfg, frozen=frozen, masks=masks)
-    result = train(
-        net,
-        opt,
-        X[tr],
-        Y[tr],
-        X_val=X[va],
-        Y_val=Y[va],
-        epochs=opts["epochs"],
-        batch_size=opts["batch_size"],
-        shuffle_seed=opts["shuffle_seed"],
-        early_stopping_patience=opts.get("early_stopping_patience"),
-        progress_cb=progress,
-    )
+    opt = Optimizer(cfg, net, frozen=frozen, masks=masks)
+    try:
+        result = train(
+            net,
+            opt,
+            X,
+            Y,
+            epochs=opts["epochs"],
+            batch_size=opts["batch_size"],
+            shuffle_seed=opts["shuffle_seed"],
+            validation_fraction=opts["validation_fraction"],
+            early_stopping_patience=opts.get("early_stopping_patience"),
+            progress_cb=progress,
+        )
+    except Diverged as e:
+        raise JobError(str(e), learning_rate=cfg.learning_rate) from None
+    va = result.val_indices
+    tr = np.setdiff1d(np.arange(len(X)), va, assume_unique=True)
     metrics = {
         "train": evaluate(net, X[tr], Y[tr]),
         "validation": evaluate(net, X[va], Y[va]),
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
-        "history": result.history,
+        "stopped_early": result.stopped_early,
+        "steps": result.steps,
+        "learning_rate": cfg.learning_rate,
+        "history": [h.__dict__ for h in result.history],
     }
     return net, metrics, (X[va], Y[va])
 
