@@ -11,6 +11,19 @@ from app.context import AppContext
 def start_background(ctx: AppContext) -> Callable[[], None]:
     """Start what the settings ask for; return a function that stops it all gracefully."""
     stops: list[Callable[[], None]] = []
+    from app.services.online import online_service
+    from app.worker.learner import LearnerRuntime, install_metrics
+
+    install_metrics(ctx)  # /metrics reports every model's log and learner, wherever it runs
+    online = online_service(ctx)
+    forget: list[Callable[[str], None]] = [online.forget]
+    if ctx.settings.run_learner:
+        learner = LearnerRuntime(ctx)
+        ctx.extras["learner"] = learner
+        forget.append(learner.forget)
+        learner.start()
+        stops.append(learner.stop)
+    ctx.extras["on_model_deleted"] = lambda name: [fn(name) for fn in forget]
     if ctx.settings.run_worker:
         from app.worker.handlers import HANDLERS
         from app.worker.runner import Worker

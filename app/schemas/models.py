@@ -96,11 +96,13 @@ class ModelCreate(Strict):
 
 class PrequentialWindow(BaseModel):
     size: int
+    count: int | None = Field(None, description="Samples in the window so far (≤ size)")
     loss: float | None
     accuracy: float | None = None
 
 
 class Prequential(BaseModel):
+    count: int | None = Field(None, description="Samples scored (test-then-train) since the learner's metrics began")
     loss: float | None = Field(None, description="Mean test-then-train loss over all applied samples")
     accuracy: float | None = None
     window: PrequentialWindow | None = None
