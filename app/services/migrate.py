@@ -516,7 +516,7 @@ def run_transfer(ctx: Any, job: Claimed, progress: Progress) -> None:
     start = transfer_network(base, spec, copy)
     masks = None
     if src.sparsity > 0:  # keep the copied layers' pruned weights at zero
-        masks = [w != 0 if i < copy else np.ones(w.shape, dtype=bool) for i, w in enumerate(start.weights)]
+        masks = [w != 0 if i < copy else None for i, w in enumerate(start.weights)]
     target_model = Model(name=spec.name, optimizer=spec.optimizer.model_dump())  # transient: fit reads .optimizer
     net, metrics, _ = fit(ctx, target_model, start, X, Y, p, progress, masks=masks, frozen=set(range(freeze)))
     for i in range(freeze):

@@ -151,7 +151,6 @@ def transfer_body(**kw) -> dict:
 
 
 def test_transfer_retry_after_commit_reports_the_same_version(ctx):
-    pytest.importorskip("app.engine.train")
     jid = submit(ctx, **transfer_body())
     w = Worker(ctx, HANDLERS)
     assert w.run_once() == jid
@@ -182,3 +181,25 @@ def test_transfer_to_a_name_taken_meanwhile_fails_cleanly(ctx):
     assert j.status == "failed" and j.attempts == 1 and "child" in j.error["message"]
     with ctx.db.read() as s:
         assert get_model(s, "child").task == "regression"
+
+
+def test_transfer_from_a_pruned_version_keeps_its_zeros_when_trained(ctx):
+    import safetensors.numpy as stnp
+
+    net = make_net("binary", "relu", hidden=[4], input_dim=3)
+    net.weights[0][:, :2] = 0  # half of the first layer pruned
+    with ctx.db.write() as s:
+        m = get_model(s, "m", for_update=True)
+        tensors = {f"layers.{i}.{p}": t for i, (W, b) in enumerate(zip(net.weights, net.biases, strict=True))
+                   for p, t in (("weight", W), ("bias", b))}  # fmt: skip
+        v = ctx.versions.import_safetensors(s, m, stnp.save(tensors))
+        assert v.sparsity > 0
+    jid = submit(ctx, **transfer_body(freeze=0, epochs=5, learning_rate=0.1), **{"from": 2})
+    Worker(ctx, HANDLERS).run_once()
+    j = job(ctx, jid)
+    assert j.status == "succeeded", j.error
+    with ctx.db.read() as s:
+        child = get_model(s, "child")
+        got = ctx.versions.load(child, ctx.versions.get(s, child, 1))
+    assert not np.array_equal(got.weights[0], net.weights[0])  # trained …
+    assert np.all(got.weights[0][:, :2] == 0)  # … but the pruned weights stayed zero
