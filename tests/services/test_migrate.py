@@ -203,3 +203,17 @@ def test_transfer_from_a_pruned_version_keeps_its_zeros_when_trained(ctx):
         got = ctx.versions.load(child, ctx.versions.get(s, child, 1))
     assert not np.array_equal(got.weights[0], net.weights[0])  # trained …
     assert np.all(got.weights[0][:, :2] == 0)  # … but the pruned weights stayed zero
+
+
+def test_transfer_trained_on_the_source_log(ctx):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(60, 3))
+    append_log(ctx, X, (X[:, 1] > 0).astype(float))
+    body = transfer_body(task="binary", output_dim=1, log={"from_offset": 10}, epochs=3)
+    del body["samples"]
+    jid = submit(ctx, **body)
+    assert job(ctx, jid).params["data"] == {"source": "log", "from_offset": 10, "to_offset": 59, "n": 50}
+    Worker(ctx, HANDLERS).run_once()
+    j = job(ctx, jid)
+    assert j.status == "succeeded", j.error
+    assert j.result["train"]["n"] + j.result["validation"]["n"] == 50
