@@ -207,6 +207,11 @@ def run_prune(ctx: Any, job: Claimed, progress: Progress) -> None:
     progress(0.9)
     if ev is not None and before is not None:
         report["evaluation"] = compress.evaluation_report(p["eval"], before, compress.measure(new, *ev))
+    if structure == "neurons" and ft is None:
+        report["warnings"] = [
+            "whole hidden units were removed without fine_tune, which usually costs accuracy "
+            "(most on small networks); add fine_tune to retrain the smaller network"
+        ]
     tensors = codec.to_tensors(new)
     overall, per_layer = compress.stored_sparsity(tensors)
     report["sparsity"] = overall

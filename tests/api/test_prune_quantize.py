@@ -237,6 +237,7 @@ def test_neurons_really_shrink_the_layers(client, digits):
     assert row["architecture"] == [64, 64, 32, 10] == res["prune"]["architecture"]
     assert res["prune"]["unit_sparsity"] == [0.5, 0.5]
     assert res["prune"]["params_after"] < 0.5 * res["prune"]["params_before"]
+    assert "fine_tune" in res["warnings"][0]
     assert row["size_bytes"] < 0.55 * version(client, parent)["size_bytes"]
     W = download(client, v)
     assert W["layers.0.weight"].shape == (64, 64) and W["layers.1.weight"].shape == (32, 64)
@@ -355,6 +356,19 @@ def test_80_percent_with_fine_tuning_keeps_accuracy(client, digits):
     for i in range(3):  # the same weights are zero as without fine-tuning
         np.testing.assert_array_equal(W[f"layers.{i}.weight"] == 0, Q[f"layers.{i}.weight"] == 0)
         assert P[f"layers.{i}.weight"].shape == W[f"layers.{i}.weight"].shape
+    # neurons: fine-tuning the smaller network recovers what removing half the units cost
+    res = run(
+        client,
+        "prune",
+        {
+            "from": parent,
+            "sparsity": 0.5,
+            "structure": "neurons",
+            "fine_tune": {"samples": samples(Xtr, ytr), "epochs": 15, "batch_size": 32, "learning_rate": 0.002},
+        },
+    )
+    assert version(client, res["version"])["architecture"] == [64, 64, 32, 10] and "warnings" not in res
+    assert accuracy(client, Xte, yte, res["version"])["accuracy"] >= base - 0.03
 
 
 # --------------------------------------------------------------------------- derived versions
