@@ -7,12 +7,18 @@ through the database, so it works the same whether the learner runs here, in
 another API process or in a ``steward worker``.
 
 **The sample log.** ``models.next_offset`` is the number of samples ever
-accepted. An append reserves its offsets with one ``UPDATE … SET next_offset =
-next_offset + n … RETURNING`` (which holds the model row's write lock until
-commit, so concurrent appends get contiguous, disjoint ranges), inserts the
-packed arrays as ``sample_batches`` rows (one per request; requests over
-:data:`MAX_ROW_SAMPLES` samples are split into several rows in the same
-transaction), records the ``Idempotency-Key`` and commits — all before the 202.
+accepted. An append locks the model row (``SELECT … FOR UPDATE``; on SQLite the
+``BEGIN IMMEDIATE`` write lock), takes its offsets from ``next_offset`` (so
+concurrent appends, from this or any other process, get contiguous, disjoint
+ranges in commit order), inserts the packed arrays as ``sample_batches`` rows
+(one per request; requests over :data:`MAX_ROW_SAMPLES` samples are split into
+several rows in the same transaction), records the ``Idempotency-Key``, advances
+``next_offset`` and commits — all before the 202.
+
+**Group commit.** Appends that arrive while another one is committing wait and
+are then committed together, in arrival order, in one transaction: one fsync for
+many requests, each with its own answer or error. With one client at a time
+this is exactly one transaction per request.
 
 **Idempotency.** A key is remembered per model with the SHA-256 of the packed
 samples (so a retry that re-serialises the same samples differently, or sends
@@ -59,6 +65,9 @@ from app.store.repositories import IdempotencyRepository, LearnerRepository, Sam
 #: Largest number of samples in one ``sample_batches`` row.
 MAX_ROW_SAMPLES = 65_536
 PURGE_EVERY_SECONDS = 60.0
+#: Most appends / samples committed together in one transaction (group commit).
+GROUP_MAX_JOBS = 256
+GROUP_MAX_SAMPLES = 1 << 20
 #: How long a model's shape is cached by ingestion (a delete in this process forgets it at once).
 TARGET_TTL_SECONDS = 2.0
 
@@ -90,9 +99,25 @@ class SpecChanged(Conflict):
     """The model was deleted and re-created with another shape while the request was parsed."""
 
 
-class _Duplicate(Exception):
-    def __init__(self, answer: dict[str, Any]) -> None:
-        self.answer = answer
+@dataclass
+class _Job:
+    """One append waiting for a group commit."""
+
+    t: Target
+    X: np.ndarray
+    Y: np.ndarray
+    key: str | None
+    digest: str
+    done: bool = False
+    answer: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+
+def _key_conflict(key: str) -> Conflict:
+    return Conflict(
+        f"Idempotency-Key {key!r} was already used with a different request body",
+        errors=[{"loc": ["header", "Idempotency-Key"], "msg": "key reused with a different body"}],
+    )
 
 
 def request_hash(X: np.ndarray, Y: np.ndarray) -> str:
@@ -112,6 +137,9 @@ class OnlineService:
         self.db = ctx.db
         self._targets: dict[str, tuple[Target, float]] = {}
         self._lock = threading.Lock()
+        self._queue: list[_Job] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
         self._last_purge = 0.0
 
     # ------------------------------------------------------------------ append
@@ -141,45 +169,104 @@ class OnlineService:
         """Append validated samples durably; the 202 answer (or the first answer of ``key``).
 
         Raises :class:`NotFound` when the model is gone and :class:`Conflict` when
-        ``key`` was used with other samples. Call from a worker thread.
+        ``key`` was used with other samples. Blocks until committed: call it from a
+        worker thread. Concurrent calls are committed together (see :meth:`_commit`).
         """
-        n = len(X)
-        digest = request_hash(X, Y) if key is not None else ""
-        ttl = timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
-        try:
-            with self.db.write() as s:
-                got = SampleRepository(s).allocate(t.model_id, n)
-                if got is None:
-                    raise NotFound(f"no model named {t.name!r}")
-                first, task, input_dim, output_dim = got
-                if (task, input_dim, output_dim) != (t.spec.task, t.spec.input_dim, t.spec.output_dim):
-                    raise SpecChanged(
-                        f"model {t.name!r} was re-created with another shape during the request; retry it"
-                    )
-                keys = IdempotencyRepository(s)
-                if key is not None:
-                    prior = keys.get(t.model_id, key)
-                    if prior is not None and prior.created_at > utcnow() - ttl:
-                        if prior.request_hash != digest:
-                            raise Conflict(
-                                f"Idempotency-Key {key!r} was already used with a different request body",
-                                errors=[{"loc": ["header", "Idempotency-Key"], "msg": "key reused"}],
-                            )
-                        raise _Duplicate(dict(prior.response))
-                    if prior is not None:
-                        keys.delete(prior)
-                SampleRepository(s).add(t.model_id, first, X, Y, max_rows=MAX_ROW_SAMPLES)
-                answer = {"accepted": n, "first_offset": first, "last_offset": first + n - 1, "duplicate": False}
-                if key is not None:
-                    keys.put(t.model_id, key, digest, answer)
-        except _Duplicate as d:
-            return {**d.answer, "duplicate": True}
-        except (SpecChanged, NotFound):
-            self.forget(t.name)
-            raise
-        self.ctx.metrics.samples_accepted.labels(t.name).inc(n)
+        job = _Job(t, X, Y, key, request_hash(X, Y) if key is not None else "")
+        with self._queue_lock:
+            self._queue.append(job)
+        with self._commit_lock:
+            while not job.done:
+                with self._queue_lock:
+                    batch, rest = self._take(self._queue)
+                    self._queue = rest
+                self._commit(batch)
+        if job.error is not None:
+            if isinstance(job.error, SpecChanged | NotFound):
+                self.forget(t.name)
+            raise job.error
+        answer = job.answer
+        assert answer is not None
+        if not answer["duplicate"]:
+            self.ctx.metrics.samples_accepted.labels(t.name).inc(len(X))
         self._maybe_purge()
         return answer
+
+    @staticmethod
+    def _take(queue: list[_Job]) -> tuple[list[_Job], list[_Job]]:
+        """The oldest jobs up to :data:`GROUP_MAX_JOBS` / :data:`GROUP_MAX_SAMPLES`."""
+        n = total = 0
+        for job in queue:
+            if n and (n >= GROUP_MAX_JOBS or total + len(job.X) > GROUP_MAX_SAMPLES):
+                break
+            n += 1
+            total += len(job.X)
+        return queue[:n], queue[n:]
+
+    def _commit(self, batch: list[_Job]) -> None:
+        """Group commit: every append waiting at this moment goes into ONE transaction (one
+        fsync), each with its own outcome. A failure of the transaction itself is retried
+        job by job, so one bad append cannot fail the others."""
+        try:
+            with self.db.write() as s:
+                outcomes = self._write(s, batch)
+        except Exception as e:
+            if len(batch) == 1:
+                batch[0].error, batch[0].done = e, True
+                return
+            for job in batch:
+                self._commit([job])
+            return
+        for job, answer, error in outcomes:
+            job.answer, job.error, job.done = answer, error, True
+
+    def _write(self, s: Any, batch: list[_Job]) -> list[tuple[_Job, dict[str, Any] | None, BaseException | None]]:
+        samples, keys = SampleRepository(s), IdempotencyRepository(s)
+        fresh_after = utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
+        models = samples.lock_models(sorted({j.t.model_id for j in batch}))
+        nexts: dict[int, int] = {}
+        seen: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
+        sample_rows: list[dict[str, Any]] = []
+        key_rows: list[dict[str, Any]] = []
+        out: list[tuple[_Job, dict[str, Any] | None, BaseException | None]] = []
+        for job in sorted(batch, key=lambda j: j.t.model_id):  # stable: arrival order per model
+            t, mid = job.t, job.t.model_id
+            got = models.get(mid)
+            if got is None:
+                out.append((job, None, NotFound(f"no model named {t.name!r}")))
+                continue
+            if got[:3] != (t.spec.task, t.spec.input_dim, t.spec.output_dim):
+                msg = f"model {t.name!r} was re-created with another shape during the request; retry it"
+                out.append((job, None, SpecChanged(msg)))
+                continue
+            if job.key is not None:
+                prior = seen.get((mid, job.key))
+                if prior is None:
+                    row = keys.get(mid, job.key)
+                    if row is not None and row.created_at > fresh_after:
+                        prior = (row.request_hash, dict(row.response))
+                    elif row is not None:
+                        keys.delete(row)  # expired: the key is unknown again
+                if prior is not None:
+                    if prior[0] != job.digest:
+                        out.append((job, None, _key_conflict(job.key)))
+                    else:
+                        out.append((job, {**prior[1], "duplicate": True}, None))
+                    continue
+            n = len(job.X)
+            first = nexts.get(mid, got[3])
+            nexts[mid] = first + n
+            answer = {"accepted": n, "first_offset": first, "last_offset": first + n - 1, "duplicate": False}
+            sample_rows += samples.rows(mid, first, job.X, job.Y, max_rows=MAX_ROW_SAMPLES)
+            if job.key is not None:
+                seen[(mid, job.key)] = (job.digest, answer)
+                key_rows.append({"model_id": mid, "key": job.key, "request_hash": job.digest, "response": answer})
+            out.append((job, answer, None))
+        for mid, nxt in nexts.items():
+            samples.set_next_offset(mid, nxt)
+        samples.add_rows(sample_rows)
+        keys.add_many(key_rows)
+        return out
 
     def _maybe_purge(self) -> None:
         now = time.monotonic()

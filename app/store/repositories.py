@@ -198,31 +198,33 @@ class SampleRepository:
     def __init__(self, s: Session) -> None:
         self.s = s
 
-    def allocate(self, model_id: int, n: int) -> tuple[int, str, int, int] | None:
-        """Reserve ``n`` offsets: ``UPDATE models SET next_offset = next_offset + n``.
+    def lock_models(self, model_ids: Sequence[int]) -> dict[int, tuple[str, int, int, int]]:
+        """Lock the models' rows for an append (``FOR UPDATE``, in id order so concurrent
+        appenders never deadlock; SQLite's ``BEGIN IMMEDIATE`` already serializes writers).
 
-        The update takes the model row's write lock until the transaction ends, so
-        concurrent appends get contiguous, disjoint ranges in commit order. Returns
-        ``(first_offset, task, input_dim, output_dim)`` or None when the model is gone.
+        Returns ``{id: (task, input_dim, output_dim, next_offset)}`` for the models that exist.
         """
-        t = Model.__table__
-        row = self.s.execute(
-            sa.update(t)
-            .where(t.c.id == model_id)
-            .values(next_offset=t.c.next_offset + n)
-            .returning(t.c.next_offset, t.c.task, t.c.input_dim, t.c.output_dim)
-        ).one_or_none()
-        if row is None:
-            return None
-        return int(row[0]) - n, row[1], int(row[2]), int(row[3])
+        q = (
+            sa.select(Model.id, Model.task, Model.input_dim, Model.output_dim, Model.next_offset)
+            .where(Model.id.in_(list(model_ids)))
+            .order_by(Model.id)
+            .with_for_update()
+        )
+        return {int(r[0]): (r[1], int(r[2]), int(r[3]), int(r[4])) for r in self.s.execute(q)}
 
-    def add(self, model_id: int, first_offset: int, X: np.ndarray, Y: np.ndarray, *, max_rows: int) -> int:
-        """Insert the packed samples as rows of at most ``max_rows`` samples; returns the row count."""
+    def set_next_offset(self, model_id: int, next_offset: int) -> None:
+        """``models.next_offset`` after an append (the caller holds the row lock)."""
+        t = Model.__table__
+        self.s.execute(sa.update(t).where(t.c.id == model_id).values(next_offset=next_offset))
+
+    @staticmethod
+    def rows(model_id: int, first_offset: int, X: np.ndarray, Y: np.ndarray, *, max_rows: int) -> list[dict[str, Any]]:
+        """``sample_batches`` rows for packed samples: at most ``max_rows`` samples each."""
         now = utcnow()
-        rows = []
+        out = []
         for lo in range(0, len(X), max_rows):
             hi = min(lo + max_rows, len(X))
-            rows.append(
+            out.append(
                 {
                     "model_id": model_id,
                     "first_offset": first_offset + lo,
@@ -232,8 +234,11 @@ class SampleRepository:
                     "created_at": now,
                 }
             )
-        self.s.execute(sa.insert(SampleBatch.__table__), rows)
-        return len(rows)
+        return out
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.s.execute(sa.insert(SampleBatch.__table__), rows)
 
     def covering(self, model_id: int, lo: int, hi: int) -> list[SampleBatch]:
         """Rows holding any offset in ``lo..hi`` (inclusive), in offset order."""
@@ -261,19 +266,11 @@ class IdempotencyRepository:
     def get(self, model_id: int, key: str) -> IdempotencyKey | None:
         return self.s.get(IdempotencyKey, (model_id, key))
 
-    def put(self, model_id: int, key: str, request_hash: str, response: dict[str, Any]) -> None:
-        self.s.execute(
-            sa.insert(IdempotencyKey.__table__),
-            [
-                {
-                    "model_id": model_id,
-                    "key": key,
-                    "request_hash": request_hash,
-                    "response": response,
-                    "created_at": utcnow(),
-                }
-            ],
-        )
+    def add_many(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``{"model_id", "key", "request_hash", "response"}`` rows."""
+        if rows:
+            now = utcnow()
+            self.s.execute(sa.insert(IdempotencyKey.__table__), [{**r, "created_at": now} for r in rows])
 
     def delete(self, row: IdempotencyKey) -> None:
         self.s.delete(row)

@@ -1,0 +1,409 @@
+"""HTTP ingestion (``POST /v1/models/{name}/update``), acknowledged durably, beside a
+bare FastAPI endpoint that only parses the same body; learner throughput beside it.
+
+One command, from the repository root::
+
+    python bench/bench_ingest.py            # ~2 minutes
+    python bench/bench_ingest.py --quick    # ~40 s, fewer and shorter rounds
+
+What it does, in one process tree:
+
+1. starts ``uvicorn app.main:app`` (Steward: SQLite default configuration —
+   WAL, ``synchronous=FULL``, every 202 is committed and fsynced — in a temporary
+   data directory; learner and job worker off for the ingestion figures) and
+   ``uvicorn bench.bare_ingest_app:app`` (orjson + numpy parse only: the
+   ceiling), both 1 process, access log off, pinned to CPU 0 with ``taskset``;
+   the load generator runs on CPU 1;
+2. for three bodies — one 32-float binary sample per request, 1,000 samples per
+   JSON request, one 100,000-line NDJSON stream — times Steward and the bare
+   endpoint in interleaved rounds (A B, B A, …): ``wrk`` (if installed; else a
+   Python ``http.client`` loop, said in the output) for the JSON bodies, and a
+   Python client streaming the NDJSON body chunked (64 KiB chunks) for the stream;
+3. learner throughput: Steward's learner runtime (log reads, per-sample steps,
+   progress, checkpoints with fsynced blobs) draining the log on CPU 0, for a
+   logistic and a 32-64-1 MLP model, beside the bare engine loop (no I/O);
+4. ingestion and learning together: a Steward with its learner on, fed NDJSON
+   requests for a few seconds — accepted/s, applied/s and the lag it leaves.
+
+Figures are samples/s (acknowledged durably for Steward); "ratio" is Steward ÷
+bare in the same round (median and min–max over rounds). ``OPENBLAS_CORETYPE`` /
+``OPENBLAS_L2_SIZE`` are removed from this command's environment (see BENCH.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # before numpy is imported
+    os.environ.pop(_var, None)
+
+import argparse  # noqa: E402
+import http.client  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KEY = "bench-admin-key-0123456789abcdef"
+DIM = 32
+
+
+# --------------------------------------------------------------------------- servers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(app: str, port: int, env: dict[str, str], pin: bool, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--no-access-log", "--log-level", "warning"]
+    if pin:
+        cmd = ["taskset", "-c", "0", *cmd]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{app} exited: {log.read_text()[-2000:]}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/openapi.json")
+            if c.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.terminate()
+    raise SystemExit(f"{app} did not start within 60 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def call(port: int, method: str, path: str, body: object | None = None) -> tuple[int, dict]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    data = orjson.dumps(body) if body is not None else None
+    c.request(method, path, body=data, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    r = c.getresponse()
+    return r.status, orjson.loads(r.read() or b"{}")
+
+
+# --------------------------------------------------------------------------- bodies
+def make_samples(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, DIM)).astype(np.float32)
+    w = rng.standard_normal(DIM)
+    Y = (X @ w + 0.5 * rng.standard_normal(n) > 0).astype(np.int64)
+    return X, Y
+
+
+NUMPY = orjson.OPT_SERIALIZE_NUMPY  # float32 rows print as their shortest float32 repr
+
+
+def json_body(X: np.ndarray, Y: np.ndarray) -> bytes:
+    return orjson.dumps({"samples": [{"x": x, "y": int(y)} for x, y in zip(X, Y, strict=True)]}, option=NUMPY)
+
+
+def ndjson_body(X: np.ndarray, Y: np.ndarray) -> bytes:
+    return b"".join(orjson.dumps({"x": x, "y": int(y)}, option=NUMPY) + b"\n" for x, y in zip(X, Y, strict=True))
+
+
+# --------------------------------------------------------------------------- load
+WRK_LUA = """
+wrk.method = "POST"
+local f = io.open("{body}", "rb")
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+
+
+def wrk_rate(url: str, body_file: Path, conns: int, seconds: float, pin: bool, tmp: Path) -> tuple[float, int]:
+    """(requests/s, non-2xx responses) from a wrk run."""
+    lua = tmp / f"{body_file.stem}.lua"
+    lua.write_text(WRK_LUA.format(body=body_file, key=KEY))
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(lua), url]
+    if pin:
+        cmd = ["taskset", "-c", "1", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise SystemExit(f"could not read wrk's output:\n{out}")
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errs = re.search(r"Socket errors:.*", out)
+    if errs:
+        print(f"    wrk: {errs.group(0)}")
+    return float(m.group(1)), int(bad.group(1)) if bad else 0
+
+
+def loop_rate(port: int, path: str, body: bytes, conns: int, seconds: float) -> tuple[float, int]:
+    """Fallback without wrk: ``conns`` threads posting over keep-alive connections."""
+    stop = time.monotonic() + seconds
+    counts = [0] * conns
+    bad = [0] * conns
+
+    def run(k: int) -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        while time.monotonic() < stop:
+            c.request("POST", path, body=body, headers=h)
+            r = c.getresponse()
+            r.read()
+            counts[k] += 1
+            bad[k] += r.status != 202
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.monotonic() - t0), sum(bad)
+
+
+def stream_seconds(port: int, path: str, body: bytes, chunk: int = 64 * 1024) -> float:
+    """Wall time of one chunked NDJSON upload until its (202) answer."""
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(body), chunk):
+            yield body[i : i + chunk]
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/x-ndjson", "Transfer-Encoding": "chunked"}
+    t0 = time.perf_counter()
+    c.request("POST", path, body=chunks(), headers=h, encode_chunked=True)
+    r = c.getresponse()
+    data = r.read()
+    dt = time.perf_counter() - t0
+    if r.status != 202:
+        raise SystemExit(f"NDJSON stream to {path} → {r.status}: {data[:300]!r}")
+    return dt
+
+
+# --------------------------------------------------------------------------- report
+def fmt_rate(xs: list[float]) -> str:
+    return f"{statistics.median(xs):>11,.0f}  ({min(xs):,.0f}–{max(xs):,.0f})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario")
+    p.add_argument("--seconds", type=float, default=3.0, help="duration of each wrk run")
+    p.add_argument("--conns", type=int, default=8, help="concurrent connections for the JSON bodies")
+    p.add_argument("--quick", action="store_true", help="2 rounds of 2 s")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds = 2, 2.0
+    pin = bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2
+    if pin:
+        os.sched_setaffinity(0, {1})
+    have_wrk = bool(shutil.which("wrk"))
+
+    with tempfile.TemporaryDirectory(prefix="steward-bench-ingest-") as tmpd:
+        tmp = Path(tmpd)
+        data_dir = tmp / "data"
+        env = {**os.environ, "STEWARD_DATA_DIR": str(data_dir), "STEWARD_ADMIN_KEY": KEY}
+        for k in ("STEWARD_DATABASE_URL", "STEWARD_MAX_BODY_BYTES"):
+            env.pop(k, None)
+        ingest_env = {**env, "STEWARD_RUN_LEARNER": "false", "STEWARD_RUN_WORKER": "false"}
+        sp, bp = free_port(), free_port()
+        steward = start_server("app.main:app", sp, ingest_env, pin, tmp / "steward.log")
+        bare = start_server("bench.bare_ingest_app:app", bp, env, pin, tmp / "bare.log")
+        results: dict[str, dict[str, list[float]]] = {}
+        try:
+            status, _ = call(sp, "POST", "/v1/models", {"name": "bench", "task": "binary", "input_dim": DIM})
+            assert status == 201, status
+            X1, Y1 = make_samples(1, 1)
+            X1k, Y1k = make_samples(1000, 2)
+            Xnd, Ynd = make_samples(100_000, 3)
+            bodies = {
+                "1-sample JSON": (json_body(X1, Y1), 1),
+                "1,000-sample JSON": (json_body(X1k, Y1k), 1000),
+            }
+            nd = ndjson_body(Xnd, Ynd)
+            print(
+                f"Steward ingestion vs bare orjson+numpy endpoint — python {platform.python_version()}, "
+                f"numpy {np.__version__}, {os.cpu_count()} CPUs"
+            )
+            where = "servers on CPU 0, load on CPU 1 (taskset)" if pin else "no CPU pinning"
+            gen = f"wrk -t1 -c{args.conns} {args.seconds:g} s" if have_wrk else f"Python http.client x{args.conns}"
+            print(f"uvicorn 1 process each, access log off; {where}; JSON load: {gen}; NDJSON: Python chunked upload")
+            print("Steward: SQLite default config (WAL, synchronous=FULL): every 202 is committed and fsynced")
+            print(
+                f"bodies: {DIM} float32 values per sample as orjson prints them (shortest float32 repr); "
+                f"1,000-sample JSON {len(bodies['1,000-sample JSON'][0]):,} B, NDJSON {len(nd):,} B\n"
+            )
+            for name, (body, n) in bodies.items():
+                f = tmp / f"body-{n}.json"
+                f.write_bytes(body)
+                rs: dict[str, list[float]] = {"steward": [], "bare": []}
+                for r in range(args.rounds):
+                    order = [("steward", sp, "/v1/models/bench/update"), ("bare", bp, "/json")]
+                    for who, port, path in order if r % 2 == 0 else order[::-1]:
+                        if have_wrk:
+                            rate, bad = wrk_rate(
+                                f"http://127.0.0.1:{port}{path}", f, args.conns, args.seconds, pin, tmp
+                            )
+                        else:
+                            rate, bad = loop_rate(port, path, body, args.conns, args.seconds)
+                        if bad:
+                            raise SystemExit(f"{who}: {bad} non-2xx answers for {name}")
+                        rs[who].append(rate * n)
+                results[name] = rs
+            rs = {"steward": [], "bare": []}
+            for r in range(args.rounds):
+                order = [("steward", sp, "/v1/models/bench/update"), ("bare", bp, "/ndjson")]
+                for who, port, path in order if r % 2 == 0 else order[::-1]:
+                    rs[who].append(len(Xnd) / stream_seconds(port, path, nd))
+            results["100,000-line NDJSON stream"] = rs
+            _, m = call(sp, "GET", "/v1/models/bench")
+            accepted = m["online"]["accepted"]
+        finally:
+            stop_server(steward)
+            stop_server(bare)
+
+        header = (
+            f"{'body':<28} {'Steward samples/s (spread)':>34} {'bare samples/s (spread)':>34} {'ratio (spread)':>20}"
+        )
+        print(header)
+        print("-" * len(header))
+        targets = {"1,000-sample JSON": 150_000, "100,000-line NDJSON stream": 150_000}
+        verdicts = []
+        for name, rs in results.items():
+            ratios = [a / b for a, b in zip(rs["steward"], rs["bare"], strict=True)]
+            ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
+            print(f"{name:<28} {fmt_rate(rs['steward']):>34} {fmt_rate(rs['bare']):>34} {ratio:>20}")
+            if name in targets:
+                ok = statistics.median(rs["steward"]) >= targets[name] and statistics.median(ratios) >= 0.7
+                verdicts.append(f"{name}: {'meets' if ok else 'MISSES'} ≥ 150,000/s and ≥ 0.7 × bare")
+        print(f"\n{accepted:,} samples were acknowledged into the log during the run.")
+        for v in verdicts:
+            print("target:", v)
+
+        learner_section(tmp, pin)
+        mixed_section(tmp, env, pin, nd, Xnd, Ynd)
+
+
+def learner_section(tmp: Path, pin: bool) -> None:
+    """The learner runtime draining a log in this process (pinned to CPU 0)."""
+    from app.context import AppContext
+    from app.engine.network import init_network
+    from app.engine.online import LearnerConfig, OnlineLearner
+    from app.engine.optim import OptimizerConfig
+    from app.schemas.models import ModelCreate
+    from app.services.ingest import SampleSpec
+    from app.services.online import Target, online_service
+    from app.settings import Settings
+    from app.store.migrate import upgrade
+    from app.worker.learner import LearnerRuntime
+
+    if pin:
+        os.sched_setaffinity(0, {0})
+    settings = Settings(data_dir=tmp / "learn", admin_key=KEY, run_worker=False)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.url)
+    ctx = AppContext.build(settings)
+    svc = online_service(ctx)
+    n = 200_000
+    X, Y = make_samples(n, 7)
+    print("\nLearner: the runtime draining the log (SQLite reads, one step per sample, progress, checkpoints)")
+    header = f"{'model':<44} {'runtime steps/s':>16} {'engine only':>13} {'ratio':>7}"
+    print(header)
+    print("-" * len(header))
+    cases = [
+        ("logistic 32, checkpoint_every 1,000", [], 1000),
+        ("logistic 32, checkpoint_every 100,000", [], 100_000),
+        ("MLP 32-64-1 relu, checkpoint_every 100,000", [64], 100_000),
+    ]
+    try:
+        for k, (label, hidden, every) in enumerate(cases):
+            name = f"learn-{k}"
+            with ctx.db.write() as s:
+                m = ctx.models.create(
+                    s,
+                    ModelCreate(
+                        name=name,
+                        task="binary",
+                        input_dim=DIM,
+                        hidden=hidden,
+                        checkpoint_every=every,
+                        guard={"enabled": False},
+                    ),
+                )
+                mid = m.id
+            t = Target(mid, name, SampleSpec("binary", DIM, 1))
+            for lo in range(0, n, 10_000):
+                svc.append(t, X[lo : lo + 10_000], Y[lo : lo + 10_000].astype(np.float32))
+            rt = LearnerRuntime(ctx, owner=f"bench-{k}")
+            t0 = time.perf_counter()
+            rt.drain(timeout=300)
+            dt = time.perf_counter() - t0
+            rt.stop()
+            net = init_network("binary", "relu", DIM, 1, hidden, 0)
+            eng = OnlineLearner(net, OptimizerConfig(), config=LearnerConfig(guard_factor=None))
+            t1 = time.perf_counter()
+            eng.learn_many(X, Y.astype(np.float32))
+            de = time.perf_counter() - t1
+            print(f"{label:<44} {n / dt:>16,.0f} {n / de:>13,.0f} {de / dt:>7.2f}")
+    finally:
+        ctx.close()
+    if pin:
+        os.sched_setaffinity(0, {1})
+
+
+def mixed_section(tmp: Path, env: dict[str, str], pin: bool, nd: bytes, X: np.ndarray, Y: np.ndarray) -> None:
+    """Ingestion with the learner on in the same server process (both on CPU 0)."""
+    port = free_port()
+    live_env = {**env, "STEWARD_DATA_DIR": str(tmp / "live"), "STEWARD_RUN_WORKER": "false"}
+    srv = start_server("app.main:app", port, live_env, pin, tmp / "live.log")
+    try:
+        call(port, "POST", "/v1/models", {"name": "live", "task": "binary", "input_dim": DIM})
+        part = ndjson_body(X[:10_000], Y[:10_000])
+        t0 = time.perf_counter()
+        sent = 0
+        while time.perf_counter() - t0 < 5.0:
+            stream_seconds(port, "/v1/models/live/update", part)
+            sent += 10_000
+        dt = time.perf_counter() - t0
+        _, m1 = call(port, "GET", "/v1/models/live")
+        t1 = time.perf_counter()
+        while True:
+            _, m2 = call(port, "GET", "/v1/models/live")
+            if m2["online"]["lag"] == 0 or time.perf_counter() - t1 > 60:
+                break
+            time.sleep(0.05)
+        catch_up = time.perf_counter() - t1
+    finally:
+        stop_server(srv)
+    o = m1["online"]
+    print("\nIngestion and learning together (one Steward process on CPU 0, logistic 32, checkpoint_every 1,000):")
+    print(
+        f"  {sent:,} samples in {dt:.1f} s as 10,000-line NDJSON requests: accepted {sent / dt:,.0f}/s, "
+        f"applied {o['applied'] / dt:,.0f}/s meanwhile; lag at the end {o['lag']:,} samples, "
+        f"drained {catch_up:.1f} s later"
+    )
+
+
+if __name__ == "__main__":
+    main()
