@@ -195,6 +195,17 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON columns refuse NaN / ∞)."""
+    if isinstance(obj, float):
+        return _num(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 @dataclass
 class Measured:
     """Outputs of a network on the evaluation data."""
@@ -255,7 +266,7 @@ def finish(
             tensors=tensors,
             encoding=encoding,
             parent=src.version,
-            params=params,
+            params=json_safe(params),
             metrics={},
             job_id=job.id,
             dtype=dtype,
@@ -268,7 +279,7 @@ def finish(
             "encoding": encoding,
             "parent_encoding": src.encoding,
         }
-        metrics = {"size": size, **report}
+        metrics = json_safe({"size": size, **report})
         v.metrics = metrics
         result = {"version": v.version, "from_version": src.version, "operation": operation, **metrics}
         ctx.jobs.queue.finish_in(s, job.id, job.owner, result)

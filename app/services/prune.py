@@ -177,7 +177,7 @@ def run_prune(ctx: Any, job: Claimed, progress: Progress) -> None:
             if out.result is None:
                 raise JobError(
                     "no sparsity tried keeps the evaluation loss within max_loss_increase",
-                    search=out.report(),
+                    search=compress.json_safe(out.report()),
                 )
             res = out.result
             new = res.network
