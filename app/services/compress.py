@@ -165,6 +165,7 @@ def weight_errors(
             cols = kept_units[i - 1] if i > 0 else np.arange(W0.shape[1])
             E[np.ix_(rows, cols)] = W1
             W1 = E
+            del E
         emax, esum = _diff_stats(W0, W1)
         layers.append({"max_abs_error": emax, "mean_abs_error": esum / W0.size if W0.size else 0.0})
         tot_max, tot_sum, tot_n = max(tot_max, emax), tot_sum + esum, tot_n + W0.size
