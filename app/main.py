@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import errors
 from app.api import exports, jobs, keys, maintain, models, online, ops, predict, versions
 from app.context import AppContext
-from app.errors import PayloadTooLarge
+from app.errors import PROBLEM, PayloadTooLarge
+from app.schemas.common import problem_responses
 from app.settings import Settings
 from app.store.migrate import upgrade
 
@@ -49,6 +50,21 @@ TAGS = [
 ]
 
 
+def route_template(scope: Scope) -> str:
+    """The matched route's full path template (``/v1/models/{name}``), or ``unmatched``.
+
+    FastAPI keeps an included router's prefix out of ``route.path``; the prefix is the
+    part of the request path before the template's segments."""
+    template = getattr(scope.get("route"), "path", None)
+    if not template:
+        return "unmatched"
+    n = template.count("/")
+    parts = str(scope.get("path", "")).split("/")
+    if ":path}" in template or n >= len(parts):
+        return template
+    return "/".join(parts[: len(parts) - n]) + template
+
+
 class LimitAndMeasure:
     """Pure ASGI middleware: refuses bodies over the limit (413) and records
     request counts and latency per route template."""
@@ -63,37 +79,45 @@ class LimitAndMeasure:
             return
         ctx: AppContext = self.get_ctx()
         limit = ctx.settings.max_body_bytes
-        for k, v in scope.get("headers", ()):
-            if k == b"content-length" and v.isdigit() and int(v) > limit:
-                err = PayloadTooLarge(f"body of {int(v)} bytes exceeds the limit of {limit} bytes")
-                resp = errors.problem(413, err.body())
-                await resp(scope, receive, send)
-                return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > limit:
-                    raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-            return msg
-
         status = 500
         t0 = time.perf_counter()
-
-        async def sending(msg: Message) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-            await send(msg)
-
         try:
+            for k, v in scope.get("headers", ()):
+                if k == b"content-length" and v.isdigit() and int(v) > limit:
+                    status = 413
+                    err = PayloadTooLarge(f"body of {int(v)} bytes exceeds the limit of {limit} bytes")
+                    await errors.problem(413, err.body())(scope, receive, send)
+                    return
+            seen = 0
+            exceeded = False
+
+            async def limited() -> Message:
+                nonlocal seen, exceeded
+                msg = await receive()
+                if msg["type"] == "http.request":
+                    seen += len(msg.get("body", b""))
+                    if seen > limit:
+                        exceeded = True
+                        raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+                return msg
+
+            async def sending(msg: Message) -> None:
+                nonlocal status
+                if exceeded:
+                    # Whatever the app made of the interrupted body (FastAPI answers 400
+                    # "error parsing the body"), the answer is 413.
+                    if msg["type"] == "http.response.start" and status != 413:
+                        status = 413
+                        err = PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+                        await errors.problem(413, err.body())(scope, receive, send)
+                    return
+                if msg["type"] == "http.response.start":
+                    status = msg["status"]
+                await send(msg)
+
             await self.app(scope, limited, sending)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = route_template(scope)
             ctx.metrics.requests.labels(scope["method"], path, str(status)).inc()
             ctx.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - t0)
 
@@ -105,6 +129,45 @@ def _announce_admin_key(secret: str) -> None:
     )
     sys.stderr.write(msg)
     sys.stderr.flush()
+
+
+def _document_common_errors(app: FastAPI) -> None:
+    """Make the OpenAPI document tell the truth about errors, for every route alike.
+
+    * Every operation that takes a body can answer 400 (malformed JSON / unreadable
+      upload) and 413 (body over the limit): the middleware and the one error handler
+      do that for all routes, so the document says so for all of them.
+    * Error answers are ``application/problem+json`` with the ``Problem`` schema
+      (FastAPI files a ``responses=`` model, and its own 422, under ``application/json``).
+    """
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = base()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        problem_schema: dict[str, Any] = (
+            {"$ref": "#/components/schemas/Problem"} if "Problem" in components else {"type": "object"}
+        )
+        for operations in schema.get("paths", {}).values():
+            for op in operations.values():
+                if not isinstance(op, dict):
+                    continue
+                responses = op.setdefault("responses", {})
+                if "requestBody" in op:
+                    for code, resp in problem_responses(400, 413).items():
+                        responses.setdefault(str(code), {"description": resp["description"]})
+                for code, resp in responses.items():
+                    if not code.startswith(("4", "5")):
+                        continue
+                    content = resp.setdefault("content", {})
+                    content.pop("application/json", None)  # FastAPI's HTTPValidationError, or our Problem
+                    content[PROBLEM] = {**content.get(PROBLEM, {}), "schema": problem_schema}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -141,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    _document_common_errors(app)
     app.add_middleware(LimitAndMeasure, get_ctx=lambda: holder["ctx"])
     for r in (models.router, versions.router, predict.router, online.router, maintain.router, jobs.router, keys.router):
         app.include_router(r, prefix="/v1")

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     def _check_url(cls, v: str | None) -> str | None:
         if v is None or v == "":
             return None
-        if not (v.startswith("sqlite") or v.startswith("postgresql")):
+        if not v.startswith(("sqlite", "postgresql", "postgres://")):
             raise ValueError("STEWARD_DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL")
         if v.startswith("postgresql://") or v.startswith("postgres://"):
             v = "postgresql+psycopg://" + v.split("://", 1)[1]

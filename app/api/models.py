@@ -16,6 +16,7 @@ from app.api.deps import (
     PageParams,
     ReadKey,
 )
+from app.errors import Forbidden
 from app.schemas.common import NAME_PATTERN, Page, problem_responses
 from app.schemas.models import AliasList, AliasOut, AliasPut, ModelCreate, ModelOut
 from app.services.models import get_model as load_model
@@ -32,7 +33,9 @@ AliasPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, examples=["
     responses=problem_responses(400, 401, 403, 409, 422),
     operation_id="create_model",
 )
-def create_model(body: ModelCreate, ctx: Ctx, _: MaintainKey, response: Response) -> ModelOut:
+def create_model(body: ModelCreate, ctx: Ctx, p: MaintainKey, response: Response) -> ModelOut:
+    if not p.may_use(body.name):
+        raise Forbidden(f"this key is not allowed to use model {body.name!r}")
     with ctx.db.write() as s:
         m = ctx.models.create(s, body)
         out = ctx.models.view(s, m)
@@ -112,7 +115,7 @@ def get_alias(name: ModelNamePath, alias: AliasPath, ctx: Ctx, _: ModelRead) -> 
     summary="Point an alias at a version (promote / roll back)",
     responses={
         201: {"description": "Alias created", "model": AliasOut},
-        **problem_responses(401, 403, 404, 422),
+        **problem_responses(400, 401, 403, 404, 422),
     },
     operation_id="put_alias",
 )

@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field, model_validator
 
 from app.schemas.common import AliasName, Strict
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# Strict: numbers only (no numeric strings, no booleans); ints are accepted.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 
 
 class Target(Strict):

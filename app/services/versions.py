@@ -32,6 +32,7 @@ from app.store.models import Model, Version, utcnow
 from app.store.repositories import AliasRepository, ExportRepository, VersionRepository
 
 FORMAT = "steward/1"
+MAX_VERSION = 2**31 - 1  # versions.version is a 32-bit INTEGER
 
 
 # --------------------------------------------------------------------------- encoding
@@ -129,10 +130,10 @@ def read_header(data: bytes | memoryview, *, max_header: int) -> tuple[dict[str,
     if len(data) < 8:
         raise BadRequest("not a safetensors file: shorter than its 8-byte header length")
     (n,) = struct.unpack("<Q", bytes(data[:8]))
-    if n > max_header:
-        raise PayloadTooLarge(f"safetensors header of {n} bytes exceeds the limit of {max_header}")
     if 8 + n > len(data):
         raise BadRequest("not a safetensors file: header length points past the end of the body")
+    if n > max_header:
+        raise PayloadTooLarge(f"safetensors header of {n} bytes exceeds the limit of {max_header}")
     try:
         header = json.loads(bytes(data[8 : 8 + n]))
     except (ValueError, UnicodeDecodeError) as e:
@@ -336,7 +337,8 @@ class VersionService:
         return read_tensors(self.blobs.path(v.blob_sha256))
 
     def get(self, s: Session, model: Model, number: int) -> Version:
-        v = VersionRepository(s).get(model.id, number)
+        # Numbers outside the column's range exist nowhere (and would overflow the driver).
+        v = VersionRepository(s).get(model.id, number) if 1 <= number <= MAX_VERSION else None
         if v is None:
             raise NotFound(f"model {model.name!r} has no version {number}")
         return v
