@@ -1,0 +1,203 @@
+"""The ``steward`` command: db, keys (on both databases, in process) and serve / worker
+(real processes: uvicorn on a free port; ``uvicorn app.main:app`` as well)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.cli import build_parser, main
+from app.services.keys import KeyService
+from app.store.db import Database
+from tests.conftest import ADMIN, auth
+
+
+@pytest.fixture
+def run(db_url, tmp_path, capsys):
+    """``run(*args)`` → (exit status, stdout, stderr) of ``steward --database-url … ARGS``."""
+
+    def go(*args: str) -> tuple[int, str, str]:
+        code = main(["--database-url", db_url, "--data-dir", str(tmp_path / "data"), *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return go
+
+
+def test_entry_point_is_declared():
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    if "steward" not in scripts:
+        pytest.skip("the project is not installed (pip install -e .)")
+    assert scripts["steward"] == "app.cli:main"
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for cmd in ("serve", "worker", "db", "keys"):
+        assert cmd in text
+
+
+def test_db_upgrade_current_check_downgrade(run):
+    code, out, _ = run("db", "current")
+    assert code == 3 and out.startswith("base")
+    code, out, _ = run("db", "upgrade")
+    assert code == 0 and "is at 0001" in out
+    code, out, _ = run("db", "current")
+    assert code == 0 and "up to date" in out
+    code, out, _ = run("db", "check")
+    assert code == 0 and "agree" in out
+    code, out, _ = run("db", "downgrade", "base")
+    assert code == 0 and "is at base" in out
+    assert run("db", "current")[0] == 3
+    assert run("db", "upgrade", "0001")[0] == 0
+
+
+def test_keys_create_list_revoke(run, db_url):
+    code, out, _ = run("keys", "create", "--name", "checkout", "--scope", "ingest", "--model", "churn", "--json")
+    assert code == 0
+    made = json.loads(out)
+    assert made["scope"] == "ingest" and made["models"] == ["churn"] and made["key"].startswith("stw_")
+    code, out, _ = run("keys", "create", "--name", "ops", "--scope", "admin")
+    assert code == 0 and "shown once" in out
+    admin_secret = out.strip().splitlines()[-1]
+
+    db = Database(db_url)
+    try:
+        with db.read() as s:
+            p = KeyService(None).authenticate(s, made["key"])
+            assert (p.scope, p.models) == ("ingest", ("churn",))
+            assert KeyService(None).authenticate(s, admin_secret).scope == "admin"
+    finally:
+        db.dispose()
+
+    code, out, _ = run("keys", "list", "--json")
+    listed = json.loads(out)
+    assert {k["name"] for k in listed} == {"checkout", "ops"}
+    assert made["key"] not in out and admin_secret not in out
+    code, out, _ = run("keys", "list")
+    assert code == 0 and "checkout (churn)" in out and made["key"] not in out
+
+    code, out, _ = run("keys", "revoke", made["id"])
+    assert code == 0 and made["id"] in out
+    assert [k["name"] for k in json.loads(run("keys", "list", "--json")[1])] == ["ops"]
+    code, _, err = run("keys", "revoke", made["id"])
+    assert code == 1 and "no API key" in err
+
+
+def test_keys_create_refuses_bad_input(run, capsys):
+    code, _, err = run("keys", "create", "--name", "x", "--scope", "read", "--model", "Not A Name")
+    assert code == 1 and "models.0" in err
+    with pytest.raises(SystemExit) as e:
+        main(["keys", "create", "--name", "x", "--scope", "root"])
+    assert e.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_invalid_configuration_is_reported(capsys, tmp_path):
+    assert main(["--database-url", "mysql://x/y", "--data-dir", str(tmp_path), "keys", "list"]) == 2
+    assert "invalid configuration" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} not ready after {timeout} s")
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str]:
+    """SIGTERM, then the exit status (uvicorn re-raises the signal after a graceful
+    shutdown: -SIGTERM counts as a clean exit) and stderr."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    code = 0 if proc.returncode == -signal.SIGTERM else proc.returncode
+    return code, proc.stderr.read().decode()
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_")}
+    return env | {"STEWARD_DATA_DIR": str(tmp_path / "data")} | extra
+
+
+def test_serve_runs_the_api_on_sqlite_and_generates_an_admin_key(tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-worker", "--no-learner"]
+    proc = subprocess.Popen(cmd, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, f"{base}/readyz")
+        assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{base}/v1/models").status_code == 401
+    finally:
+        code, err = stop(proc)
+    assert code == 0 and "Application shutdown complete" in err, err
+    secret = next(w for w in err.split() if w.startswith("stw_"))
+    assert "shown ONCE" in err and "serving on" in err
+    assert (tmp_path / "data" / "steward.db").exists()
+    proc = subprocess.Popen(cmd, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_ready(proc, f"{base}/readyz")
+        spec = {"name": "m", "task": "binary", "input_dim": 2}
+        r = httpx.post(f"{base}/v1/models", json=spec, headers=auth(secret))
+        assert r.status_code == 201, r.text
+        r = httpx.post(f"{base}/v1/models/m/predict", json={"inputs": [[1, 2]]}, headers=auth(secret))
+        assert r.status_code == 200 and r.json()["labels"] in ([0], [1])
+    finally:
+        code, err = stop(proc)
+    assert code == 0 and "shown ONCE" not in err
+
+
+def test_uvicorn_serves_app_main_app(tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)]
+    env = env_for(tmp_path, STEWARD_ADMIN_KEY=ADMIN, STEWARD_RUN_WORKER="false", STEWARD_RUN_LEARNER="false")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}/readyz")
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/keys", headers=auth()).status_code == 200
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+
+
+def test_worker_command_starts_and_stops_gracefully(tmp_path):
+    cmd = [sys.executable, "-m", "app.cli", "worker"]
+    proc = subprocess.Popen(cmd, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "data" / "steward.db").exists() and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.1)
+    time.sleep(0.5)
+    code, err = stop(proc)
+    assert code == 0, err
