@@ -63,9 +63,7 @@ def upgrade() -> None:
         sa.Column("state_sha256", sa.String(64), nullable=True),
         sa.Column("job_id", sa.String(36), nullable=True),
         sa.Column("created_at", TS, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["model_id"], ["models.id"], name="fk_versions_model_id_models", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["model_id"], ["models.id"], name="fk_versions_model_id_models", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_versions"),
         sa.UniqueConstraint("model_id", "version", name="uq_versions_model_id_version"),
         sa.UniqueConstraint("job_id", name="uq_versions_job_id"),
@@ -77,9 +75,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("updated_at", TS, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["model_id"], ["models.id"], name="fk_aliases_model_id_models", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["model_id"], ["models.id"], name="fk_aliases_model_id_models", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("model_id", "name", name="pk_aliases"),
     )
     op.create_table(
@@ -131,9 +127,7 @@ def upgrade() -> None:
         sa.Column("applied_through", sa.BigInteger(), nullable=False),
         sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("updated_at", TS, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["model_id"], ["models.id"], name="fk_learners_model_id_models", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["model_id"], ["models.id"], name="fk_learners_model_id_models", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("model_id", name="pk_learners"),
     )
     op.create_table(
@@ -157,9 +151,7 @@ def upgrade() -> None:
         sa.Column("started_at", TS, nullable=True),
         sa.Column("finished_at", TS, nullable=True),
         sa.Column("updated_at", TS, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["model_id"], ["models.id"], name="fk_jobs_model_id_models", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["model_id"], ["models.id"], name="fk_jobs_model_id_models", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_jobs"),
     )
     op.create_index("ix_jobs_model_id", "jobs", ["model_id"])
