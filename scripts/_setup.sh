@@ -1,0 +1,39 @@
+# Sourced by scripts/run and scripts/test: make .venv (once) and install the project
+# into it (again only when pyproject.toml changed). Usage: ensure_venv [EXTRAS]
+# (EXTRAS like "test" installs '.[test]').
+
+pick_python() {
+    local c
+    for c in "${PYTHON:-}" python3.11 python3.12 python3.13 python3; do
+        [ -n "$c" ] || continue
+        if command -v "$c" >/dev/null 2>&1 &&
+            "$c" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 14)))' 2>/dev/null; then
+            echo "$c"
+            return 0
+        fi
+    done
+    echo "steward: need Python 3.11, 3.12 or 3.13 (set PYTHON=/path/to/python)" >&2
+    return 1
+}
+
+ensure_venv() {
+    local extras="${1:-}" target="." stamp py hash
+    if [ ! -x .venv/bin/python ]; then
+        py="$(pick_python)" || return 1
+        echo "steward: creating .venv with $("$py" --version 2>&1)" >&2
+        "$py" -m venv .venv || return 1
+    fi
+    [ -n "$extras" ] && target=".[$extras]"
+    hash="$(sha256sum pyproject.toml | cut -c1-16)"
+    stamp=".venv/.steward-installed-${extras:-base}-$hash"
+    # Any install of this pyproject.toml covers the base one; extras need their own.
+    if [ -z "$extras" ] && compgen -G ".venv/.steward-installed-*-$hash" >/dev/null; then
+        return 0
+    fi
+    if [ ! -e "$stamp" ]; then
+        echo "steward: pip install -e '$target'" >&2
+        .venv/bin/python -m pip install --quiet -e "$target" || return 1
+        rm -f .venv/.steward-installed-"${extras:-base}"-*
+        touch "$stamp"
+    fi
+}
