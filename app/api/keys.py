@@ -7,10 +7,18 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from app.api.deps import AdminKey, Ctx, PageParams
+from app.errors import Forbidden
 from app.schemas.common import Page, problem_responses
 from app.schemas.keys import KeyCreate, KeyCreated, KeyOut
 
 router = APIRouter(tags=["keys"])
+
+
+def unrestricted(p: AdminKey) -> None:
+    """Key management needs an admin key without a model restriction: a restricted one
+    could otherwise mint itself an unrestricted key."""
+    if p.models is not None:
+        raise Forbidden("managing API keys needs an admin key that is not restricted to models")
 
 
 @router.post(
@@ -21,7 +29,8 @@ router = APIRouter(tags=["keys"])
     responses=problem_responses(400, 401, 403, 422),
     operation_id="create_key",
 )
-def create_key(body: KeyCreate, ctx: Ctx, _: AdminKey) -> KeyCreated:
+def create_key(body: KeyCreate, ctx: Ctx, p: AdminKey) -> KeyCreated:
+    unrestricted(p)
     with ctx.db.write() as s:
         return ctx.keys.create(s, body)
 
@@ -33,7 +42,8 @@ def create_key(body: KeyCreate, ctx: Ctx, _: AdminKey) -> KeyCreated:
     responses=problem_responses(401, 403, 422),
     operation_id="list_keys",
 )
-def list_keys(ctx: Ctx, _: AdminKey, page: PageParams) -> Page[KeyOut]:
+def list_keys(ctx: Ctx, p: AdminKey, page: PageParams) -> Page[KeyOut]:
+    unrestricted(p)
     limit, cursor = page
     with ctx.db.read() as s:
         items, nxt = ctx.keys.page(s, cursor=cursor, limit=limit)
@@ -47,7 +57,8 @@ def list_keys(ctx: Ctx, _: AdminKey, page: PageParams) -> Page[KeyOut]:
     responses=problem_responses(401, 403, 404, 422),
     operation_id="revoke_key",
 )
-def revoke_key(key_id: Annotated[str, Path(max_length=64)], ctx: Ctx, _: AdminKey) -> Response:
+def revoke_key(key_id: Annotated[str, Path(max_length=64)], ctx: Ctx, p: AdminKey) -> Response:
+    unrestricted(p)
     with ctx.db.write() as s:
         ctx.keys.revoke(s, key_id)
     return Response(status_code=204)

@@ -104,6 +104,17 @@ def test_model_restricted_keys(client):
     assert_problem(client.get("/v1/models/c"), 404)
 
 
+def test_model_restricted_admin_keys_cannot_manage_keys(client):
+    create_model(client, "a")
+    k = new_key(client, "admin", ["a"])
+    c = {"headers": auth(k["key"])}
+    assert client.get("/v1/models/a", **c).status_code == 200
+    assert_problem(client.post("/v1/keys", json={"name": "escalate", "scope": "admin"}, **c), 403)
+    assert_problem(client.get("/v1/keys", **c), 403)
+    assert_problem(client.delete(f"/v1/keys/{k['id']}", **c), 403)
+    assert client.delete("/v1/models/a", **c).status_code == 204
+
+
 def test_revoke_takes_effect_at_once(client):
     k = new_key(client, "read")
     assert client.get("/v1/models", headers=auth(k["key"])).status_code == 200
