@@ -26,9 +26,11 @@ AliasName = Annotated[
 
 
 class Strict(BaseModel):
-    """Request bodies: unknown fields are rejected, so typos do not pass silently."""
+    """Request bodies: unknown fields are rejected, so typos do not pass silently, and
+    values are taken as their JSON type says (pydantic strict mode): ``true`` is not
+    the number 1 and ``"3"`` is not the integer 3; an integer is a valid float."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorItem(BaseModel):

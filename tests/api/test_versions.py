@@ -320,6 +320,8 @@ def test_alias_bad_inputs(client):
     assert_problem(client.put("/v1/models/m/aliases/Prod", json={"version": 1}), 422, ["path", "alias"])
     assert_problem(client.put("/v1/models/m/aliases/p", json={"version": 0}), 422, ["body", "version"])
     assert_problem(client.put("/v1/models/m/aliases/p", json={"version": "1.5"}), 422, ["body", "version"])
+    assert_problem(client.put("/v1/models/m/aliases/p", json={"version": "1"}), 422, ["body", "version"])
+    assert_problem(client.put("/v1/models/m/aliases/p", json={"version": True}), 422, ["body", "version"])
     assert_problem(client.put("/v1/models/m/aliases/p", json={"version": 1, "x": 1}), 422, ["body", "x"])
     assert_problem(client.put("/v1/models/m/aliases/p", json={}), 422, ["body", "version"])
     r = client.put("/v1/models/m/aliases/p", content=b"{", headers={"Content-Type": "application/json"})
