@@ -40,7 +40,9 @@ def test_create_answers_the_model_with_version_1(client):
     assert m["online"]["accepted"] == 0 and m["online"]["applied"] == 0 and m["online"]["lag"] == 0
     assert datetime.fromisoformat(m["created_at"]).utcoffset().total_seconds() == 0
 
-    assert client.get("/v1/models/churn").json() == m
+    got = client.get("/v1/models/churn").json()
+    volatile = ("online", "updated_at")  # the background learner may publish its state meanwhile
+    assert {k: v for k, v in got.items() if k not in volatile} == {k: v for k, v in m.items() if k not in volatile}
     v = client.get("/v1/models/churn/versions/1").json()
     assert v["version"] == 1 and v["parent"] is None and v["operation"] == "init"
     assert v["params"]["seed"] == 7
