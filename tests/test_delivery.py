@@ -118,3 +118,11 @@ def test_scripts_run_serves_on_sqlite(tmp_path):
         code, err = stop(proc)
     assert code == 0, err
     assert (tmp_path / "data" / "steward.db").exists(), shlex.join(cmd)
+
+
+def test_readme_documents_every_setting():
+    from app.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [f"STEWARD_{n.upper()}" for n in Settings.model_fields if f"`STEWARD_{n.upper()}`" not in readme]
+    assert not missing, f"add these to README.md's configuration table: {missing}"
