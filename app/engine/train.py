@@ -31,6 +31,8 @@ from app.engine.network import (
 from app.engine.optim import Optimizer, param_layout
 
 EVAL_CHUNK = 65536  # rows per forward pass in evaluate()
+PERMUTE_MAX_BYTES = 1 << 28  # training rows are gathered once per epoch up to this size, else per batch
+_add_reduce, _max_reduce = np.add.reduce, np.maximum.reduce
 
 
 class Canceled(Exception):
@@ -171,20 +173,27 @@ class _BatchKernel:
         self.Xb = np.empty((batch_size, net.input_dim), F32)
         self.E = np.empty((batch_size, 1), F32)  # binary σ scratch / softmax max and sum
         self.DL = np.empty((batch_size, out), F32)  # output delta
-        self.rows = np.arange(batch_size)
+        self.NEG = np.empty((batch_size, 1), bool)
+        self.base = np.arange(batch_size, dtype=np.int64) * out  # row starts in the flat output
+        self.FI = np.empty(batch_size, np.int64)
+        self.PY = np.empty(batch_size, F32)
+        self.bs, self.L, self.inv_n = batch_size, len(net.weights), F32(batch_size)
+        self.Ws, self.bs_ = Ws, bs
+        self.WT = [W.T for W in Ws]
         self.track = np.empty((n_train, out) if net.task == "regression" else n_train, F32)
         self.lo = min(optimizer.trainable, default=len(net.weights))
         self.update = optimizer.bind_flat(self.P, self.G)
 
-    def step(self, X: np.ndarray, Y: np.ndarray, idx: np.ndarray, pos: int) -> None:
-        """One step on rows ``idx`` of ``X`` / ``Y``, recording loss inputs at ``track[pos:]``."""
-        n = idx.size
-        x = np.take(X, idx, axis=0, out=self.Xb[:n])
-        yb = Y[idx]
-        Ws, bs, L, act = self.view.weights, self.view.biases, len(self.A), self.act
+    def step(self, x: np.ndarray, yb: np.ndarray, pos: int) -> None:
+        """One step on the batch ``x`` / ``yb`` (rows already gathered), recording loss inputs at ``track[pos:]``."""
+        n = x.shape[0]
+        full = n == self.bs
+        Ws, bs, L, act, matmul = self.Ws, self.bs_, self.L, self.act, np.matmul
+        A = self.A if full else [a[:n] for a in self.A]
         acts = [x]
+        a = x
         for i in range(L):
-            z = np.matmul(acts[-1], Ws[i].T, out=self.A[i][:n])
+            z = matmul(a, self.WT[i], out=A[i])
             z += bs[i]
             if i < L - 1:
                 if act == "relu":
@@ -194,46 +203,52 @@ class _BatchKernel:
                 else:
                     z[...] = activate("sigmoid", z)
             acts.append(z)
-        out, e, task = acts[-1], self.E[:n], self.task
+            a = z
+        out, task = a, self.task
+        e = self.E if full else self.E[:n]
         if task == "binary":  # σ in place: the stable form of network._sigmoid
-            pos_z = out >= 0
+            neg = self.NEG if full else self.NEG[:n]
+            np.less(out, 0, out=neg)
             np.abs(out, out=e)
             np.negative(e, out=e)
             np.exp(e, out=e)  # e = exp(−|z|)
             np.add(e, 1.0, out=out)
             np.divide(e, out, out=e)  # e / (1 + e)   for z < 0
             np.reciprocal(out, out=out)  # 1 / (1 + e) for z ≥ 0
-            np.copyto(out, e, where=~pos_z)
+            np.copyto(out, e, where=neg)
             self.track[pos : pos + n] = out[:, 0]
-            delta = np.subtract(out, yb.reshape(-1, 1), out=self.DL[:n])
+            delta = np.subtract(out, yb.reshape(-1, 1), out=self.DL if full else self.DL[:n])
         elif task == "multiclass":  # softmax in place: e^{z − max} / Σ e^{z − max}
-            np.max(out, axis=1, keepdims=True, out=e)
+            _max_reduce(out, axis=1, keepdims=True, out=e)
             np.subtract(out, e, out=out)
             np.exp(out, out=out)
-            np.sum(out, axis=1, keepdims=True, out=e)
+            _add_reduce(out, axis=1, keepdims=True, out=e)
             np.divide(out, e, out=out)
-            rows = self.rows[:n]
-            self.track[pos : pos + n] = out[rows, yb]
-            delta = self.DL[:n]
+            flat = np.add(self.base if full else self.base[:n], yb, out=self.FI if full else self.FI[:n])
+            delta = self.DL if full else self.DL[:n]
             np.copyto(delta, out)
-            delta[rows, yb] -= 1.0
+            dflat = delta.reshape(-1)
+            py = np.take(dflat, flat, out=self.track[pos : pos + n])
+            np.subtract(py, 1.0, out=self.PY[:n])
+            dflat[flat] = self.PY[:n]
         else:
             self.track[pos : pos + n] = out
-            delta = np.subtract(out, yb.reshape(out.shape), out=self.DL[:n])
+            delta = np.subtract(out, yb.reshape(out.shape), out=self.DL if full else self.DL[:n])
         if self.lo == L:  # nothing to train: still counts as a step
             self.update()
             return
         if n != 1:
-            delta /= F32(n)
+            delta /= self.inv_n if full else F32(n)
+        GW, Gb, D, F = self.GW, self.Gb, self.D, self.F
         for i in range(L - 1, self.lo - 1, -1):
-            np.matmul(delta.T, acts[i], out=self.GW[i])
-            np.sum(delta, axis=0, out=self.Gb[i])
+            matmul(delta.T, acts[i], out=GW[i])
+            _add_reduce(delta, axis=0, out=Gb[i])
             if i > self.lo:
-                d, f, a = self.D[i - 1][:n], self.F[i - 1][:n], acts[i]
+                d, f, a = (D[i - 1], F[i - 1], acts[i]) if full else (D[i - 1][:n], F[i - 1][:n], acts[i])
                 if delta.shape[1] == 1:  # k = 1: one product per entry, as the matmul gives
                     np.multiply(delta, Ws[i], out=d)
                 else:
-                    np.matmul(delta, Ws[i], out=d)
+                    matmul(delta, Ws[i], out=d)
                 if act == "relu":
                     np.greater(a, 0, out=f)
                 elif act == "tanh":
@@ -318,23 +333,36 @@ def train(
     else:
         optimizer._check_net(net)
     kernel = _BatchKernel(net, optimizer, min(batch_size, n_tr), n_tr)
+    Ybuf = np.empty_like(Ytr) if rng is not None else None
+    Xbuf = np.empty_like(Xtr) if rng is not None and Xtr.nbytes <= PERMUTE_MAX_BYTES else None
     try:
         history: list[EpochStats] = []
         best = (math.inf, 0, None, None)  # (val loss, epoch, flat params, optimizer state)
         bad_epochs, steps, stopped = 0, 0, False
         with np.errstate(all="ignore"):
             for epoch in range(1, epochs + 1):
-                order = rng.permutation(n_tr) if rng is not None else np.arange(n_tr)
+                if rng is not None:
+                    order = rng.permutation(n_tr)
+                    Yo = np.take(Ytr, order, axis=0, out=Ybuf)
+                    Xo = np.take(Xtr, order, axis=0, out=Xbuf) if Xbuf is not None else None
+                else:
+                    order, Xo, Yo = None, Xtr, Ytr
                 for s in range(0, n_tr, batch_size):
                     if should_stop is not None and should_stop():
                         raise Canceled(f"canceled in epoch {epoch} after {steps} steps")
-                    kernel.step(Xtr, Ytr, order[s : s + batch_size], s)
+                    e = s + batch_size
+                    if Xo is not None:
+                        xb = Xo[s:e]
+                    else:
+                        idx = order[s:e]
+                        xb = np.take(Xtr, idx, axis=0, out=kernel.Xb[: idx.size])
+                    kernel.step(xb, Yo[s:e], s)
                     steps += 1
                     if progress_cb is not None:
                         progress_cb(min(1.0, steps / total_batches))
                 if not kernel.finite():
                     raise Diverged(f"parameters became non-finite in epoch {epoch}; lower the learning rate")
-                stats = EpochStats(epoch, kernel.epoch_loss(Ytr[order]) / n_tr)
+                stats = EpochStats(epoch, kernel.epoch_loss(Yo) / n_tr)
                 if n_val:
                     ev = evaluate(kernel.view, Xval, Yval)
                     stats.val_loss, stats.val_accuracy = ev["loss"], ev.get("accuracy")
