@@ -189,6 +189,7 @@ class _BatchKernel:
         n = x.shape[0]
         full = n == self.bs
         Ws, bs, L, act, matmul = self.Ws, self.bs_, self.L, self.act, np.matmul
+        GW, Gb, D, F = self.GW, self.Gb, self.D, self.F
         A = self.A if full else [a[:n] for a in self.A]
         acts = [x]
         a = x
@@ -196,8 +197,9 @@ class _BatchKernel:
             z = matmul(a, self.WT[i], out=A[i])
             z += bs[i]
             if i < L - 1:
-                if act == "relu":
-                    np.maximum(z, 0, out=z)
+                if act == "relu":  # z ⊙ 1[z > 0]; the mask is f'(z) for the backward pass
+                    m = np.greater(z, 0, out=F[i] if full else F[i][:n])
+                    np.multiply(z, m, out=z)
                 elif act == "tanh":
                     np.tanh(z, out=z)
                 else:
@@ -239,7 +241,6 @@ class _BatchKernel:
             return
         if n != 1:
             delta /= self.inv_n if full else F32(n)
-        GW, Gb, D, F = self.GW, self.Gb, self.D, self.F
         for i in range(L - 1, self.lo - 1, -1):
             matmul(delta.T, acts[i], out=GW[i])
             _add_reduce(delta, axis=0, out=Gb[i])
@@ -250,7 +251,7 @@ class _BatchKernel:
                 else:
                     matmul(delta, Ws[i], out=d)
                 if act == "relu":
-                    np.greater(a, 0, out=f)
+                    pass  # f = 1[z > 0], stored by the forward pass
                 elif act == "tanh":
                     np.multiply(a, a, out=f)
                     np.subtract(1.0, f, out=f)
@@ -343,8 +344,8 @@ def train(
             for epoch in range(1, epochs + 1):
                 if rng is not None:
                     order = rng.permutation(n_tr)
-                    Yo = np.take(Ytr, order, axis=0, out=Ybuf)
-                    Xo = np.take(Xtr, order, axis=0, out=Xbuf) if Xbuf is not None else None
+                    Yo = np.take(Ytr, order, axis=0, out=Ybuf, mode="clip")
+                    Xo = np.take(Xtr, order, axis=0, out=Xbuf, mode="clip") if Xbuf is not None else None
                 else:
                     order, Xo, Yo = None, Xtr, Ytr
                 for s in range(0, n_tr, batch_size):
