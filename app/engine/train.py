@@ -317,7 +317,8 @@ def train(
     if n == 0 or Y.shape[0] != n:
         raise ValueError(f"X and Y must hold the same number (≥ 1) of samples, got {n} and {Y.shape[0]}")
     tr_idx, val_idx, rng = split_indices(n, validation_fraction, shuffle_seed)
-    Xtr, Ytr = X[tr_idx], np.ascontiguousarray(Y[tr_idx])
+    # with a seed the rows are gathered from X per epoch (tr_idx[order]); without, they are X's first rows
+    Xtr, Ytr = (X[: tr_idx.size] if rng is None else None), np.ascontiguousarray(Y[tr_idx])
     Xval, Yval = X[val_idx], Y[val_idx]
     n_tr, n_val = tr_idx.size, val_idx.size
     per_epoch = -(-n_tr // batch_size)
@@ -335,7 +336,8 @@ def train(
         optimizer._check_net(net)
     kernel = _BatchKernel(net, optimizer, min(batch_size, n_tr), n_tr)
     Ybuf = np.empty_like(Ytr) if rng is not None else None
-    Xbuf = np.empty_like(Xtr) if rng is not None and Xtr.nbytes <= PERMUTE_MAX_BYTES else None
+    row_bytes = X.shape[1] * X.itemsize
+    Xbuf = np.empty((n_tr, X.shape[1]), F32) if rng is not None and n_tr * row_bytes <= PERMUTE_MAX_BYTES else None
     try:
         history: list[EpochStats] = []
         best = (math.inf, 0, None, None)  # (val loss, epoch, flat params, optimizer state)
@@ -345,9 +347,10 @@ def train(
                 if rng is not None:
                     order = rng.permutation(n_tr)
                     Yo = np.take(Ytr, order, axis=0, out=Ybuf, mode="clip")
-                    Xo = np.take(Xtr, order, axis=0, out=Xbuf, mode="clip") if Xbuf is not None else None
+                    rows = tr_idx[order]
+                    Xo = np.take(X, rows, axis=0, out=Xbuf, mode="clip") if Xbuf is not None else None
                 else:
-                    order, Xo, Yo = None, Xtr, Ytr
+                    rows, Xo, Yo = None, Xtr, Ytr
                 for s in range(0, n_tr, batch_size):
                     if should_stop is not None and should_stop():
                         raise Canceled(f"canceled in epoch {epoch} after {steps} steps")
@@ -355,8 +358,8 @@ def train(
                     if Xo is not None:
                         xb = Xo[s:e]
                     else:
-                        idx = order[s:e]
-                        xb = np.take(Xtr, idx, axis=0, out=kernel.Xb[: idx.size])
+                        idx = rows[s:e]
+                        xb = np.take(X, idx, axis=0, out=kernel.Xb[: idx.size], mode="clip")
                     kernel.step(xb, Yo[s:e], s)
                     steps += 1
                     if progress_cb is not None:
