@@ -13,13 +13,17 @@ Output shapes (the sample log's packed layout, see :func:`app.services.data.unpa
 regression, float32 ``[n]`` in {0, 1} for binary, int64 ``[n]`` for multiclass.
 
 **Fast path.** orjson parses the bytes; a list comprehension picks out the
-``x`` / ``y`` references; one ``np.array`` call per chunk infers the dtype and
-shape; vectorized checks do the rest. Numpy would silently turn a boolean mixed
-with numbers into 1.0 / 0.0, so the fast path is only trusted for bytes that
-contain no ``t`` and no ``f`` (valid numeric samples never do: the only keys
-are ``samples``, ``x`` and ``y``). Strings and ``null`` show up as a non-numeric
-inferred dtype, ragged or nested lists as a wrong shape, unknown fields as a
-sample object with more than two keys.
+``x`` / ``y`` references; one ``np.asarray(..., float32)`` call per chunk fills
+``X`` and vectorized checks do the rest. ``np.asarray`` would silently turn a
+boolean into 1.0, a numeric string into its value and ``null`` into NaN, so the
+fast path is only trusted for "plain" bytes (:func:`plain_bytes`): no ``t`` and
+no ``f`` (so no ``true`` / ``false``) and exactly as many ``"`` as the keys of
+``n`` well-formed samples need (``"x"`` and ``"y"``: 4 per sample, plus 2 for
+``"samples"`` in a JSON body). Any string value, extra key or string inside a
+sample adds quotes, and a missing key makes ``s["x"]`` fail, so in plain bytes
+every sample is an object with exactly the keys ``x`` and ``y`` and no strings
+anywhere. Ragged or nested lists show up as a wrong shape or a ``ValueError``,
+``null`` as NaN (refused by the range check).
 
 **Slow path.** Anything unusual (a check failed, a non-standard token such as
 ``NaN``) falls back to :func:`_check_sample`, which walks the samples in order
@@ -159,13 +163,20 @@ def _in_f32_range(A: np.ndarray) -> bool:
     return A.size == 0 or bool(A.max() <= F32_MAX and A.min() >= -F32_MAX)
 
 
+def _inside_f32(A: np.ndarray) -> bool:
+    """All values of a float32 array strictly inside (-F32_MAX, F32_MAX): finite, and
+    certainly not the rounding of a larger double (those land on ±F32_MAX or ±inf)."""
+    return A.size == 0 or bool(A.max() < F32_MAX and A.min() > -F32_MAX)
+
+
 def _fast_labels(spec: SampleSpec, ys: list[Any], n: int) -> np.ndarray | None:
-    """Vectorized labels of a trusted chunk, or None to take the slow path."""
+    """Vectorized labels of a plain chunk, or None to take the slow path.
+
+    Labels are read as float64 (exact for every JSON number the slow path accepts as
+    a label), so 1.0000000001 is not mistaken for 1 as a float32 cast would."""
     try:
-        Y = np.array(ys)
+        Y = np.asarray(ys, dtype=np.float64)
     except (ValueError, TypeError, OverflowError):
-        return None
-    if Y.dtype.kind not in "fiu":
         return None
     if spec.task == "regression":
         if Y.ndim == 1 and spec.output_dim == 1:
@@ -181,27 +192,23 @@ def _fast_labels(spec: SampleSpec, ys: list[Any], n: int) -> np.ndarray | None:
         if not ((Y == 0) | (Y == 1)).all():
             return None
         return Y.astype(np.float32)
-    if Y.dtype.kind == "f" and not (np.floor(Y) == Y).all():
-        return None
-    if Y.min() < 0 or Y.max() >= spec.output_dim:
+    if not (np.floor(Y) == Y).all() or Y.min() < 0 or Y.max() >= spec.output_dim:
         return None
     return Y.astype(np.int64)
 
 
 def _fast(spec: SampleSpec, samples: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(X as float64/int, Y packed) of a trusted chunk, or None for the slow path."""
+    """(X float32, Y packed) of a plain chunk (see the module docstring), or None for
+    the slow path."""
     n = len(samples)
     try:
-        if any(len(s) != 2 for s in samples):
-            return None
         xs = [s["x"] for s in samples]
         ys = [s["y"] for s in samples]
-        X = np.array(xs)
-    except (KeyError, TypeError, ValueError, OverflowError):
+        with np.errstate(over="ignore", invalid="ignore"):
+            X = np.asarray(xs, dtype=np.float32)
+    except (KeyError, TypeError, ValueError, OverflowError, IndexError):
         return None
-    if X.shape != (n, spec.input_dim) or X.dtype.kind not in "fiu":
-        return None
-    if not _in_f32_range(X):
+    if X.shape != (n, spec.input_dim) or not _inside_f32(X):
         return None
     Y = _fast_labels(spec, ys, n)
     if Y is None:
@@ -229,9 +236,10 @@ def convert(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate and pack ``samples`` (sample ``k`` has index ``base + k`` in errors).
 
-    Returns ``(X, Y)``: ``X`` float64 or integer ``[n, input_dim]`` with every value
-    within float32 range (cast it with ``astype(float32)``), ``Y`` packed per task.
-    ``trusted=False`` skips the fast path (the source bytes may hold booleans).
+    Returns ``(X, Y)``: ``X`` float32, float64 or integer ``[n, input_dim]`` with every
+    value within float32 range (cast it with ``astype(float32, copy=False)``), ``Y``
+    packed per task. Pass ``trusted=True`` only for samples parsed by orjson from
+    :func:`plain_bytes`; otherwise the slow path decides.
     """
     out = _fast(spec, samples) if trusted else None
     return out if out is not None else _slow(spec, samples, base)
@@ -243,9 +251,12 @@ def _std_loads(data: bytes | str) -> Any:
     return json.loads(data)
 
 
-def trusted_bytes(data: bytes | bytearray | memoryview) -> bool:
-    """True when ``data`` cannot hold a JSON boolean (so numpy cannot hide one)."""
-    return b"t" not in data and b"f" not in data
+def plain_bytes(data: bytes, quotes: int) -> bool:
+    """True when ``data`` holds no JSON boolean and exactly ``quotes`` double quotes:
+    the ones of the keys of well-formed samples (4 each, ``"x"`` and ``"y"``, plus 2
+    for ``"samples"`` in a JSON body). Then no string, extra key or boolean can hide
+    in what orjson parsed, and the fast path may trust ``np.asarray``."""
+    return b"t" not in data and b"f" not in data and data.count(b'"') == quotes
 
 
 # --------------------------------------------------------------------------- buffers
@@ -306,9 +317,9 @@ def parse_json(spec: SampleSpec, body: bytes) -> tuple[np.ndarray, np.ndarray]:
         raise Invalid.at(SAMPLES, f"expected a list of samples, got {_kind(samples)}")
     if not samples:
         raise Invalid.at(SAMPLES, "expected at least one sample")
-    X, Y = convert(spec, samples, 0, trusted=trusted and trusted_bytes(body))
+    X, Y = convert(spec, samples, 0, trusted=trusted and plain_bytes(body, 2 + 4 * len(samples)))
     del doc, samples
-    return X.astype(np.float32), Y
+    return X.astype(np.float32, copy=False), Y
 
 
 # --------------------------------------------------------------------------- NDJSON
@@ -365,7 +376,7 @@ class NDJSONParser:
             docs = None
         base = self.out.n
         if docs is not None:
-            X, Y = convert(self.spec, docs, base, trusted=trusted_bytes(part))
+            X, Y = convert(self.spec, docs, base, trusted=plain_bytes(part, 4 * len(docs)))
             self.out.extend(X, Y)
             return
         # A line did not parse: go line by line so the first problem is reported, in order.
@@ -376,7 +387,7 @@ class NDJSONParser:
             i = self.out.n
             try:
                 doc = loads(ln)
-                trusted = trusted_bytes(ln)
+                trusted = plain_bytes(ln, 4)
             except orjson.JSONDecodeError as e:
                 try:
                     doc = _std_loads(ln)
@@ -418,7 +429,7 @@ class NDJSONParser:
             return False
         if len(docs) != n:  # pragma: no cover - excluded by the byte checks
             return False
-        X, Y = convert(self.spec, docs, self.out.n, trusted=trusted_bytes(part))
+        X, Y = convert(self.spec, docs, self.out.n, trusted=plain_bytes(part, 4 * n))
         self.out.extend(X, Y)
         self._line += n
         return True
