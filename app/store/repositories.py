@@ -191,6 +191,23 @@ class ExportRepository:
 
 
 # --------------------------------------------------------------------------- online learning
+#: The append's statements, built once: they are executed on the session's Core
+#: connection (no ORM layer) and their compiled form and cache key are reused, so an
+#: append costs the database's work rather than statement construction.
+_LOCK_MODELS = (
+    sa.select(Model.id, Model.task, Model.input_dim, Model.output_dim, Model.next_offset)
+    .where(Model.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(Model.id)
+    .with_for_update()
+)
+_SET_NEXT_OFFSET = (
+    sa.update(Model.__table__)
+    .where(Model.__table__.c.id == sa.bindparam("mid"))
+    .values(next_offset=sa.bindparam("next_offset"))
+)
+_INSERT_BATCH = sa.insert(SampleBatch.__table__)
+
+
 class SampleRepository:
     """The sample log: ``sample_batches`` rows of packed arrays, offsets allocated
     from ``models.next_offset`` (the number of samples ever accepted)."""
@@ -204,18 +221,12 @@ class SampleRepository:
 
         Returns ``{id: (task, input_dim, output_dim, next_offset)}`` for the models that exist.
         """
-        q = (
-            sa.select(Model.id, Model.task, Model.input_dim, Model.output_dim, Model.next_offset)
-            .where(Model.id.in_(list(model_ids)))
-            .order_by(Model.id)
-            .with_for_update()
-        )
-        return {int(r[0]): (r[1], int(r[2]), int(r[3]), int(r[4])) for r in self.s.execute(q)}
+        rows = self.s.connection().execute(_LOCK_MODELS, {"ids": list(model_ids)})
+        return {int(r[0]): (r[1], int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
     def set_next_offset(self, model_id: int, next_offset: int) -> None:
         """``models.next_offset`` after an append (the caller holds the row lock)."""
-        t = Model.__table__
-        self.s.execute(sa.update(t).where(t.c.id == model_id).values(next_offset=next_offset))
+        self.s.connection().execute(_SET_NEXT_OFFSET, {"mid": model_id, "next_offset": next_offset})
 
     @staticmethod
     def rows(model_id: int, first_offset: int, X: np.ndarray, Y: np.ndarray, *, max_rows: int) -> list[dict[str, Any]]:
@@ -238,7 +249,7 @@ class SampleRepository:
 
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
         if rows:
-            self.s.execute(sa.insert(SampleBatch.__table__), rows)
+            self.s.connection().execute(_INSERT_BATCH, rows)
 
     def covering(self, model_id: int, lo: int, hi: int) -> list[SampleBatch]:
         """Rows holding any offset in ``lo..hi`` (inclusive), in offset order."""
