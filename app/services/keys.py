@@ -47,6 +47,9 @@ class Principal:
         return self.models is None or model in self.models
 
 
+BOOTSTRAP = Principal(id="bootstrap", name="STEWARD_ADMIN_KEY", scope="admin", models=None)
+
+
 def key_out(k: ApiKey) -> KeyOut:
     return KeyOut(id=k.id, name=k.name, scope=k.scope, models=k.models, prefix=k.prefix, created_at=k.created_at)  # type: ignore[arg-type]
 
@@ -82,13 +85,20 @@ class KeyService:
             raise NotFound(f"no API key with id {key_id!r}")
         repo.revoke(k, utcnow())
 
+    def bootstrap(self, token: str | None) -> Principal | None:
+        """The bootstrap admin (``STEWARD_ADMIN_KEY``) when ``token`` is its key, without
+        touching the database; None otherwise."""
+        if not token or self._boot is None or not hmac.compare_digest(hash_key(token), self._boot):
+            return None
+        return BOOTSTRAP
+
     def authenticate(self, s: Session, token: str | None) -> Principal:
         if not token:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        h = hash_key(token)
-        if self._boot is not None and hmac.compare_digest(h, self._boot):
-            return Principal(id="bootstrap", name="STEWARD_ADMIN_KEY", scope="admin", models=None)
-        k = ApiKeyRepository(s).by_hash(h)
+        boot = self.bootstrap(token)
+        if boot is not None:
+            return boot
+        k = ApiKeyRepository(s).by_hash(hash_key(token))
         if k is None or k.revoked_at is not None:
             raise Unauthorized("unknown or revoked API key")
         return Principal(id=k.id, name=k.name, scope=k.scope, models=tuple(k.models) if k.models is not None else None)
