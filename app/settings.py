@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     max_params: int = Field(100_000_000, ge=1, description="Largest network (parameters) a client may create")
     page_limit_max: int = Field(500, ge=1)
     access_log: bool = Field(False)
+    gc_tuning: bool = Field(
+        True,
+        description="At start-up, freeze the objects that exist (gc.freeze) and raise the youngest "
+        "generation's threshold to 50,000, so parsing a large request body does not trigger full collections.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 

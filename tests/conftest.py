@@ -80,6 +80,8 @@ def make_settings(tmp_path: Path, db_url: str):  # type: ignore[no-untyped-def]
             "admin_key": ADMIN,
             "worker_poll_seconds": 0.02,
             "learner_poll_seconds": 0.01,
+            # process-wide; tested on its own in tests/test_main.py
+            "gc_tuning": False,
         }
         base.update(kw)
         return Settings(**base)  # type: ignore[arg-type]
