@@ -239,7 +239,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     _document_common_errors(app)
     app.add_middleware(LimitAndMeasure, get_ctx=lambda: holder["ctx"])
-    for r in (models.router, versions.router, predict.router, online.router, maintain.router, jobs.router, keys.router):
+    # Routes are matched in order: the ingestion and predict routes (the hot paths) come
+    # first. No two routers share a path, so the order changes nothing else.
+    for r in (online.router, predict.router, models.router, versions.router, maintain.router, jobs.router, keys.router):
         app.include_router(r, prefix="/v1")
     app.include_router(exports.router, prefix="/v1")
     app.include_router(ops.router)
