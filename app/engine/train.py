@@ -33,6 +33,8 @@ from app.engine.optim import Optimizer, param_layout
 EVAL_CHUNK = 65536  # rows per forward pass in evaluate()
 PERMUTE_MAX_BYTES = 1 << 28  # training rows are gathered once per epoch up to this size, else per batch
 _add_reduce, _max_reduce = np.add.reduce, np.maximum.reduce
+_matmul, _add, _subtract, _multiply, _greater, _less = np.matmul, np.add, np.subtract, np.multiply, np.greater, np.less
+_ZERO, _ONE = np.array(0.0, F32), np.array(1.0, F32)  # 0-d operands: cheaper than Python floats
 
 
 class Canceled(Exception):
@@ -142,12 +144,18 @@ class _BatchKernel:
     """``network.gradients`` + ``Optimizer.step`` for one mini-batch, without allocations.
 
     The parameters live in one flat float32 vector ``P`` (:func:`param_layout` order; ``view``
-    is a Network of views into it) updated by :meth:`Optimizer.bind_flat`. Forward and
-    backward run the same operations in the same order as ``network.gradients`` (and the
-    output links of ``network.py``) into preallocated buffers of ``batch_size`` rows, so the
-    mean gradient is bit-identical: ``δ_L = (ŷ − y) / n``, ``dW_i = δ_iᵀ a_{i−1}``,
-    ``db_i = Σ_n δ_i``, ``δ_{i−1} = (δ_i W_i) ⊙ f'(a_{i−1})``. Layers below the lowest
-    trainable one get no gradient.
+    is a Network of views into it), the gradient in ``G`` with the same layout, and
+    :meth:`Optimizer.bind_flat` updates ``P`` from ``G`` in a few whole-vector operations.
+    Forward and backward run the same operations in the same order as ``network.gradients``
+    (and the output links of ``network.py``) into preallocated buffers, so the mean gradient
+    is bit-identical: ``δ_L = (ŷ − y) / n``, ``dW_i = δ_iᵀ a_{i−1}``, ``db_i = Σ_n δ_i``,
+    ``δ_{i−1} = (δ_i W_i) ⊙ f'(z_{i−1})``. Layers below the lowest trainable one get no gradient.
+
+    Buffers, for ``n ≤ batch_size`` rows (views of their first ``n`` rows per batch size, see
+    :meth:`_plan`): ``Z[i]`` [n, out_i] holds z_i, then a_i = f(z_i) in place (the last one
+    the output pre-activation); ``M[i]`` [n, out_i] f'(z_i) of hidden layer i (relu: 1[z > 0]
+    as float32, kept from the forward pass; tanh / sigmoid: computed from a_i when needed);
+    ``D[i]`` [n, out_i] δ_i of hidden layer i; ``DL`` [n, out] ŷ, then δ_L.
 
     The training loss is not computed per batch: each step records what the loss needs
     (binary ŷ, multiclass ŷ_y, regression ŷ) for its rows into ``track`` and
@@ -168,99 +176,102 @@ class _BatchKernel:
             self.GW.append(self.G[ws:bst].reshape(W.shape))
             self.Gb.append(self.G[bst:end])
         self.view = Network(net.task, net.activation, Ws, bs, dict(net.meta))
-        out = net.output_dim
-        self.A = [np.empty((batch_size, W.shape[0]), F32) for W in net.weights]  # z, then a = f(z)
-        self.D = [np.empty((batch_size, W.shape[0]), F32) for W in net.weights[:-1]]
-        self.F = [np.empty((batch_size, W.shape[0]), F32) for W in net.weights[:-1]]
-        self.Xb = np.empty((batch_size, net.input_dim), F32)
+        self.Ws, self.bs_, self.WT = Ws, bs, [W.T for W in Ws]
+        out, widths = net.output_dim, [W.shape[0] for W in Ws]
+        self.bs, self.L = batch_size, len(Ws)
+        self.lo = min(optimizer.trainable, default=self.L)
+        self.Z = [np.empty((batch_size, w), F32) for w in widths]
+        self.M = [np.empty((batch_size, w), F32) for w in widths[:-1]]
+        self.D = [np.empty((batch_size, w), F32) for w in widths[:-1]]
+        self.DL = np.empty((batch_size, out), F32)
         self.E = np.empty((batch_size, 1), F32)  # binary σ scratch / softmax max and sum
-        self.DL = np.empty((batch_size, out), F32)  # output delta
         self.NEG = np.empty((batch_size, 1), bool)
-        self.base = np.arange(batch_size, dtype=np.int64) * out  # row starts in the flat output
-        self.FI = np.empty(batch_size, np.int64)
+        self.FI = np.empty(batch_size, np.int64)  # multiclass: flat index of ŷ_y in DL
         self.PY = np.empty(batch_size, F32)
-        self.bs, self.L, self.inv_n = batch_size, len(net.weights), F32(batch_size)
-        self.Ws, self.bs_ = Ws, bs
-        self.WT = [W.T for W in Ws]
+        self.base = np.arange(batch_size, dtype=np.int64) * out  # row starts in the flat DL
+        self.Xb = np.empty((batch_size, net.input_dim), F32)
         self.track = np.empty((n_train, out) if net.task == "regression" else n_train, F32)
-        self.lo = min(optimizer.trainable, default=len(net.weights))
+        self._plans: dict[int, tuple] = {}
         self.update = optimizer.bind_flat(self.P, self.G)
+
+    def _plan(self, n: int) -> tuple:
+        """Buffer views and per-layer work lists for a batch of ``n`` rows (built once per ``n``)."""
+        plan = self._plans.get(n)
+        if plan is not None:
+            return plan
+        Z, M, D = [z[:n] for z in self.Z], [m[:n] for m in self.M], [d[:n] for d in self.D]
+        fwd = list(zip(self.WT, self.bs_, Z, [*M, None], strict=True))
+        bwd = []  # (dW_i, db_i, a_{i−1} (None: the input batch), what δ_{i−1} needs or None)
+        for i in range(self.L - 1, self.lo - 1, -1):
+            down = None
+            if i > self.lo:
+                outer = self.Ws[i].shape[0] == 1  # k = 1: δ W is one product per entry, as the matmul gives
+                down = (self.Ws[i], outer, D[i - 1], M[i - 1], Z[i - 1])
+            bwd.append((self.GW[i], self.Gb[i], Z[i - 1] if i else None, down))
+        DL = self.DL[:n]
+        plan = (fwd, bwd, DL, DL.reshape(-1), self.E[:n], self.NEG[:n], self.FI[:n], self.PY[:n], self.base[:n])
+        plan += (None if n == 1 else np.array(n, F32),)
+        self._plans[n] = plan
+        return plan
 
     def step(self, x: np.ndarray, yb: np.ndarray, pos: int) -> None:
         """One step on the batch ``x`` / ``yb`` (rows already gathered), recording loss inputs at ``track[pos:]``."""
         n = x.shape[0]
-        full = n == self.bs
-        Ws, bs, L, act, matmul = self.Ws, self.bs_, self.L, self.act, np.matmul
-        GW, Gb, D, F = self.GW, self.Gb, self.D, self.F
-        A = self.A if full else [a[:n] for a in self.A]
-        acts = [x]
+        fwd, bwd, delta, dflat, e, neg, fi, py, base, n_f32 = self._plans.get(n) or self._plan(n)
+        act, matmul, mul = self.act, _matmul, _multiply
         a = x
-        for i in range(L):
-            z = matmul(a, self.WT[i], out=A[i])
-            z += bs[i]
-            if i < L - 1:
+        for WT, b, z, f in fwd:
+            matmul(a, WT, z)
+            _add(z, b, z)
+            if f is not None:  # hidden layer
                 if act == "relu":  # z ⊙ 1[z > 0]; the mask is f'(z) for the backward pass
-                    m = np.greater(z, 0, out=F[i] if full else F[i][:n])
-                    np.multiply(z, m, out=z)
+                    _greater(z, _ZERO, f)
+                    mul(z, f, z)
                 elif act == "tanh":
-                    np.tanh(z, out=z)
+                    np.tanh(z, z)
                 else:
                     z[...] = activate("sigmoid", z)
-            acts.append(z)
             a = z
-        out, task = a, self.task
-        e = self.E if full else self.E[:n]
-        if task == "binary":  # σ in place: the stable form of network._sigmoid
-            neg = self.NEG if full else self.NEG[:n]
-            np.less(out, 0, out=neg)
-            np.abs(out, out=e)
-            np.negative(e, out=e)
-            np.exp(e, out=e)  # e = exp(−|z|)
-            np.add(e, 1.0, out=out)
-            np.divide(e, out, out=e)  # e / (1 + e)   for z < 0
-            np.reciprocal(out, out=out)  # 1 / (1 + e) for z ≥ 0
-            np.copyto(out, e, where=neg)
-            self.track[pos : pos + n] = out[:, 0]
-            delta = np.subtract(out, yb.reshape(-1, 1), out=self.DL if full else self.DL[:n])
-        elif task == "multiclass":  # softmax in place: e^{z − max} / Σ e^{z − max}
-            _max_reduce(out, axis=1, keepdims=True, out=e)
-            np.subtract(out, e, out=out)
-            np.exp(out, out=out)
-            _add_reduce(out, axis=1, keepdims=True, out=e)
-            np.divide(out, e, out=out)
-            flat = np.add(self.base if full else self.base[:n], yb, out=self.FI if full else self.FI[:n])
-            delta = self.DL if full else self.DL[:n]
-            np.copyto(delta, out)
-            dflat = delta.reshape(-1)
-            py = np.take(dflat, flat, out=self.track[pos : pos + n])
-            np.subtract(py, 1.0, out=self.PY[:n])
-            dflat[flat] = self.PY[:n]
+        z, task = a, self.task
+        if task == "multiclass":  # softmax e^{z − max} / Σ e^{z − max} into DL, then δ = ŷ − onehot(y)
+            _max_reduce(z, axis=1, keepdims=True, out=e)
+            _subtract(z, e, z)
+            np.exp(z, z)
+            _add_reduce(z, axis=1, keepdims=True, out=e)
+            np.divide(z, e, delta)
+            _add(base, yb, fi)
+            dflat.take(fi, out=self.track[pos : pos + n], mode="clip")
+            _subtract(self.track[pos : pos + n], _ONE, py)
+            dflat[fi] = py
+        elif task == "binary":  # σ in place: the stable form of network._sigmoid
+            _less(z, _ZERO, neg)
+            np.abs(z, e)
+            np.negative(e, e)
+            np.exp(e, e)  # e = exp(−|z|)
+            _add(e, _ONE, z)
+            np.divide(e, z, e)  # e / (1 + e)   for z < 0
+            np.reciprocal(z, z)  # 1 / (1 + e) for z ≥ 0
+            np.copyto(z, e, where=neg)
+            self.track[pos : pos + n] = z[:, 0]
+            _subtract(z, yb.reshape(n, 1), delta)
         else:
-            self.track[pos : pos + n] = out
-            delta = np.subtract(out, yb.reshape(out.shape), out=self.DL if full else self.DL[:n])
-        if self.lo == L:  # nothing to train: still counts as a step
-            self.update()
-            return
-        if n != 1:
-            delta /= self.inv_n if full else F32(n)
-        for i in range(L - 1, self.lo - 1, -1):
-            matmul(delta.T, acts[i], out=GW[i])
-            _add_reduce(delta, axis=0, out=Gb[i])
-            if i > self.lo:
-                d, f, a = (D[i - 1], F[i - 1], acts[i]) if full else (D[i - 1][:n], F[i - 1][:n], acts[i])
-                if delta.shape[1] == 1:  # k = 1: one product per entry, as the matmul gives
-                    np.multiply(delta, Ws[i], out=d)
-                else:
-                    matmul(delta, Ws[i], out=d)
-                if act == "relu":
-                    pass  # f = 1[z > 0], stored by the forward pass
-                elif act == "tanh":
-                    np.multiply(a, a, out=f)
-                    np.subtract(1.0, f, out=f)
-                else:
-                    np.subtract(1.0, a, out=f)
-                    np.multiply(a, f, out=f)
-                np.multiply(d, f, out=d)
+            self.track[pos : pos + n] = z
+            _subtract(z, yb.reshape(z.shape), delta)
+        if n_f32 is not None and bwd:
+            np.divide(delta, n_f32, delta)
+        for GW, Gb, a_prev, down in bwd:
+            matmul(delta.T, x if a_prev is None else a_prev, GW)
+            _add_reduce(delta, axis=0, out=Gb)
+            if down is not None:
+                W, outer, d, f, a = down
+                (mul if outer else matmul)(delta, W, d)
+                if act == "tanh":  # f' = 1 − a²
+                    mul(a, a, f)
+                    _subtract(_ONE, f, f)
+                elif act == "sigmoid":  # f' = a (1 − a)
+                    _subtract(_ONE, a, f)
+                    mul(a, f, f)
+                mul(d, f, d)
                 delta = d
         self.update()
 
