@@ -20,10 +20,11 @@ Running metrics (all float64 sums / integer counts):
 Guard, in this order for each sample:
 
 - ``non_finite_loss``: ℓ_n is NaN or ±∞;
-- ``loss_blowup`` (when ``guard_factor`` is set): after a warm-up of ``W`` samples (since
-  the learner was created or :meth:`~OnlineLearner.resume`), with ``baseline`` = window
-  mean loss at the end of the warm-up, the window mean *including* ℓ_n exceeds
-  ``guard_factor · max(baseline, guard_min_loss)``;
+- ``loss_blowup`` (when ``guard_factor`` is set): after a warm-up of ``U`` samples
+  (``guard_warmup``, by default the window ``W``; counted since the learner was created or
+  :meth:`~OnlineLearner.resume`), with ``baseline`` = the window mean loss (over the last
+  ``min(W, count)`` samples) at the end of the warm-up, the window mean *including* ℓ_n
+  exceeds ``guard_factor · max(baseline, guard_min_loss)``;
 - ``non_finite_params``: the step on sample n would make a parameter (or Adam's second
   moment) non-finite.
 
@@ -65,14 +66,21 @@ PAUSE_REASONS = (NON_FINITE_LOSS, LOSS_BLOWUP, NON_FINITE_PARAMS)
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """Window size (metrics and guard warm-up) and the loss guard.
+    """Window size (metrics), the loss guard and its warm-up.
 
     ``guard_factor`` None disables the blow-up check (the non-finite checks stay on).
+    ``guard_warmup`` None means a warm-up of one window.
     """
 
     window: int = 1000
     guard_factor: float | None = 10.0
     guard_min_loss: float = 1e-3
+    guard_warmup: int | None = None
+
+    @property
+    def warmup(self) -> int:
+        """Samples after creation or resume before the guard's baseline is taken."""
+        return self.window if self.guard_warmup is None else self.guard_warmup
 
     def __post_init__(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
@@ -81,6 +89,9 @@ class LearnerConfig:
             raise ValueError(f"guard_factor: expected a finite number > 1 or null, got {self.guard_factor!r}")
         if not (math.isfinite(self.guard_min_loss) and self.guard_min_loss >= 0):
             raise ValueError(f"guard_min_loss: expected a finite number ≥ 0, got {self.guard_min_loss!r}")
+        u = self.guard_warmup
+        if u is not None and (isinstance(u, bool) or not isinstance(u, int) or u < 1):
+            raise ValueError(f"guard_warmup: expected an integer ≥ 1 or null, got {u!r}")
 
 
 @dataclass(frozen=True)
@@ -157,7 +168,7 @@ class _Metrics:
                 trip = self._guard(S, ln, cfg)
             take = ln if trip is None else trip
             if take:
-                self._commit(seg[:take], None if correct is None else correct[i : i + take], pos, S)
+                self._commit(seg[:take], None if correct is None else correct[i : i + take], pos, S, cfg.warmup)
             if trip is not None:
                 return i + trip, LOSS_BLOWUP
             i += ln
@@ -166,26 +177,29 @@ class _Metrics:
         return None, None
 
     def _guard(self, S: np.ndarray, ln: int, cfg: LearnerConfig) -> int | None:
-        W = self.window
+        W, U = self.window, cfg.warmup
         j = np.arange(ln)
         means = S / np.minimum(self.count + 1 + j, W)
         g_after = self.guard_count + 1 + j
         base = self.baseline
         if math.isnan(base):
-            k = W - self.guard_count - 1  # local index where the warm-up completes
-            if not 0 <= k < ln:
+            # local index where the warm-up completes (at once if it is already over, e.g.
+            # after the model's warm-up was shortened)
+            k = max(U - self.guard_count - 1, 0)
+            if k >= ln:
                 return None
             base = float(means[k])
         thr = cfg.guard_factor * max(base, cfg.guard_min_loss)
-        hit = (g_after > W) & ~(means <= thr)
+        hit = (g_after > U) & ~(means <= thr)
         return int(hit.argmax()) if hit.any() else None
 
-    def _commit(self, seg: np.ndarray, cseg: np.ndarray | None, pos: int, S: np.ndarray) -> None:
-        """Absorb ``seg`` (not crossing a ring wrap); ``S[j]`` is the window sum after ``seg[j]``."""
+    def _commit(self, seg: np.ndarray, cseg: np.ndarray | None, pos: int, S: np.ndarray, warmup: int) -> None:
+        """Absorb ``seg`` (not crossing a ring wrap); ``S[j]`` is the window sum after ``seg[j]``;
+        the baseline is taken after ``warmup`` samples since the guard's (re)start."""
         ln = seg.shape[0]
         W = self.window
-        if math.isnan(self.baseline) and self.guard_count < W <= self.guard_count + ln:
-            k = W - self.guard_count - 1  # the sample that completes the warm-up
+        if math.isnan(self.baseline) and warmup <= self.guard_count + ln:
+            k = max(warmup - self.guard_count - 1, 0)  # the sample that completes the warm-up
             self.baseline = float(S[k] / min(self.count + 1 + k, W))
         self.loss_sum = float(np.add.accumulate(np.concatenate(([self.loss_sum], seg)))[-1])
         self.ring_loss[pos : pos + ln] = seg
@@ -335,10 +349,10 @@ class OnlineLearner:
         thr = None
         if base is not None and cfg.guard_factor is not None:
             thr = cfg.guard_factor * max(base, cfg.guard_min_loss)
-        return {"warmup_remaining": max(0, m.window - m.guard_count), "baseline": base, "threshold": thr}
+        return {"warmup_remaining": max(0, cfg.warmup - m.guard_count), "baseline": base, "threshold": thr}
 
     def resume(self) -> None:
-        """Clear a pause and restart the guard's warm-up (a new baseline after ``window`` samples).
+        """Clear a pause and restart the guard's warm-up (a new baseline after ``config.warmup`` samples).
 
         The offending sample is not retried by the learner: the caller moves on past it.
         """

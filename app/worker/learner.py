@@ -132,11 +132,12 @@ def optimizer_config(m: Model) -> OptimizerConfig:
 
 
 def learner_config(m: Model, window: int) -> LearnerConfig:
-    """The model's guard: ``loss_ratio`` × the recent-window baseline (``guard.enabled``
-    false keeps only the non-finite checks). The engine's warm-up is the window."""
+    """The model's guard: ``loss_ratio`` × the recent-window baseline taken after
+    ``warmup`` samples (``guard.enabled`` false keeps only the non-finite checks)."""
     g = dict(m.guard or {})
     factor = float(g.get("loss_ratio", 10.0)) if g.get("enabled", True) else None
-    return LearnerConfig(window=window, guard_factor=factor)
+    warmup = g.get("warmup")
+    return LearnerConfig(window=window, guard_factor=factor, guard_warmup=int(warmup) if warmup is not None else None)
 
 
 def new_learner(m: Model, net: Network, window: int, *, masked: bool) -> OnlineLearner:

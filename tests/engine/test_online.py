@@ -387,6 +387,52 @@ def test_loss_blowup_guard_trips_where_the_window_mean_crosses() -> None:
     assert r2.applied > 0
 
 
+@pytest.mark.parametrize(("window", "warmup"), [(200, 100), (100, 300), (200, 1)])
+def test_guard_warmup_is_its_own_length(window: int, warmup: int) -> None:
+    """The baseline is the window mean after ``warmup`` samples (over the last
+    min(window, warmup) losses); the guard watches only after it."""
+    X, Y = stream("binary", 3000, 8, 1, seed=16)
+    Y[1000:] = 1 - Y[1000:]
+    net = init_network("binary", "relu", 8, 1, [], seed=17)
+    cfg = OptimizerConfig("sgd", 0.05)
+    learner = OnlineLearner(net, cfg, config=LearnerConfig(window=window, guard_factor=2.0, guard_warmup=warmup))
+    assert learner.guard_status()["warmup_remaining"] == warmup
+    res = learner.learn_many(X, Y, first_offset=0)
+    free = OnlineLearner(net, cfg, config=LearnerConfig(window=window, guard_factor=None))
+    losses = []
+    for i in range(len(X)):
+        losses.append(evaluate(free.snapshot(), X[i : i + 1], Y[i : i + 1])["loss"])
+        free.learn_many(X[i : i + 1], Y[i : i + 1], i)
+    losses = np.array(losses)
+
+    def mean_through(i: int) -> float:  # the window mean including losses[i]
+        return float(losses[max(0, i + 1 - window) : i + 1].mean())
+
+    baseline = mean_through(warmup - 1)
+    thr = 2.0 * max(baseline, 1e-3)
+    trip = next(i for i in range(warmup, len(losses)) if mean_through(i) > thr)
+    assert res.pause is not None and res.pause.reason == LOSS_BLOWUP
+    assert res.pause.offset == trip
+    assert learner.guard_status()["baseline"] == pytest.approx(baseline, rel=1e-6)
+    assert learner.guard_status()["warmup_remaining"] == 0
+    learner.resume()
+    assert learner.guard_status() == {"warmup_remaining": warmup, "baseline": None, "threshold": None}
+
+
+def test_a_warmup_already_over_arms_the_guard_at_the_next_sample() -> None:
+    """State saved under a longer warm-up, loaded by a learner with a shorter one."""
+    X, Y = stream("regression", 400, 4, 1, seed=3)
+    net = init_network("regression", "relu", 4, 1, [], seed=4)
+    cfg = OptimizerConfig("sgd", 0.01)
+    long = OnlineLearner(net, cfg, config=LearnerConfig(window=50, guard_warmup=300))
+    long.learn_many(X[:100], Y[:100])
+    short = OnlineLearner(long.snapshot(), cfg, config=LearnerConfig(window=50, guard_warmup=20))
+    short.load_state_dict(long.state_dict())
+    assert short.guard_status()["baseline"] is None and short.guard_status()["warmup_remaining"] == 0
+    short.learn_many(X[100:101], Y[100:101], 100)
+    assert short.guard_status()["baseline"] == pytest.approx(short.metrics()["window"]["loss"], rel=1e-12)
+
+
 def test_non_finite_loss_pauses_before_the_step() -> None:
     net = Network("regression", "relu", [np.array([[3e38, 3e38]], F32)], [np.zeros(1, F32)])
     learner = OnlineLearner(net, OptimizerConfig("sgd", 0.1))

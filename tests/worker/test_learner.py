@@ -332,6 +332,23 @@ def test_loss_blowup_guard_and_resume_from_version(make_settings):
             close(list(weights(c, "g", v["version"])), [[Wr], [br]], rtol=1e-3, atol=1e-4)
 
 
+def test_the_models_guard_warmup_is_honoured_not_the_window(make_settings):
+    """With the default 1,000-sample window, a 10-sample warm-up arms the guard after 10
+    samples: labels gone wrong at sample 30 pause the model (a window-long warm-up
+    would still be warming up)."""
+    with TestClient(create_app(make_settings(run_worker=False)), headers=auth()) as c:
+        X, Y = data("regression", 60, 3)
+        Y = Y[:, 0]
+        create(c, "w", task="regression", input_dim=3, guard={"loss_ratio": 50, "warmup": 10})
+        send(c, "w", X[:30], Y[:30])
+        a = send(c, "w", X[30:40], Y[30:40] + 1000.0)
+        assert a["status"] == "paused" and a["paused_offset"] == 30, a
+        assert "loss_blowup" in a["status_reason"]
+        create(c, "w2", task="regression", input_dim=3, guard={"loss_ratio": 50, "warmup": 1000})
+        send(c, "w2", X[:30], Y[:30])
+        assert send(c, "w2", X[30:40], Y[30:40] + 1000.0)["status"] == "active"
+
+
 # --------------------------------------------------------------------------- other versions
 def test_learning_continues_from_a_newer_version_of_another_operation(lc):
     X, Y = data("binary", 200, 4)
