@@ -95,6 +95,26 @@ def test_one_full_batch_epoch_is_one_mean_gradient_step(task: str, out: int, act
     assert res.train_loss == pytest.approx(per_sample_loss(task, outputs, Y).mean(), rel=1e-12)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize(("task", "out"), [("binary", 1), ("multiclass", 4), ("regression", 2)])
+def test_an_epoch_is_one_mean_gradient_step_per_batch_including_the_short_last_one(
+    task: str, out: int, activation: str
+) -> None:
+    X, Y = data(task, 70, 6, out, seed=29)
+    net = init_network(task, activation, 6, out, [9, 5], seed=30)
+    cfg = OptimizerConfig("adam", 0.05, l2=0.01)
+    ref = net.copy()
+    opt = Optimizer(cfg, ref)
+    for _ in range(2):
+        for s in range(0, 70, 16):  # 4 batches of 16, then one of 6
+            dW, db, _ = gradients(ref, X[s : s + 16], Y[s : s + 16])
+            opt.step(ref, dW, db)
+    res = train(net, Optimizer(cfg, net), X, Y, epochs=2, batch_size=16, shuffle_seed=None)
+    for a, b in zip(params(net), params(ref), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert res.steps == 10
+
+
 @pytest.mark.parametrize(
     "cfg",
     [
