@@ -200,19 +200,21 @@ def gradients(net: Network, X: np.ndarray, Y: np.ndarray) -> tuple[list[np.ndarr
     Returns ``(dW, db, outputs)`` with ``dW[i]`` shaped like ``weights[i]``,
     ``db[i]`` like ``biases[i]`` and ``outputs`` the forward pass ŷ [N, out].
     ``dW[i] = δ_iᵀ a_{i-1} / N``, ``db[i] = Σ_n δ_i / N``,
-    ``δ_{i-1} = (δ_i W_i) ⊙ f'(a_{i-1})``.
+    ``δ_{i-1} = (δ_i W_i) ⊙ f'(a_{i-1})``. The bias sum is the product ``1ᵀ δ_i`` with a
+    ones vector [N] (one BLAS call, faster than a column sum; ``train.py`` does the same).
     """
     acts = net.forward_trace(X)
     n = acts[0].shape[0]
     delta = output_delta(net.task, acts[-1], Y)
     if n != 1:
         delta /= F32(n)
+    ones = np.ones(n, dtype=delta.dtype)
     L = len(net.weights)
     dW: list[np.ndarray] = [None] * L  # type: ignore[list-item]
     db: list[np.ndarray] = [None] * L  # type: ignore[list-item]
     for i in range(L - 1, -1, -1):
         dW[i] = delta.T @ acts[i]
-        db[i] = delta.sum(axis=0)
+        db[i] = ones @ delta
         if i:
             delta = (delta @ net.weights[i]) * activation_grad(net.activation, acts[i])
     return dW, db, acts[-1]

@@ -148,7 +148,7 @@ class _BatchKernel:
     :meth:`Optimizer.bind_flat` updates ``P`` from ``G`` in a few whole-vector operations.
     Forward and backward run the same operations in the same order as ``network.gradients``
     (and the output links of ``network.py``) into preallocated buffers, so the mean gradient
-    is bit-identical: ``δ_L = (ŷ − y) / n``, ``dW_i = δ_iᵀ a_{i−1}``, ``db_i = Σ_n δ_i``,
+    is bit-identical: ``δ_L = (ŷ − y) / n``, ``dW_i = δ_iᵀ a_{i−1}``, ``db_i = 1ᵀ δ_i`` (= Σ_n δ_i),
     ``δ_{i−1} = (δ_i W_i) ⊙ f'(z_{i−1})``. Layers below the lowest trainable one get no gradient.
 
     Buffers, for ``n ≤ batch_size`` rows (views of their first ``n`` rows per batch size, see
@@ -190,6 +190,7 @@ class _BatchKernel:
         self.PY = np.empty(batch_size, F32)
         self.base = np.arange(batch_size, dtype=np.int64) * out  # row starts in the flat DL
         self.Xb = np.empty((batch_size, net.input_dim), F32)
+        self.ones = np.ones(batch_size, F32)
         self.track = np.empty((n_train, out) if net.task == "regression" else n_train, F32)
         self._plans: dict[int, tuple] = {}
         self.update = optimizer.bind_flat(self.P, self.G)
@@ -210,6 +211,7 @@ class _BatchKernel:
             bwd.append((self.GW[i], self.Gb[i], Z[i - 1] if i else None, down))
         DL = self.DL[:n]
         plan = (fwd, bwd, DL, DL.reshape(-1), self.E[:n], self.NEG[:n], self.FI[:n], self.PY[:n], self.base[:n])
+        plan += (self.ones[:n],)
         plan += (None if n == 1 else np.array(n, F32),)
         self._plans[n] = plan
         return plan
@@ -217,7 +219,7 @@ class _BatchKernel:
     def step(self, x: np.ndarray, yb: np.ndarray, pos: int) -> None:
         """One step on the batch ``x`` / ``yb`` (rows already gathered), recording loss inputs at ``track[pos:]``."""
         n = x.shape[0]
-        fwd, bwd, delta, dflat, e, neg, fi, py, base, n_f32 = self._plans.get(n) or self._plan(n)
+        fwd, bwd, delta, dflat, e, neg, fi, py, base, ones, n_f32 = self._plans.get(n) or self._plan(n)
         act, matmul, mul = self.act, _matmul, _multiply
         a = x
         for WT, b, z, f in fwd:
@@ -261,7 +263,7 @@ class _BatchKernel:
             np.divide(delta, n_f32, delta)
         for GW, Gb, a_prev, down in bwd:
             matmul(delta.T, x if a_prev is None else a_prev, GW)
-            _add_reduce(delta, axis=0, out=Gb)
+            matmul(ones, delta, Gb)  # Σ_n δ as 1ᵀ δ, like network.gradients
             if down is not None:
                 W, outer, d, f, a = down
                 (mul if outer else matmul)(delta, W, d)
