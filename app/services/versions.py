@@ -6,7 +6,7 @@ per-version data, so the same parameters always have the same sha256 (an
 import of a downloaded file reproduces its source's sha256): Steward writes the
 file itself (:func:`write_safetensors`), with sorted metadata keys and a fixed
 tensor order (the safetensors library orders metadata keys at random), straight
-from the arrays, never building the file in memory. Downloads carry
+from the arrays, never building a large file in memory. Downloads carry
 the model name, version and task in ``__metadata__``: the header is rewritten
 on the fly and the tensor bytes are streamed from the blob unchanged.
 """
@@ -32,6 +32,9 @@ from app.store.models import Model, Version, utcnow
 from app.store.repositories import AliasRepository, ExportRepository, VersionRepository
 
 FORMAT = "steward/1"
+#: Blobs up to this size are built in memory (one copy of the parameters), larger ones
+#: are written straight from the arrays to the file.
+SMALL_BLOB_BYTES = 4 << 20
 MAX_VERSION = 2**31 - 1  # versions.version is a 32-bit INTEGER
 
 
@@ -274,7 +277,12 @@ class VersionService:
         if tensors is None:
             assert net is not None
             tensors = codec.to_tensors(net)
-        sha, size = self.blobs.put_file(lambda path: encode_to(path, tensors, encoding))
+        if sum(int(t.nbytes) for t in tensors.values()) <= SMALL_BLOB_BYTES:
+            # in memory: hashed before writing, so an existing blob is not rewritten, and
+            # two fsyncs (file, directory) instead of put_file's three and a read-back
+            sha, size = self.blobs.put(encode(tensors, encoding))
+        else:
+            sha, size = self.blobs.put_file(lambda path: encode_to(path, tensors, encoding))
         state_sha = self.blobs.put(state)[0] if state is not None else None
         d, sp = codec.describe(tensors)
         repo = VersionRepository(s)
