@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -46,11 +47,20 @@ def _safe_url(url: str) -> str:
 
 
 # --------------------------------------------------------------------------- serve / worker
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_blas_threads(n: int) -> None:
+    """Give the BLAS library ``n`` threads (``STEWARD_BLAS_THREADS``) unless the
+    environment already chose. Must run before numpy is imported: the thread pool is
+    made then. A service process runs the event loop, the learner and a job at once,
+    and small matrices gain nothing from BLAS threads that spin while they compete
+    for the same cores."""
+    for var in BLAS_THREAD_VARS:
+        os.environ.setdefault(var, str(n))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from app.main import create_app
-
     overrides: dict[str, Any] = {}
     if args.host is not None:
         overrides["host"] = args.host
@@ -61,6 +71,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_learner:
         overrides["run_learner"] = False
     settings = load_settings(args, **overrides)
+    limit_blas_threads(settings.blas_threads)
+    import uvicorn
+
+    from app.main import create_app
+
     print(
         f"steward: serving on http://{settings.host}:{settings.port} (docs at /docs); "
         f"database {_safe_url(settings.url)}; data in {settings.data_dir}",
@@ -80,9 +95,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    limit_blas_threads(settings.blas_threads)
     from app.worker.runner import run_worker_process
 
-    run_worker_process(load_settings(args), concurrency=args.concurrency)
+    run_worker_process(settings, concurrency=args.concurrency)
     return 0
 
 

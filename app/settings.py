@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     max_params: int = Field(100_000_000, ge=1, description="Largest network (parameters) a client may create")
     page_limit_max: int = Field(500, ge=1)
     access_log: bool = Field(False)
+    blas_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="BLAS threads of `steward serve` / `steward worker` processes (sets OPENBLAS_NUM_THREADS, "
+        "OMP_NUM_THREADS and MKL_NUM_THREADS unless already set).",
+    )
     gc_tuning: bool = Field(
         True,
         description="At start-up, freeze the objects that exist (gc.freeze) and raise the youngest "

@@ -201,3 +201,33 @@ def test_worker_command_starts_and_stops_gracefully(tmp_path):
     time.sleep(0.5)
     code, err = stop(proc)
     assert code == 0, err
+
+
+BLAS_PROBE = """
+import sys
+import uvicorn
+def report(*a, **k):
+    import threadpoolctl
+    print(max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"))
+uvicorn.run = report
+from app.cli import main
+main(["serve", "--no-worker", "--no-learner"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "want"),
+    [({}, 1), ({"STEWARD_BLAS_THREADS": "2"}, 2), ({"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}, 2)],
+)
+def test_serve_sets_the_blas_threads_before_numpy_loads(tmp_path, extra, want):
+    pytest.importorskip("threadpoolctl")
+    if want > (os.cpu_count() or 1):
+        pytest.skip("OpenBLAS caps its threads at the number of CPUs")
+    env = {
+        k: v
+        for k, v in env_for(tmp_path, **extra).items()
+        if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS") or k in extra
+    }
+    out = subprocess.run([sys.executable, "-c", BLAS_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) == want, out.stdout
