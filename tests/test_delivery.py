@@ -96,13 +96,13 @@ def test_image_command_on_postgres_and_its_healthcheck(db_url, tmp_path):
 
 
 def test_scripts_are_wired():
-    for name in ("scripts/run", "scripts/test", ".ci/run"):
+    for name in ("scripts/run", "scripts/test", "scripts/bench", ".ci/run"):
         path = ROOT / name
         assert path.stat().st_mode & 0o111, f"{name} is not executable"
         assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     assert "scripts/test" in (ROOT / ".ci/run").read_text()
     readme = (ROOT / "README.md").read_text()
-    assert "bash scripts/run" in readme and "bash scripts/test" in readme
+    assert "bash scripts/run" in readme and "bash scripts/test" in readme and "bash scripts/bench" in readme
 
 
 def test_scripts_run_serves_on_sqlite(tmp_path):
