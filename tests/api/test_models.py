@@ -136,7 +136,9 @@ def test_initialisation_is_deterministic_by_seed(client):
     assert set(wa) == {f"layers.{i}.{p}" for i in range(3) for p in ("weight", "bias")}
     for i, shape in enumerate([(8, 3), (8, 8), (1, 8)]):
         assert wa[f"layers.{i}.weight"].shape == shape and wa[f"layers.{i}.weight"].dtype == np.float32
-        assert not np.any(wa[f"layers.{i}.bias"])
+        lim = 1 / np.sqrt(shape[1])  # PyTorch's nn.Linear default: U(±1/√fan_in), biases too
+        assert np.abs(wa[f"layers.{i}.weight"]).max() <= lim and np.abs(wa[f"layers.{i}.bias"]).max() <= lim
+        assert np.any(wa[f"layers.{i}.bias"])
     assert not np.array_equal(wa["layers.0.weight"], wc["layers.0.weight"])
 
 

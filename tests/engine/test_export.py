@@ -32,7 +32,7 @@ OUT_DIM = {"regression": 3, "binary": 1, "multiclass": 5}
 
 
 def make_net(task: str, activation: str, hidden: list[int] | None = None, input_dim: int = 9) -> Network:
-    """A network with non-zero biases (init_network starts them at 0)."""
+    """A network with non-zero biases."""
     net = init_network(task, activation, input_dim, OUT_DIM[task], [12, 7] if hidden is None else hidden, 3)
     rng = np.random.default_rng(7)
     for b in net.biases:

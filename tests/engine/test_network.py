@@ -34,27 +34,48 @@ def test_engine_imports_nothing_from_web_or_database():
 
 
 # --------------------------------------------------------------------------- init
-def test_init_is_deterministic_float32_with_zero_biases():
+def test_init_is_deterministic_float32():
     a = init_network("binary", "relu", 20, 1, [30, 10], seed=5)
     b = init_network("binary", "relu", 20, 1, [30, 10], seed=5)
     c = init_network("binary", "relu", 20, 1, [30, 10], seed=6)
     assert [w.shape for w in a.weights] == [(30, 20), (10, 30), (1, 10)]
-    for wa, wb, ba in zip(a.weights, b.weights, a.biases, strict=True):
+    for wa, wb, ba, bb in zip(a.weights, b.weights, a.biases, b.biases, strict=True):
         assert wa.dtype == np.float32 and ba.dtype == np.float32
         np.testing.assert_array_equal(wa, wb)
-        assert not ba.any()
+        np.testing.assert_array_equal(ba, bb)
     assert not np.array_equal(a.weights[0], c.weights[0])
     assert (a.input_dim, a.output_dim, a.hidden, a.n_params) == (20, 1, [30, 10], 20 * 30 + 30 + 30 * 10 + 10 + 11)
 
 
-def test_init_scales_he_for_relu_and_glorot_otherwise():
-    relu = init_network("regression", "relu", 400, 1, [300], seed=0)
-    assert relu.weights[0].std() == pytest.approx(np.sqrt(2 / 400), rel=0.05)
-    tanh = init_network("regression", "tanh", 400, 1, [300], seed=0)
-    lim = np.sqrt(6 / 700)
-    assert np.abs(tanh.weights[0]).max() <= lim and np.abs(tanh.weights[0]).max() > 0.95 * lim
-    out_lim = np.sqrt(6 / 301)
-    assert np.abs(relu.weights[1]).max() <= out_lim
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
+def test_init_is_pytorchs_linear_default(activation):
+    """U(−1/√fan_in, 1/√fan_in) for every weight and bias, drawn W then b per layer."""
+    net = init_network("regression", activation, 400, 1, [300], seed=0)
+    rng = np.random.default_rng(0)
+    for (fan_out, fan_in), W, b in zip([(300, 400), (1, 300)], net.weights, net.biases, strict=True):
+        lim = 1 / np.sqrt(fan_in)
+        np.testing.assert_array_equal(W, rng.uniform(-lim, lim, (fan_out, fan_in)).astype(np.float32))
+        np.testing.assert_array_equal(b, rng.uniform(-lim, lim, fan_out).astype(np.float32))
+        assert np.abs(W).max() <= lim and np.abs(b).max() <= lim
+    W0 = net.weights[0].astype(np.float64)
+    assert W0.std() == pytest.approx(1 / np.sqrt(400) / np.sqrt(3), rel=0.02)  # uniform: lim / √3
+    assert abs(W0.mean()) < 1e-3 and net.biases[0].std() > 0
+
+
+def test_init_matches_torch_nn_linear_in_distribution():
+    """The same family as ``torch.nn.Linear``'s own initialisation (where torch is installed):
+    same bounds, same spread, for weights and biases."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 512)
+    ours = init_network("regression", "relu", 256, 512, [], seed=0)
+    lim = 1 / 16
+    for t, o, rel in ((lin.weight, ours.weights[0], 0.01), (lin.bias, ours.biases[0], 0.1)):
+        t = t.detach().numpy().astype(np.float64)
+        assert np.abs(o).max() <= lim and np.abs(t).max() <= lim
+        # both spread like U(±lim): std lim / √3 (tolerance ≈ 4 standard errors of the estimate)
+        assert o.std() == pytest.approx(lim / np.sqrt(3), rel=rel)
+        assert t.std() == pytest.approx(lim / np.sqrt(3), rel=rel)
 
 
 # --------------------------------------------------------------------------- forward
