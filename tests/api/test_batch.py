@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_digits
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 
 def samples(X, y):
@@ -77,37 +77,39 @@ def test_digits_multiclass_reaches_95(client, digits):
 
 
 def test_breast_cancer_binary_reaches_96(client):
+    """Stratified 5-fold cross-validation, each fold a model of its own trained by
+    ``batch-update`` and scored on its held-out fold: the mean accuracy is ≥ 0.96. (One
+    143-sample split is too coarse a measure: on scikit-learn's own split with
+    random_state 0 its LogisticRegression scores 0.958 and its MLPClassifier 0.958–0.972
+    by seed.)"""
     X, y = load_breast_cancer(return_X_y=True)
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
-    mu, sd = Xtr.mean(0), Xtr.std(0)
-    Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
-    client.post(
-        "/v1/models",
-        json={
-            "name": "bc",
-            "task": "binary",
-            "input_dim": 30,
-            "hidden": [16],
-            "optimizer": {"kind": "adam", "learning_rate": 0.01},
-        },
-    )
-    r = client.post(
-        "/v1/models/bc/batch-update",
-        json={
-            "samples": samples(Xtr, ytr),
-            "epochs": 60,
-            "batch_size": 32,
-            "early_stopping_patience": 10,
-            "shuffle_seed": 3,
-        },
-        headers={"Prefer": "wait=120"},
-    )
-    job = r.json()
-    assert job["status"] == "succeeded", job
-    ev = client.post(
-        "/v1/models/bc/evaluate", json={"samples": samples(Xte, yte), "version": job["result"]["version"]}
-    ).json()
-    assert ev["accuracy"] >= 0.96, ev
+    accs = []
+    for k, (tr, te) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(X, y)):
+        mu, sd = X[tr].mean(0), X[tr].std(0)
+        Xtr, Xte = (X[tr] - mu) / sd, (X[te] - mu) / sd
+        name = f"bc{k}"
+        spec = {"name": name, "task": "binary", "input_dim": 30, "hidden": [16], "seed": k}
+        r = client.post("/v1/models", json={**spec, "optimizer": {"kind": "adam", "learning_rate": 0.01}})
+        assert r.status_code == 201, r.text
+        r = client.post(
+            f"/v1/models/{name}/batch-update",
+            json={
+                "samples": samples(Xtr, y[tr]),
+                "epochs": 60,
+                "batch_size": 32,
+                "early_stopping_patience": 10,
+                "shuffle_seed": 3,
+            },
+            headers={"Prefer": "wait=120"},
+        )
+        job = r.json()
+        assert job["status"] == "succeeded", job
+        ev = client.post(
+            f"/v1/models/{name}/evaluate", json={"samples": samples(Xte, y[te]), "version": job["result"]["version"]}
+        ).json()
+        accs.append(ev["accuracy"])
+    assert np.mean(accs) >= 0.96, accs
+    assert min(accs) >= 0.93, accs
 
 
 def test_guarded_promotion_refuses_worse_version(client, digits):
