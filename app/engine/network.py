@@ -22,6 +22,7 @@ Nothing in this package performs I/O or imports from the web or database layers.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -234,7 +235,7 @@ def init_network(task: str, activation: str, input_dim: int, output_dim: int, hi
     rng = np.random.default_rng(seed)
     sizes = [input_dim, *hidden, output_dim]
     weights, biases = [], []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         lim = 1.0 / np.sqrt(fan_in)
         weights.append(rng.uniform(-lim, lim, size=(fan_out, fan_in)).astype(F32))
         biases.append(rng.uniform(-lim, lim, size=fan_out).astype(F32))
