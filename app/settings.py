@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     learner_poll_seconds: float = Field(0.05, gt=0)
     learner_lease_seconds: float = Field(15.0, gt=0)
     learner_window: int = Field(1000, ge=10, description="Size of the recent prequential window.")
+    ingest_group_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        allow_inf_nan=False,
+        description="How long a sample append waits for concurrent /update requests still reading "
+        "their bodies, to commit (fsync) them together; 0 commits at once.",
+    )
     max_params: int = Field(100_000_000, ge=1, description="Largest network (parameters) a client may create")
     page_limit_max: int = Field(500, ge=1)
     access_log: bool = Field(False)

@@ -152,8 +152,12 @@ async def update(
     if idempotency_key is not None and (not idempotency_key or not set(idempotency_key) <= KEY_CHARS):
         raise Invalid.at(["header", "Idempotency-Key"], "expected 1–255 printable ASCII characters without spaces")
     target = svc.cached_target(name) or await run_in_threadpool(svc.target, name)
-    X, Y = await _read_samples(request, ctx, target.spec)
-    answer = await run_in_threadpool(svc.append, target, X, Y, idempotency_key)
+    token = svc.announce()  # lets a concurrent commit wait for this body (group commit)
+    try:
+        X, Y = await _read_samples(request, ctx, target.spec)
+        answer = await run_in_threadpool(svc.append, target, X, Y, idempotency_key, token)
+    finally:
+        svc.withdraw(token)
     if wait:
         answer.update(await _wait_applied(ctx, target.model_id, answer["last_offset"], wait_s))
     return _json(answer, 202)

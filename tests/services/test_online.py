@@ -1,0 +1,124 @@
+"""``app.services.online``: the group commit of sample appends, on both databases."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from app.context import AppContext
+from app.schemas.models import ModelCreate
+from app.services.ingest import SampleSpec
+from app.services.online import OnlineService, Target, online_service
+from app.store.migrate import upgrade
+
+WAIT_MS = 400.0
+
+
+@pytest.fixture
+def ctx(make_settings):  # type: ignore[no-untyped-def]
+    settings = make_settings(run_worker=False, run_learner=False, ingest_group_wait_ms=WAIT_MS)
+    upgrade(settings.url)
+    c = AppContext.build(settings)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def svc(ctx) -> OnlineService:  # type: ignore[no-untyped-def]
+    return online_service(ctx)
+
+
+@pytest.fixture
+def target(ctx) -> Target:  # type: ignore[no-untyped-def]
+    with ctx.db.write() as s:
+        m = ctx.models.create(s, ModelCreate(name="g", task="binary", input_dim=3))
+        return Target(m.id, "g", SampleSpec("binary", 3, 1))
+
+
+def samples(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 3)).astype(np.float32), (rng.random(n) > 0.5).astype(np.float32)
+
+
+def record_batches(svc: OnlineService) -> list[int]:
+    sizes: list[int] = []
+    commit = svc._commit
+
+    def counting(batch):  # type: ignore[no-untyped-def]
+        sizes.append(len(batch))
+        return commit(batch)
+
+    svc._commit = counting  # type: ignore[method-assign]
+    return sizes
+
+
+def test_an_announced_append_joins_the_waiting_commit(svc, target):
+    sizes = record_batches(svc)
+    later = svc.announce()  # a request still reading its body
+    out: dict[str, dict] = {}
+    first = threading.Thread(target=lambda: out.setdefault("a", svc.append(target, *samples(3, 1))))
+    first.start()
+    time.sleep(0.05)  # the first append waits for the announced one …
+    assert "a" not in out
+    out["b"] = svc.append(target, *samples(2, 2), announced=later)  # … which joins its transaction
+    first.join(5)
+    assert sizes == [2]
+    assert (out["a"]["first_offset"], out["a"]["last_offset"]) == (0, 2)
+    assert (out["b"]["first_offset"], out["b"]["last_offset"]) == (3, 4)
+    assert not svc._announced
+
+
+def test_a_withdrawn_announcement_ends_the_wait_at_once(svc, target):
+    sizes = record_batches(svc)
+    gone = svc.announce()
+    t0 = time.monotonic()
+    timer = threading.Timer(0.05, svc.withdraw, args=(gone,))
+    timer.start()
+    a = svc.append(target, *samples(3, 3))
+    waited = time.monotonic() - t0
+    assert a["accepted"] == 3 and sizes == [1]
+    assert 0.04 <= waited < WAIT_MS / 1000 * 0.75  # ended by the withdrawal, not the time limit
+    svc.withdraw(gone)  # idempotent
+    assert not svc._announced
+
+
+def test_the_wait_is_bounded_and_later_announcements_are_not_awaited(svc, target):
+    stuck = svc.announce()
+    t0 = time.monotonic()
+    a = svc.append(target, *samples(1, 4))
+    assert a["accepted"] == 1
+    assert WAIT_MS / 1000 * 0.9 <= time.monotonic() - t0 < 5  # waited for `stuck`, up to the limit
+    svc.withdraw(stuck)
+    assert not svc._announced
+
+
+def test_appends_announced_after_the_wait_began_are_not_awaited(svc, target):
+    sizes = record_batches(svc)
+    coming = svc.announce()
+    done: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    def first() -> None:
+        svc.append(target, *samples(2, 6))
+        done["first"] = time.monotonic() - t0
+
+    th = threading.Thread(target=first)
+    th.start()
+    time.sleep(0.05)
+    late = svc.announce()  # announced while the commit waits: it does not extend the wait
+    time.sleep(0.05)
+    svc.append(target, *samples(1, 7), announced=coming)
+    th.join(5)
+    assert sizes == [2]
+    assert done["first"] < WAIT_MS / 1000 * 0.75, done
+    svc.withdraw(late)
+
+
+def test_nothing_announced_commits_at_once(svc, target):
+    t0 = time.monotonic()
+    for k in range(5):
+        svc.append(target, *samples(1, 10 + k))
+    assert time.monotonic() - t0 < WAIT_MS / 1000
