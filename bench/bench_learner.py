@@ -61,8 +61,9 @@ def make_stream(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def steward(hidden: list[int]) -> Callable[[np.ndarray, np.ndarray], float | None]:
     def run(X: np.ndarray, y: np.ndarray) -> float | None:
         net = init_network("binary", "relu", D, 1, hidden, 0)
-        if not hidden:  # start the linear model at 0, like River and the naive loop
+        if not hidden:  # start the linear model at 0 (weights and bias), like River and the naive loop
             net.weights[0][...] = 0
+            net.biases[0][...] = 0
         learner = OnlineLearner(net, OptimizerConfig("sgd", LR))
         res = learner.learn_many(X, y)
         assert res.pause is None
