@@ -218,14 +218,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ctx = ctx
         from app.background import start_background
 
-        stop = start_background(ctx)
+        # before the background threads start: what they hold is not frozen
         restore_gc = tune_gc() if cfg.gc_tuning else None
         try:
-            yield
+            stop = start_background(ctx)
+            try:
+                yield
+            finally:
+                stop()
         finally:
             if restore_gc is not None:
                 restore_gc()
-            stop()
             ctx.close()
 
     app = FastAPI(

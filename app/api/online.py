@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -35,7 +36,7 @@ from app.schemas.models import ModelOut, VersionOut
 from app.schemas.online import UPDATE_BODY, ResumeIn, UpdateOut
 from app.services.ingest import NDJSONParser, parse_json
 from app.services.keys import Principal
-from app.services.online import online_service
+from app.services.online import Announced, online_service
 
 router = APIRouter(tags=["online"])
 
@@ -86,7 +87,11 @@ def _json(body: Any, status: int) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-async def _read_samples(request: Request, ctx: AppContext, spec: Any) -> tuple[Any, Any]:
+async def _read_samples(
+    request: Request, ctx: AppContext, spec: Any, body_read: Callable[[], None] = lambda: None
+) -> tuple[Any, Any]:
+    """The request's samples; ``body_read()`` is called once the whole body has arrived
+    (before the last of the parsing)."""
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     limit = ctx.settings.max_body_bytes
     if ctype in NDJSON_TYPES:
@@ -101,11 +106,13 @@ async def _read_samples(request: Request, ctx: AppContext, spec: Any) -> tuple[A
                 raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
             if chunk:
                 parser.feed(chunk)
+        body_read()
         return parser.finish()
     if ctype in JSON_TYPES:
         body = await read_body(request, limit)
         if not body:
             raise BadRequest('empty body: send {"samples": [...]} or NDJSON')
+        body_read()
         if len(body) > INLINE_PARSE_BYTES:
             return await run_in_threadpool(parse_json, spec, body)
         return parse_json(spec, body)
@@ -152,12 +159,21 @@ async def update(
     if idempotency_key is not None and (not idempotency_key or not set(idempotency_key) <= KEY_CHARS):
         raise Invalid.at(["header", "Idempotency-Key"], "expected 1–255 printable ASCII characters without spaces")
     target = svc.cached_target(name) or await run_in_threadpool(svc.target, name)
-    token = svc.announce()  # lets a concurrent commit wait for this body (group commit)
+    token: Announced | None = None
+
+    def body_read() -> None:  # from now on a commit may wait for this request's samples
+        nonlocal token
+        token = svc.announce()
+
+    job = None
     try:
-        X, Y = await _read_samples(request, ctx, target.spec)
-        answer = await run_in_threadpool(svc.append, target, X, Y, idempotency_key, token)
+        X, Y = await _read_samples(request, ctx, target.spec, body_read)
+        job = svc.submit(target, X, Y, idempotency_key, token)  # on the loop: no thread needed to join
+        answer = await run_in_threadpool(svc.committed, job)
     finally:
         svc.withdraw(token)
+        if job is not None and not job.done:
+            svc.abandon(job)
     if wait:
         answer.update(await _wait_applied(ctx, target.model_id, answer["last_offset"], wait_s))
     return _json(answer, 202)

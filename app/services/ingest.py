@@ -55,6 +55,8 @@ SAMPLES: list[str | int] = ["body", "samples"]
 #: NDJSON text is parsed in slices of about this many bytes (whole lines).
 NDJSON_SLICE = 256 * 1024
 QUOTE = ord('"')
+#: JSON's whitespace within a line (bytes.isspace() would also take \v and \f).
+JSON_SPACE = b" \t\r"
 
 
 @dataclass(frozen=True)
@@ -370,7 +372,7 @@ class NDJSONParser:
             raw.pop()
         first_line = self._line + 1
         self._line += len(raw)
-        lines = [ln for ln in raw if ln and not ln.isspace()]
+        lines = [ln for ln in raw if ln.strip(JSON_SPACE)]
         if not lines:
             return
         loads = orjson.loads
@@ -385,7 +387,7 @@ class NDJSONParser:
             return
         # A line did not parse: go line by line so the first problem is reported, in order.
         for offset, ln in enumerate(raw):
-            if not ln or ln.isspace():
+            if not ln.strip(JSON_SPACE):
                 continue
             number = first_line + offset
             i = self.out.n

@@ -113,7 +113,7 @@ class Announced:
         self.open = True
 
 
-@dataclass
+@dataclass(eq=False)  # identity: jobs hold arrays
 class _Job:
     """One append waiting for a group commit."""
 
@@ -227,17 +227,39 @@ class OnlineService:
         ``key`` was used with other samples. Blocks until committed: call it from a
         worker thread. Concurrent calls are committed together (see :meth:`_commit`).
         """
+        return self.committed(self.submit(t, X, Y, key, announced))
+
+    def submit(
+        self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None, announced: Announced | None = None
+    ) -> _Job:
+        """Queue an append without blocking (safe on the event loop): a commit already
+        waiting can take it before the request gets a thread. Then :meth:`committed`, or
+        :meth:`abandon` if the request ends first."""
         job = _Job(t, X, Y, key, request_hash(X, Y) if key is not None else "")
         with self._joined:
             self._queue.append(job)
             if announced is not None:
                 self._settle(announced)
+        return job
+
+    def abandon(self, job: _Job) -> None:
+        """Drop a submitted append that no commit has taken yet (its request is gone)."""
+        with self._joined:
+            if job in self._queue:
+                self._queue.remove(job)
+
+    def committed(self, job: _Job) -> dict[str, Any]:
+        """Block until ``job`` is committed (committing it, and whatever else is queued,
+        if no other thread is); its answer, or its error raised."""
+        t, X = job.t, job.X
         with self._commit_lock:
             while not job.done:
                 with self._joined:
                     self._wait_for_announced()
                     batch, rest = self._take(self._queue)
                     self._queue = rest
+                if not batch:  # neither queued nor in flight: it was abandoned
+                    raise RuntimeError("this append was abandoned before it was committed")
                 self._commit(batch)
         if job.error is not None:
             if isinstance(job.error, SpecChanged | NotFound):
@@ -263,14 +285,18 @@ class OnlineService:
 
     def _commit(self, batch: list[_Job]) -> None:
         """Group commit: every append waiting at this moment goes into ONE transaction (one
-        fsync), each with its own outcome. A failure of the transaction itself is retried
-        job by job, so one bad append cannot fail the others."""
+        fsync), each with its own outcome. A statement that fails is retried job by job,
+        so one bad append cannot fail the others; a failing COMMIT is not (it may have
+        committed: a retry could append twice), it fails every job of the batch."""
+        wrote = False
         try:
             with self.db.write() as s:
                 outcomes = self._write(s, batch)
+                wrote = True
         except Exception as e:
-            if len(batch) == 1:
-                batch[0].error, batch[0].done = e, True
+            if wrote or len(batch) == 1:
+                for job in batch:
+                    job.error, job.done = e, True
                 return
             for job in batch:
                 self._commit([job])

@@ -388,3 +388,34 @@ def test_eight_concurrent_clients_get_contiguous_offsets(db_url, tmp_path):
             assert (Y[first : last + 1] == tag).all()
     finally:
         ctx.close()
+
+
+@pytest.mark.parametrize("ctype", ["application/x-ndjson", "application/json"])
+def test_a_request_announces_its_append_only_once_its_body_has_arrived(ctype):
+    """A slow upload must not make concurrent commits wait for it: the group-commit
+    announcement comes after the last body chunk."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from app.api.online import _read_samples
+    from app.services.ingest import SampleSpec
+
+    rows = [orjson.dumps({"x": [1.0, 2.0], "y": k % 2}) for k in range(6)]
+    body = b"\n".join(rows) + b"\n" if ctype != "application/json" else b'{"samples": [' + b",".join(rows) + b"]}"
+    chunks = [body[i : i + 17] for i in range(0, len(body), 17)]
+    events: list[str] = []
+
+    async def receive():  # type: ignore[no-untyped-def]
+        k = sum(e == "chunk" for e in events)
+        events.append("chunk")
+        return {"type": "http.request", "body": chunks[k], "more_body": k + 1 < len(chunks)}
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-type", ctype.encode())]}
+    ctx = SimpleNamespace(settings=SimpleNamespace(max_body_bytes=1 << 20))
+    X, _ = asyncio.run(
+        _read_samples(Request(scope, receive), ctx, SampleSpec("binary", 2, 1), lambda: events.append("read"))
+    )
+    assert len(X) == 6
+    assert events == ["chunk"] * len(chunks) + ["read"]

@@ -162,3 +162,13 @@ def test_plain_bytes_counts_the_quotes_of_the_keys() -> None:
     assert not plain_bytes(b'{"samples": [{"x": [1], "y": false}]}', 6)
     assert not plain_bytes(b'{"samples": [{"x": [1], "y": true}]}', 6)
     assert math.isfinite(F32_MAX)
+
+
+def test_only_json_whitespace_makes_an_ndjson_line_blank() -> None:
+    spec = SPECS[0]
+    ok = orjson.dumps({"x": [1, 2, 3], "y": 1})
+    X, _ = parse_ndjson(spec, ok + b"\n \t\r\n\n" + ok + b"\n")
+    assert len(X) == 2
+    with pytest.raises(BadRequest) as e:
+        parse_ndjson(spec, ok + b"\n\x0b\n" + ok + b"\n")  # a vertical tab is not JSON whitespace
+    assert e.value.body()["errors"][0]["line"] == 2

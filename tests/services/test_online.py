@@ -122,3 +122,47 @@ def test_nothing_announced_commits_at_once(svc, target):
     for k in range(5):
         svc.append(target, *samples(1, 10 + k))
     assert time.monotonic() - t0 < WAIT_MS / 1000
+
+
+def test_submitted_appends_are_committed_by_whichever_thread_commits(svc, target):
+    """A request queues its append on the event loop (``submit``); a commit that is already
+    running takes it even before the request gets a thread of its own."""
+    sizes = record_batches(svc)
+    a, b = svc.submit(target, *samples(2, 20)), svc.submit(target, *samples(3, 21))
+    assert svc.committed(a)["last_offset"] == 1
+    assert b.done and sizes == [2]
+    assert svc.committed(b) == {"accepted": 3, "first_offset": 2, "last_offset": 4, "duplicate": False}
+
+
+def test_an_abandoned_append_is_never_committed(svc, target):
+    gone = svc.submit(target, *samples(4, 22))
+    svc.abandon(gone)
+    assert svc.append(target, *samples(1, 23))["first_offset"] == 0  # its offsets were never taken
+    assert not gone.done
+    with pytest.raises(RuntimeError):
+        svc.committed(gone)
+
+
+def test_a_failed_commit_fails_its_batch_and_is_not_retried(svc, target, monkeypatch):
+    """A COMMIT that raises may have committed: retrying job by job could append twice."""
+    from contextlib import contextmanager
+
+    real = svc.db.write
+    calls = {"write": 0}
+
+    @contextmanager
+    def failing_write():  # type: ignore[no-untyped-def]
+        calls["write"] += 1
+        with real() as s:
+            yield s
+            raise RuntimeError("commit failed")
+
+    monkeypatch.setattr(svc.db, "write", failing_write)
+    a, b = svc.submit(target, *samples(1, 24)), svc.submit(target, *samples(1, 25))
+    with pytest.raises(RuntimeError, match="commit failed"):
+        svc.committed(a)
+    with pytest.raises(RuntimeError, match="commit failed"):
+        svc.committed(b)
+    assert calls["write"] == 1
+    monkeypatch.setattr(svc.db, "write", real)
+    assert svc.append(target, *samples(1, 26))["first_offset"] == 0  # nothing of the batch was stored
