@@ -36,7 +36,7 @@ from app.schemas.models import ModelOut, VersionOut
 from app.schemas.online import UPDATE_BODY, ResumeIn, UpdateOut
 from app.services.ingest import NDJSONParser, parse_json
 from app.services.keys import Principal
-from app.services.online import Announced, online_service
+from app.services.online import online_service
 
 router = APIRouter(tags=["online"])
 
@@ -159,7 +159,7 @@ async def update(
     if idempotency_key is not None and (not idempotency_key or not set(idempotency_key) <= KEY_CHARS):
         raise Invalid.at(["header", "Idempotency-Key"], "expected 1–255 printable ASCII characters without spaces")
     target = svc.cached_target(name) or await run_in_threadpool(svc.target, name)
-    token: Announced | None = None
+    token: int | None = None
 
     def body_read() -> None:  # from now on a commit may wait for this request's samples
         nonlocal token

@@ -18,7 +18,7 @@ several rows in the same transaction), records the ``Idempotency-Key``, advances
 **Group commit.** Appends that arrive while another one is committing wait and
 are then committed together, in arrival order, in one transaction: one fsync for
 many requests, each with its own answer or error. A request *announces* its append
-when it starts reading its body (:meth:`OnlineService.announce`); the committing
+once its body has arrived (:meth:`OnlineService.announce`), while it parses; the committing
 thread waits up to ``STEWARD_INGEST_GROUP_WAIT_MS`` for the appends announced before
 it started to join its transaction, so concurrent clients share fsyncs even though
 each body takes a while to parse. With one client at a time nothing is announced
@@ -103,16 +103,6 @@ class SpecChanged(Conflict):
     """The model was deleted and re-created with another shape while the request was parsed."""
 
 
-class Announced:
-    """An append a request has announced (see :meth:`OnlineService.announce`)."""
-
-    __slots__ = ("open", "seq")
-
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
-        self.open = True
-
-
 @dataclass(eq=False)  # identity: jobs hold arrays
 class _Job:
     """One append waiting for a group commit."""
@@ -155,9 +145,9 @@ class OnlineService:
         self._queue_lock = threading.Lock()
         self._joined = threading.Condition(self._queue_lock)  # an announced append joined or withdrew
         self._commit_lock = threading.Lock()
-        self._announced: dict[int, Announced] = {}  # seq → still to join, in announcement order
+        self._announced: dict[int, None] = {}  # announcements still to join, oldest first
         self._seq = 0
-        self._group_wait = max(0.0, float(getattr(ctx.settings, "ingest_group_wait_ms", 0.0))) / 1000.0
+        self._group_wait = ctx.settings.ingest_group_wait_ms / 1000.0
         self._last_purge = 0.0
 
     # ------------------------------------------------------------------ append
@@ -183,26 +173,22 @@ class OnlineService:
         with self._lock:
             self._targets.pop(name, None)
 
-    def announce(self) -> Announced:
-        """Say an append is coming (the request is reading its body). Pass the token to
-        :meth:`append`, or to :meth:`withdraw` if the request ends without appending."""
+    def announce(self) -> int:
+        """Say an append is coming (the request has its body and is parsing it); returns a
+        token for :meth:`submit`, or for :meth:`withdraw` if the request ends without appending."""
         with self._queue_lock:
             self._seq += 1
-            a = Announced(self._seq)
-            self._announced[a.seq] = a
-            return a
+            self._announced[self._seq] = None
+            return self._seq
 
-    def withdraw(self, a: Announced | None) -> None:
+    def withdraw(self, token: int | None) -> None:
         """The announced append will not come (idempotent; a no-op once it joined)."""
-        if a is None or not a.open:
-            return
-        with self._joined:
-            self._settle(a)
+        if token is not None and token in self._announced:
+            with self._joined:
+                self._settle(token)
 
-    def _settle(self, a: Announced) -> None:  # holds _queue_lock
-        if a.open:
-            a.open = False
-            self._announced.pop(a.seq, None)
+    def _settle(self, token: int) -> None:  # holds _queue_lock
+        if self._announced.pop(token, 0) is None:  # it was still open
             self._joined.notify_all()
 
     def _wait_for_announced(self) -> None:
@@ -219,7 +205,7 @@ class OnlineService:
             self._joined.wait(left)
 
     def append(
-        self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None, announced: Announced | None = None
+        self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None, announced: int | None = None
     ) -> dict[str, Any]:
         """Append validated samples durably; the 202 answer (or the first answer of ``key``).
 
@@ -230,7 +216,7 @@ class OnlineService:
         return self.committed(self.submit(t, X, Y, key, announced))
 
     def submit(
-        self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None, announced: Announced | None = None
+        self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None, announced: int | None = None
     ) -> _Job:
         """Queue an append without blocking (safe on the event loop): a commit already
         waiting can take it before the request gets a thread. Then :meth:`committed`, or
