@@ -11,8 +11,8 @@ from app.context import AppContext
 def start_background(ctx: AppContext) -> Callable[[], None]:
     """Start what the settings ask for; return a function that stops it all gracefully."""
     stops: list[Callable[[], None]] = []
-    from app.services.online import online_service
-    from app.worker.learner import LearnerRuntime, install_metrics
+    from app.online.learner import LearnerRuntime, install_metrics
+    from app.online.service import online_service
 
     install_metrics(ctx)  # /metrics reports every model's log and learner, wherever it runs
     online = online_service(ctx)
@@ -25,8 +25,8 @@ def start_background(ctx: AppContext) -> Callable[[], None]:
         stops.append(learner.stop)
     ctx.extras["on_model_deleted"] = lambda name: [fn(name) for fn in forget]
     if ctx.settings.run_worker:
+        from app.jobs.runner import Worker
         from app.worker.handlers import HANDLERS
-        from app.worker.runner import Worker
 
         worker = Worker(ctx, HANDLERS).start()
         stops.append(worker.stop)

@@ -7,15 +7,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from app.services.jobs import JobService
-from app.services.keys import KeyService
-from app.services.models import ModelService
-from app.services.predict import PredictService
-from app.services.versions import NetworkCache, VersionService
-from app.settings import Settings
-from app.store.blobs import BlobStore
-from app.store.db import Database
-from app.worker.queue import Queue
+from app.core.blobs import BlobStore
+from app.core.db import Database
+from app.core.settings import Settings
+from app.jobs.queue import Queue
+from app.jobs.service import JobService
+from app.keys.service import KeyService
+from app.predict.service import PredictService
+from app.registry.models import ModelService
+from app.registry.versions import NetworkCache, VersionService
 
 
 class Metrics:
@@ -79,10 +79,10 @@ class AppContext:
         )
 
     def __post_init__(self) -> None:
-        from app.services.batch import BatchService
+        from app.training.service import BatchService
 
         self.batch = BatchService(self)
-        from app.services.migrate import MigrateService
+        from app.migration.service import MigrateService
 
         self.migrate = MigrateService(self)
         self.extras["import_onnx"] = self.migrate.import_onnx

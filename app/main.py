@@ -15,13 +15,21 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import errors
-from app.api import exports, jobs, keys, maintain, models, online, ops, predict, versions
+from app.compression import router as compression
 from app.context import AppContext
-from app.errors import PROBLEM, PayloadTooLarge
-from app.schemas.common import problem_responses
-from app.settings import Settings
-from app.store.migrate import upgrade
+from app.core import errors
+from app.core.errors import PROBLEM, PayloadTooLarge
+from app.core.migrations import upgrade
+from app.core.schemas import problem_responses
+from app.core.settings import Settings
+from app.jobs import router as jobs
+from app.keys import router as keys
+from app.migration import router as migration
+from app.online import router as online
+from app.operations import router as ops
+from app.predict import router as predict
+from app.registry import router as registry
+from app.training import router as training
 
 log = logging.getLogger("steward")
 
@@ -244,9 +252,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(LimitAndMeasure, get_ctx=lambda: holder["ctx"])
     # Routes are matched in order: the ingestion and predict routes (the hot paths) come
     # first. No two routers share a path, so the order changes nothing else.
-    for r in (online.router, predict.router, models.router, versions.router, maintain.router, jobs.router, keys.router):
-        app.include_router(r, prefix="/v1")
-    app.include_router(exports.router, prefix="/v1")
+    for module in (online, predict, registry, training, compression, migration, jobs, keys):
+        app.include_router(module.router, prefix="/v1")
     app.include_router(ops.router)
     return app
 

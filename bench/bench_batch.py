@@ -62,9 +62,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from app.engine.network import accuracy, init_network  # noqa: E402
-from app.engine.optim import Optimizer, OptimizerConfig  # noqa: E402
-from app.engine.train import train  # noqa: E402
+from app.engine.nn.network import accuracy, init_network  # noqa: E402
+from app.engine.nn.optim import Optimizer, OptimizerConfig  # noqa: E402
+from app.engine.nn.train import train  # noqa: E402
 
 Dataset = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 

@@ -40,10 +40,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.engine import codec, sparse  # noqa: E402
-from app.engine.network import F32, Network  # noqa: E402
-from app.engine.prune import prune_magnitude  # noqa: E402
-from app.engine.quantize import quantize_network  # noqa: E402
+from app.engine import codec  # noqa: E402
+from app.engine.compress import sparse  # noqa: E402
+from app.engine.compress.prune import prune_magnitude  # noqa: E402
+from app.engine.compress.quantize import quantize_network  # noqa: E402
+from app.engine.nn.network import F32, Network  # noqa: E402
 
 TARGETS = {  # operation → (minimum ratio to memcpy, description)
     "quantize int8 per-channel": (0.3, "≥ 0.3 × memcpy"),

@@ -57,7 +57,7 @@ OPS: dict[str, tuple[str, dict]] = {
 
 
 def settings(workdir: Path):
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     return Settings(
         data_dir=workdir / "data",
@@ -78,8 +78,8 @@ def _status(key: str) -> int:
 
 def setup(workdir: Path, width: int, layers: int) -> dict:
     from app.context import AppContext
-    from app.schemas.models import ModelCreate
-    from app.store.migrate import upgrade
+    from app.core.migrations import upgrade
+    from app.registry.schemas import ModelCreate
 
     s = settings(workdir)
     s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def setup(workdir: Path, width: int, layers: int) -> dict:
             ModelCreate(name="big", task="multiclass", input_dim=width, output_dim=10, hidden=[width] * layers, seed=0),
         )
     with ctx.db.read() as sess:
-        from app.services.models import get_model
+        from app.registry.models import get_model
 
         m = get_model(sess, "big")
         v = ctx.versions.get(sess, m, 1)
@@ -103,13 +103,13 @@ def setup(workdir: Path, width: int, layers: int) -> dict:
 
 def child(op: str, workdir: Path) -> dict:
     """Run one operation in this fresh process; return peak RSS above the pre-job baseline."""
+    from app.compression import prune as prune_service
+    from app.compression import quantize as quantize_service
+    from app.compression.schemas import PruneIn, QuantizeIn
     from app.context import AppContext
-    from app.schemas.compress import PruneIn, QuantizeIn
-    from app.services import prune as prune_service
-    from app.services import quantize as quantize_service
-    from app.services.models import get_model
+    from app.jobs.runner import Worker
+    from app.registry.models import get_model
     from app.worker.handlers import HANDLERS
-    from app.worker.runner import Worker
 
     kind, opts = OPS[op]
     ctx = AppContext.build(settings(workdir))

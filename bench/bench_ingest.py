@@ -308,15 +308,15 @@ def main(argv: list[str] | None = None) -> None:
 def learner_section(tmp: Path, pin: bool) -> None:
     """The learner runtime draining a log in this process (pinned to CPU 0)."""
     from app.context import AppContext
-    from app.engine.network import init_network
-    from app.engine.online import LearnerConfig, OnlineLearner
-    from app.engine.optim import OptimizerConfig
-    from app.schemas.models import ModelCreate
-    from app.services.ingest import SampleSpec
-    from app.services.online import Target, online_service
-    from app.settings import Settings
-    from app.store.migrate import upgrade
-    from app.worker.learner import LearnerRuntime
+    from app.core.migrations import upgrade
+    from app.core.settings import Settings
+    from app.engine.nn.network import init_network
+    from app.engine.nn.online import LearnerConfig, OnlineLearner
+    from app.engine.nn.optim import OptimizerConfig
+    from app.online.ingest import SampleSpec
+    from app.online.learner import LearnerRuntime
+    from app.online.service import Target, online_service
+    from app.registry.schemas import ModelCreate
 
     if pin:
         os.sched_setaffinity(0, {0})

@@ -41,9 +41,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from app.engine.network import init_network
-from app.engine.online import OnlineLearner
-from app.engine.optim import OptimizerConfig
+from app.engine.nn.network import init_network
+from app.engine.nn.online import OnlineLearner
+from app.engine.nn.optim import OptimizerConfig
 
 D = 32
 LR = 0.01

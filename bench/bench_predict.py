@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import onnxruntime as ort
 
 from app.engine.codec import dequantize
-from app.engine.export import probe_inputs, to_onnx, verify_onnx
-from app.engine.network import Network, init_network
+from app.engine.nn.network import Network, init_network
+from app.interop.export import probe_inputs, to_onnx, verify_onnx
 
 
 def quantize_int8(net: Network) -> tuple[Network, dict[str, np.ndarray]]:

@@ -1,11 +1,11 @@
-"""Alembic environment: the URL comes from the caller (``app.store.migrate``) or
+"""Alembic environment: the URL comes from the caller (``app.core.migrations``) or
 from Steward's settings; SQLite migrations run in batch mode."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from app.store.models import Base
+from app.core.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -15,7 +15,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     return Settings().url
 
@@ -42,7 +42,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from app.store.db import make_engine
+    from app.core.db import make_engine
 
     engine = make_engine(_url())
     try:

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 
 ADMIN = "test-admin-key-0123456789"
 PG_URL = os.environ.get("STEWARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

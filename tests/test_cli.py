@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from app.cli import build_parser, main
-from app.services.keys import KeyService
-from app.store.db import Database
+from app.core.db import Database
+from app.keys.service import KeyService
 from tests.conftest import ADMIN, auth
 
 

@@ -121,7 +121,7 @@ def test_scripts_run_serves_on_sqlite(tmp_path):
 
 
 def test_readme_documents_every_setting():
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     readme = (ROOT / "README.md").read_text()
     missing = [f"STEWARD_{n.upper()}" for n in Settings.model_fields if f"`STEWARD_{n.upper()}`" not in readme]

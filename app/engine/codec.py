@@ -15,16 +15,11 @@ import re
 
 import numpy as np
 
-from app.engine.network import F32, Network
+from app.engine.compress import sparse
+from app.engine.errors import TensorError
+from app.engine.nn.network import F32, Network
 
-
-class TensorError(ValueError):
-    """A tensor set that does not describe the model. ``loc`` names the tensor."""
-
-    def __init__(self, loc: str, msg: str) -> None:
-        super().__init__(f"{loc}: {msg}")
-        self.loc = loc
-        self.msg = msg
+__all__ = ["TensorError", "decode_stored", "dequantize", "describe", "from_tensors", "to_tensors"]
 
 
 _NAME = re.compile(r"^layers\.(\d+)\.(weight|bias|weight_scale|weight_zero_point)$")
@@ -136,12 +131,10 @@ def from_tensors(
 
 def decode_stored(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Dense API layout of a *stored* tensor set: weights kept in the sparse encoding of
-    :mod:`app.engine.sparse` (``layers.{i}.weight.mask`` / ``.values`` / ``.shape``) are
+    :mod:`app.engine.compress.sparse` (``layers.{i}.weight.mask`` / ``.values`` / ``.shape``) are
     expanded to ``layers.{i}.weight``; a dense set is returned unchanged (same object).
     Use before :func:`from_tensors` and before serving a download. Raises
     :class:`TensorError` for an inconsistent encoding."""
-    from app.engine import sparse  # sparse builds on this module
-
     return sparse.decode(tensors) if sparse.is_sparse(tensors) else tensors
 
 
@@ -149,8 +142,6 @@ def describe(tensors: dict[str, np.ndarray]) -> tuple[str, float]:
     """(dtype label, sparsity) of a tensor set, dense or sparse-encoded: the weights' storage
     dtype and the share of zero weight entries over all weight matrices (an integer weight
     with a ``weight_zero_point`` is zero where ``q == zero_point``)."""
-    from app.engine import sparse
-
     info = sparse.stored_weight_info(tensors)
     dtypes = {str(dtype) for dtype, _, _ in info.values()}
     total = sum(size for _, size, _ in info.values())

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from app.services.batch import run_batch_update
-from app.services.migrate import run_migrate
-from app.services.prune import run_prune
-from app.services.quantize import run_quantize
-from app.worker.runner import Handler
+from app.compression.prune import run_prune
+from app.compression.quantize import run_quantize
+from app.jobs.runner import Handler
+from app.migration.service import run_migrate
+from app.training.service import run_batch_update
 
 HANDLERS: dict[str, Handler] = {
     "batch_update": run_batch_update,

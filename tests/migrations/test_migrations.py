@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.script import ScriptDirectory
 
-from app.store.migrate import SCRIPT_LOCATION, alembic_config, downgrade, upgrade
-from app.store.models import Base
+from app.core.migrations import SCRIPT_LOCATION, alembic_config, downgrade, upgrade
+from app.core.tables import Base
 
 TABLES = set(Base.metadata.tables)
 

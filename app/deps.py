@@ -1,0 +1,76 @@
+"""Named dependencies: the app context, the caller, scope and model checks."""
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.context import AppContext
+from app.core.errors import Forbidden, Invalid
+from app.core.schemas import NAME_PATTERN
+from app.keys.service import Principal
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+VersionPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="Version number")]
+ModelNamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, description="Model name", examples=["churn"])]
+
+
+def get_principal(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    token = creds.credentials if creds is not None else None
+    with ctx.db.read() as s:
+        return ctx.keys.authenticate(s, token)
+
+
+def require(scope: str) -> Callable[..., Principal]:
+    """A dependency that admits keys of ``scope`` or above."""
+
+    def dep(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not p.has(scope):
+            raise Forbidden(f"this needs a key with scope {scope!r}; this key has {p.scope!r}")
+        return p
+
+    dep.__name__ = f"require_{scope}"
+    return dep
+
+
+def require_model(scope: str) -> Callable[..., Principal]:
+    """Scope check plus the key's model restriction for the ``{name}`` in the path."""
+    base = require(scope)
+
+    def dep(name: ModelNamePath, p: Annotated[Principal, Depends(base)]) -> Principal:
+        if not p.may_use(name):
+            raise Forbidden(f"this key is not allowed to use model {name!r}")
+        return p
+
+    dep.__name__ = f"require_model_{scope}"
+    return dep
+
+
+ReadKey = Annotated[Principal, Depends(require("read"))]
+MaintainKey = Annotated[Principal, Depends(require("maintain"))]
+AdminKey = Annotated[Principal, Depends(require("admin"))]
+ModelRead = Annotated[Principal, Depends(require_model("read"))]
+ModelIngest = Annotated[Principal, Depends(require_model("ingest"))]
+ModelMaintain = Annotated[Principal, Depends(require_model("maintain"))]
+ModelAdmin = Annotated[Principal, Depends(require_model("admin"))]
+
+
+def page_params(
+    ctx: Ctx,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size")] = 50,
+    cursor: Annotated[str | None, Query(max_length=256, description="From a previous page's next_cursor")] = None,
+) -> tuple[int, str | None]:
+    if limit > ctx.settings.page_limit_max:
+        raise Invalid.at(["query", "limit"], f"at most {ctx.settings.page_limit_max}")
+    return limit, cursor
+
+
+PageParams = Annotated[tuple[int, str | None], Depends(page_params)]

@@ -1,0 +1,720 @@
+"""Dense networks read out of ONNX files (``torch.onnx.export``, ``skl2onnx``, Steward's own).
+
+The file is parsed with the ``onnx`` package and inspected as data: nothing in it
+is executed here (ONNX Runtime only runs it in :func:`verify_import`, after the
+graph was accepted). Accepted graphs are one chain, from the single graph input,
+of::
+
+    [Cast(to float) | Flatten(axis=1) | Reshape([-1, d]) | Identity]*      (input side)
+    ( Gemm(x, B, C)  transA=0, transB 0|1 (alpha / beta folded into W / b)
+    | MatMul(x, B) [Add(·, c)]*                                            (dense layer)
+    ) [Relu | Tanh | Sigmoid | Softmax(axis=1|-1)]                          (its activation)
+    … repeated, with Identity / Reshape([-1, d]) / Flatten / Cast(float) anywhere
+
+where ``B``, ``C``, ``c`` are constants: initializers, ``Constant`` nodes, or
+constant expressions of ``Identity``, ``Cast``, ``Transpose``, ``Reshape``,
+``Squeeze``, ``Unsqueeze`` and ``DequantizeLinear`` (so Steward's own QDQ exports
+import too). Layer ``i`` becomes ``W_i`` [out, in] (``Bᵀ`` for MatMul and
+``transB=0``) and ``b_i`` [out], float32.
+
+Which output is followed
+    The chain ends at the tensor ``T`` where it stops being a single chain: ``T``
+    is a graph output, feeds several nodes, or feeds a non-dense operator. ``T`` is
+    the followed output (``ImportedNetwork.followed_tensor``): for
+    ``torch.onnx.export`` it is the graph output itself; for skl2onnx
+    ``MLPRegressor`` it is ``variable`` (with several targets, skl2onnx 1.20 reshapes
+    ``[N, k]`` to ``[N·k, 1]``; a reshape that is not ``[N, width]`` ends the chain,
+    so the followed tensor is the ``[N, k]`` one before it); for ``MLPClassifier`` it is the softmax
+    (multiclass: ``probabilities`` with ``zipmap=False``, the tensor feeding
+    ``ZipMap`` → ``output_probability`` otherwise) or the sigmoid ``p`` (binary:
+    skl2onnx's ``probabilities`` is ``Concat(1 − p, p)``, Steward's output is the
+    column ``p``). Everything computed from ``T`` is label post-processing and is
+    ignored, but may only use :data:`POST_OPS` (``ArgMax``, ``ZipMap``,
+    ``ArrayFeatureExtractor``, ``Concat``, ``Sub``, ``Cast``, ``Reshape`` …) and
+    never another dense computation.
+
+Anything else is refused with :class:`OnnxImportError` naming the operator and
+node. Exceptions::
+
+    OnnxImportError (ValueError)     the file cannot be mapped (loc, op_type, node)
+    ├── OnnxTooLargeError            larger than max_bytes
+    └── OnnxVerificationError        ONNX Runtime disagrees with Steward's forward
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from app.engine.nn.network import ACTIVATIONS, F32, TASKS, Network
+from app.interop.export import DEFAULT_ATOL, DEFAULT_RTOL, compare_outputs
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_ML_DOMAIN = "ai.onnx.ml"
+
+#: operators that may form the dense chain
+CORE_OPS = frozenset(
+    {"Gemm", "MatMul", "Add", "Relu", "Tanh", "Sigmoid", "Softmax", "Identity", "Cast", "Flatten", "Reshape"}
+)
+#: operators whose presence after the followed tensor would mean more computation
+_COMPUTE_OPS = frozenset({"Gemm", "MatMul", "Add", "Relu", "Tanh", "Sigmoid", "Softmax"})
+#: constant expressions evaluated with numpy (all inputs constant)
+CONST_OPS = frozenset(
+    {"Constant", "Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "DequantizeLinear"}
+)
+#: label post-processing allowed after the followed tensor: (domain, op_type)
+POST_OPS = frozenset(
+    {
+        *((d, op) for d in _DEFAULT_DOMAINS for op in (
+            "ArgMax", "Cast", "Concat", "Sub", "Reshape", "Identity", "Flatten", "Squeeze", "Unsqueeze",
+        )),
+        (_ML_DOMAIN, "ZipMap"),
+        (_ML_DOMAIN, "ArrayFeatureExtractor"),
+    }
+)  # fmt: skip
+_ACTIVATION_OPS = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softmax": "softmax"}
+_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)
+
+
+# --------------------------------------------------------------------------- errors
+class OnnxImportError(ValueError):
+    """An ONNX file that cannot be imported.
+
+    ``loc`` says where (``"body"``, ``"input"``, ``"output"``, ``"layers"``,
+    ``"activation"``, ``"node:<name>"``); ``op_type`` / ``node`` name the offending
+    operator when there is one; ``msg`` is the human sentence.
+    """
+
+    def __init__(self, msg: str, *, loc: str = "body", op_type: str | None = None, node: str | None = None) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.loc = loc
+        self.op_type = op_type
+        self.node = node
+
+
+class OnnxTooLargeError(OnnxImportError):
+    """The file is larger than the allowed ``max_bytes``."""
+
+
+class OnnxVerificationError(OnnxImportError):
+    """ONNX Runtime's output of the followed tensor differs from ``Network.forward``;
+    ``evidence`` holds ``max_abs_error``, ``tolerance`` and the worst probe."""
+
+    def __init__(self, msg: str, evidence: dict[str, Any]) -> None:
+        super().__init__(msg, loc="body")
+        self.evidence = evidence
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"#{index} ({node.op_type})"
+
+
+def _unsupported(node: onnx.NodeProto, index: int, why: str) -> OnnxImportError:
+    label = _node_label(node, index)
+    op = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+    return OnnxImportError(
+        f"unsupported operator {op} (node {label!r}): {why}",
+        loc=f"node:{label}",
+        op_type=node.op_type,
+        node=label,
+    )
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class ImportedNetwork:
+    """Dense layers found in an ONNX graph, not yet tied to a Steward model.
+
+    ``weights[i]`` [out_i, in_i] and ``biases[i]`` [out_i] float32;
+    ``hidden_activations[i]`` is the activation after layer ``i < L-1`` (``relu``,
+    ``tanh``, ``sigmoid``, ``softmax`` or ``identity`` when there is none);
+    ``output_link`` is what follows the last layer (``identity``, ``sigmoid``,
+    ``softmax``, or ``relu`` / ``tanh``, which no task accepts).
+    """
+
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+    hidden_activations: list[str]
+    output_link: str
+    layer_nodes: list[str]
+    input_name: str
+    input_shape: list[int]  # feature dims after the batch dim, e.g. [64] or [8, 8]
+    input_elem_type: int  # TensorProto.FLOAT or DOUBLE
+    fixed_batch: int | None  # the batch size when the graph input fixes it
+    followed_tensor: str
+    followed_output: str | None  # the graph output equal to followed_tensor, if any
+    ignored_outputs: list[str]
+    opset: int
+    producer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.weights[0].shape[1])
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.weights[-1].shape[0])
+
+    @property
+    def hidden(self) -> list[int]:
+        return [int(w.shape[0]) for w in self.weights[:-1]]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.weights)
+
+    @property
+    def activation(self) -> str | None:
+        """The one hidden activation, None without hidden layers, ``"mixed"`` if they differ."""
+        acts = set(self.hidden_activations)
+        if not acts:
+            return None
+        return acts.pop() if len(acts) == 1 else "mixed"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary (for job results and error details)."""
+        return {
+            "layers": [self.input_dim, *self.hidden, self.output_dim],
+            "hidden_activations": self.hidden_activations,
+            "output_link": self.output_link,
+            "followed_tensor": self.followed_tensor,
+            "followed_output": self.followed_output,
+            "ignored_outputs": self.ignored_outputs,
+            "opset": self.opset,
+            "producer": self.producer,
+        }
+
+    def output_transform(self, task: str) -> str:
+        """How ONNX Runtime's followed tensor ``T`` maps onto Steward's outputs for ``task``.
+
+        ``"none"`` (equal), ``"sigmoid"`` / ``"softmax"`` (``T`` are logits; the task's
+        link is applied), ``"softmax_column_1"`` (``T`` is a 2-class softmax; a binary
+        model's ``p = T[:, 1] = σ(z₁ − z₀)``). Raises :class:`OnnxImportError` if the
+        graph's output link does not fit the task.
+        """
+        link, out = self.output_link, self.output_dim
+        last = f"layer {self.n_layers - 1} (node {self.layer_nodes[-1]!r})"
+        if task == "regression":
+            if link == "identity":
+                return "none"
+            raise OnnxImportError(f"{last} ends with {link}; a regression model has an identity output", loc="output")
+        if task == "binary":
+            if link == "sigmoid" and out == 1:
+                return "none"
+            if link == "identity" and out == 1:
+                return "sigmoid"
+            if link == "softmax" and out == 2:
+                return "softmax_column_1"
+            raise OnnxImportError(
+                f"{last} gives {out} outputs with {link}; a binary model needs one sigmoid "
+                "output (or one logit, or a 2-class softmax)",
+                loc="output",
+            )
+        if task == "multiclass":
+            if link == "softmax":
+                return "none"
+            if link == "identity":
+                return "softmax"
+            raise OnnxImportError(
+                f"{last} ends with {link}; a multiclass model needs a softmax output (or logits)",
+                loc="output",
+            )
+        raise ValueError(f"unknown task {task!r}")
+
+    def check_against(self, *, task: str, activation: str, input_dim: int, output_dim: int, n_layers: int) -> Network:
+        """Map the imported layers onto a Steward model spec; return its float32 :class:`Network`.
+
+        Checks, in order: input width, number of dense layers, every hidden
+        activation equals ``activation``, the output link fits ``task`` (see
+        :meth:`output_transform`; a 2-class softmax becomes one sigmoid unit with
+        ``w = w₁ − w₀``, ``b = b₁ − b₀``), and the output width. Hidden widths are
+        free (neuron-pruned models are narrower than their spec). Raises
+        :class:`OnnxImportError` with a precise ``loc`` and sentence.
+        """
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}")
+        if self.input_dim != input_dim:
+            raise OnnxImportError(
+                f"the ONNX graph takes {self.input_dim} input features, the model expects {input_dim}",
+                loc="input",
+            )
+        if self.n_layers != n_layers:
+            raise OnnxImportError(
+                f"the ONNX graph has {self.n_layers} dense layers "
+                f"{[self.input_dim, *self.hidden, self.output_dim]}, the model has {n_layers}",
+                loc="layers",
+            )
+        for i, act in enumerate(self.hidden_activations):
+            if act != activation:
+                raise OnnxImportError(
+                    f"layer {i} (node {self.layer_nodes[i]!r}) is followed by {act}, "
+                    f"the model's hidden activation is {activation}",
+                    loc="activation",
+                )
+        transform = self.output_transform(task)
+        weights = [w.copy() for w in self.weights]
+        biases = [b.copy() for b in self.biases]
+        if transform == "softmax_column_1":
+            weights[-1] = (weights[-1][1:2] - weights[-1][0:1]).astype(F32)
+            biases[-1] = (biases[-1][1:2] - biases[-1][0:1]).astype(F32)
+        if weights[-1].shape[0] != output_dim:
+            raise OnnxImportError(
+                f"the ONNX graph gives {self.output_dim} outputs, the model expects {output_dim}",
+                loc="output",
+            )
+        meta = {"onnx": {**self.describe(), "output_transform": transform}}
+        return Network(task, activation, weights, biases, meta)
+
+
+# --------------------------------------------------------------------------- constants
+class _Constants:
+    """Initializers plus lazily evaluated constant expressions (numpy only)."""
+
+    def __init__(self, graph: onnx.GraphProto, opset: int) -> None:
+        self.values: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.producers: dict[str, tuple[int, onnx.NodeProto]] = {}
+        self.opset = opset
+
+    def has(self, name: str) -> bool:
+        return name in self.values or name in self.producers
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.values:
+            index, node = self.producers[name]
+            outs = _eval_const(node, [self.get(n) if n else None for n in node.input], self.opset)
+            if outs is None:
+                raise _unsupported(node, index, "only simple constant expressions are evaluated")
+            for n, v in zip(node.output, outs, strict=False):
+                self.values[n] = v
+        return self.values[name]
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _reshape(x: np.ndarray, shape: np.ndarray, allowzero: int = 0) -> np.ndarray:
+    target = [int(s) for s in np.asarray(shape).reshape(-1)]
+    if not allowzero:
+        target = [x.shape[i] if s == 0 else s for i, s in enumerate(target)]
+    return x.reshape(target)
+
+
+def _eval_const(node: onnx.NodeProto, ins: list[np.ndarray | None], opset: int) -> list[np.ndarray] | None:
+    """numpy value of a constant node in :data:`CONST_OPS`, or None if unsupported."""
+    if node.domain not in _DEFAULT_DOMAINS:
+        return None
+    a = _attrs(node)
+    op = node.op_type
+    if op == "Constant":
+        if "value" in a:
+            return [numpy_helper.to_array(a["value"])]
+        for key, dtype in (("value_float", F32), ("value_floats", F32), ("value_int", np.int64)):
+            if key in a:
+                return [np.asarray(a[key], dtype=dtype)]
+        if "value_ints" in a:
+            return [np.asarray(a["value_ints"], dtype=np.int64)]
+        return None
+    x = ins[0] if ins else None
+    if x is None:
+        return None
+    if op == "Identity":
+        return [x]
+    if op == "Cast":
+        return [x.astype(helper.tensor_dtype_to_np_dtype(a["to"]))]
+    if op == "Transpose":
+        return [np.transpose(x, a.get("perm"))]
+    if op == "Reshape" and len(ins) > 1 and ins[1] is not None:
+        return [_reshape(x, ins[1], a.get("allowzero", 0))]
+    if op in ("Squeeze", "Unsqueeze"):
+        axes = a.get("axes") if opset < 13 else (ins[1] if len(ins) > 1 else None)
+        if axes is None:
+            return [np.squeeze(x)] if op == "Squeeze" else None
+        axes = tuple(int(v) for v in np.asarray(axes).reshape(-1))
+        return [np.squeeze(x, axis=axes) if op == "Squeeze" else np.expand_dims(x, axes)]
+    if op == "DequantizeLinear":
+        if a.get("block_size", 0):
+            return None
+        scale = np.asarray(ins[1], dtype=F32)
+        zp = np.asarray(ins[2] if len(ins) > 2 and ins[2] is not None else 0, dtype=F32)
+        if scale.ndim == 1 and x.ndim > 0:  # per axis: scale / zero point run along `axis`
+            shape = [1] * x.ndim
+            shape[a.get("axis", 1) % x.ndim] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.ndim == 1 else zp
+        return [(x.astype(F32) - zp) * scale]
+    return None
+
+
+# --------------------------------------------------------------------------- parsing
+def _load(model_bytes: bytes, max_bytes: int) -> onnx.ModelProto:
+    if len(model_bytes) > max_bytes:
+        raise OnnxTooLargeError(f"the ONNX file has {len(model_bytes)} bytes, the limit is {max_bytes}")
+    try:
+        model = onnx.load_model_from_string(bytes(model_bytes))
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise OnnxImportError(f"not a readable ONNX file ({type(e).__name__})") from e
+    if model.ir_version <= 0 or not model.opset_import or not model.graph.node:
+        raise OnnxImportError("not an ONNX model: no IR version, opset or graph nodes")
+    tensors = list(model.graph.initializer)
+    for index, node in enumerate(model.graph.node):
+        for attr in node.attribute:
+            tensors += [attr.t] if attr.HasField("t") else []
+            tensors += list(attr.tensors)
+            if attr.HasField("g") or attr.graphs:
+                raise _unsupported(node, index, "subgraphs (control flow) are not supported")
+    if any(t.data_location == TensorProto.EXTERNAL for t in tensors):
+        raise OnnxImportError("tensors stored in external files are not accepted; embed all weights")
+    if model.graph.sparse_initializer:
+        raise OnnxImportError("sparse initializers are not supported; store dense weights")
+    if model.functions:
+        raise OnnxImportError("model-local functions are not supported")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # onnx.checker.ValidationError and C++ errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxImportError(f"invalid ONNX model: {first}") from e
+    return model
+
+
+def _broadcast_bias(c: np.ndarray, out: int, where: str) -> np.ndarray:
+    """A constant added to ``[N, out]`` as a ``[out]`` vector (shapes [], [1], [out], [1, out])."""
+    c = np.asarray(c)
+    if c.size not in (1, out) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+        raise OnnxImportError(f"{where}: bias of shape {list(c.shape)} does not broadcast to [{out}]")
+    return np.broadcast_to(c.reshape(-1).astype(np.float64), (out,)).copy()
+
+
+def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
+    """Parse ``model_bytes`` and extract its dense layers (see the module docstring).
+
+    ``max_bytes`` bounds the file size (:class:`OnnxTooLargeError`). Raises
+    :class:`OnnxImportError` for unreadable or invalid files (``onnx.checker``),
+    external data, more than one graph input, and any operator outside the
+    accepted chain, naming it.
+    """
+    model = _load(model_bytes, max_bytes)
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None)
+    if opset is None:
+        raise OnnxImportError("the model does not import the default ONNX operator set")
+    consts = _Constants(graph, opset)
+
+    # the one dynamic input
+    inputs = [i for i in graph.input if i.name not in consts.values]
+    if len(inputs) != 1:
+        raise OnnxImportError(f"expected one graph input, found {len(inputs)}: {[i.name for i in inputs]}", loc="input")
+    x_info = inputs[0]
+    ttype = x_info.type.tensor_type
+    if not x_info.type.HasField("tensor_type") or ttype.elem_type not in _FLOAT_TYPES:
+        raise OnnxImportError(f"graph input {x_info.name!r} must be a float or double tensor", loc="input")
+    dims: list[int | None] | None = None
+    if ttype.HasField("shape"):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+        if len(dims) < 2:
+            raise OnnxImportError(
+                f"graph input {x_info.name!r} has rank {len(dims)}; expected [N, features]", loc="input"
+            )
+    fixed_batch = dims[0] if dims else None
+
+    # which tensors depend on the input; constant expressions
+    dynamic = {x_info.name}
+    consumers: dict[str, list[tuple[int, onnx.NodeProto]]] = {}
+    static_nodes: list[tuple[int, onnx.NodeProto]] = []
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            if name:
+                consumers.setdefault(name, []).append((index, node))
+        if any(n in dynamic for n in node.input):
+            dynamic.update(o for o in node.output if o)
+        else:
+            static_nodes.append((index, node))
+            for o in node.output:
+                if o:
+                    consts.producers[o] = (index, node)
+    for index, node in static_nodes:
+        is_const = node.domain in _DEFAULT_DOMAINS and node.op_type in CONST_OPS
+        if not is_const and (node.domain, node.op_type) not in POST_OPS:
+            raise _unsupported(node, index, "constant expressions may only use " + ", ".join(sorted(CONST_OPS)))
+
+    graph_outputs = [o.name for o in graph.output]
+
+    def const(node: onnx.NodeProto, index: int, pos: int) -> np.ndarray:
+        name = node.input[pos] if pos < len(node.input) else ""
+        if not name or not consts.has(name) or name in dynamic:
+            raise _unsupported(node, index, f"input {pos} must be a constant (an initializer)")
+        return consts.get(name)
+
+    # walk the chain
+    layers: list[dict[str, Any]] = []  # {"W": [out,in] f64, "b": [out] f64, "act": str|None, "node": str}
+    feature_shape: list[int | None] | None = dims[1:] if dims else None
+    width: int | None = None  # current feature width once 2-D
+    flat = dims is None or len(dims) == 2
+    if flat and feature_shape:
+        width = feature_shape[0]
+    stream = x_info.name
+    core: set[int] = set()
+    stop: tuple[int, onnx.NodeProto] | None = None  # the non-dense node that ended the chain
+    while True:
+        cons = consumers.get(stream, [])
+        if stream in graph_outputs or len(cons) != 1:
+            break
+        index, node = cons[0]
+        op = node.op_type
+        a = _attrs(node)
+        if (
+            node.domain not in _DEFAULT_DOMAINS
+            or op not in CORE_OPS
+            or (op == "Cast" and a.get("to") not in _FLOAT_TYPES)
+        ):
+            stop = (index, node)
+            break
+        label = _node_label(node, index)
+        if op != "Add" and node.input[0] != stream:
+            raise _unsupported(node, index, "the computed tensor must be the first input")
+        cur = layers[-1] if layers else None
+        open_layer = cur is not None and cur["act"] is None
+        if op in ("Identity", "Cast"):
+            pass
+        elif op == "Flatten":
+            axis = a.get("axis", 1)
+            if axis != 1:
+                raise _unsupported(node, index, f"only Flatten(axis=1) is accepted, got axis={axis}")
+            if not flat:
+                if not feature_shape or any(d is None for d in feature_shape):
+                    raise _unsupported(node, index, "the input's feature dimensions must be static")
+                width = int(np.prod(feature_shape))  # type: ignore[arg-type]
+                flat = True
+        elif op == "Reshape":
+            target = [int(v) for v in np.asarray(const(node, index, 1)).reshape(-1)]
+            if not flat and feature_shape and all(d is not None for d in feature_shape):
+                width = int(np.prod(feature_shape))  # type: ignore[arg-type]
+            if width is None and len(target) == 2 and target[1] > 0:
+                width = target[1]  # no static input shape: the reshape tells the width
+            batch_ok = len(target) == 2 and (target[0] in (-1, 0) or target[0] == fixed_batch)
+            width_ok = len(target) == 2 and (target[1] == width or (target[1] == -1 and target[0] in (0, fixed_batch)))
+            if width is None or not (batch_ok and width_ok):
+                if layers:  # a reshape of the outputs is post-processing: follow the tensor before it
+                    stop = (index, node)
+                    break
+                raise _unsupported(node, index, f"only a reshape to [N, {width}] is accepted, got {target}")
+            flat = True
+        elif op in ("Gemm", "MatMul"):
+            if not flat:
+                raise _unsupported(node, index, "the input must be flattened to [N, features] first")
+            B = np.asarray(const(node, index, 1), dtype=np.float64)
+            if B.ndim != 2:
+                raise _unsupported(node, index, f"the weight must be 2-D, got shape {list(B.shape)}")
+            if op == "Gemm":
+                if a.get("transA", 0):
+                    raise _unsupported(node, index, "Gemm with transA=1 is not a dense layer")
+                W = (B if a.get("transB", 0) else B.T) * float(a.get("alpha", 1.0))
+                bias = np.zeros(W.shape[0])
+                if len(node.input) > 2 and node.input[2]:
+                    bias = float(a.get("beta", 1.0)) * _broadcast_bias(
+                        const(node, index, 2), W.shape[0], f"node {label!r}"
+                    )
+            else:
+                W, bias = B.T, np.zeros(B.shape[1])
+            if width is not None and W.shape[1] != width:
+                raise OnnxImportError(
+                    f"node {label!r} expects {W.shape[1]} input features, it receives {width}",
+                    loc=f"node:{label}",
+                    op_type=op,
+                    node=label,
+                )
+            if cur is not None and cur["act"] is None:
+                cur["act"] = "identity"
+            layers.append({"W": W, "b": bias, "act": None, "node": label})
+            width = int(W.shape[0])
+        elif op == "Add":
+            others = [n for n in node.input if n != stream]
+            if len(node.input) != 2 or len(others) != 1:
+                raise _unsupported(node, index, "Add must add a constant to the computed tensor")
+            if not open_layer:
+                raise _unsupported(
+                    node, index, "Add of a constant is only accepted right after Gemm / MatMul (as its bias)"
+                )
+            c = const(node, index, list(node.input).index(others[0]))
+            cur["b"] = cur["b"] + _broadcast_bias(c, cur["W"].shape[0], f"node {label!r}")  # type: ignore[index]
+        else:  # Relu / Tanh / Sigmoid / Softmax
+            if not open_layer:
+                raise _unsupported(node, index, f"{op} must directly follow a dense layer (Gemm / MatMul)")
+            if op == "Softmax":
+                axis = a.get("axis", -1 if opset >= 13 else 1)
+                if axis not in (1, -1):
+                    raise _unsupported(node, index, f"Softmax must be over the features (axis 1), got {axis}")
+            cur["act"] = _ACTIVATION_OPS[op]  # type: ignore[index]
+        core.add(index)
+        stream = node.output[0]
+
+    if not layers:
+        if stop is not None:
+            raise _unsupported(stop[1], stop[0], "the graph must start with a dense layer (Gemm / MatMul)")
+        raise OnnxImportError("no dense layer (Gemm / MatMul) found after the graph input")
+
+    # everything computed from the followed tensor is label post-processing, never more network
+    downstream = [(i, n) for i, n in enumerate(graph.node) if i not in core and any(o in dynamic for o in n.output)]
+    more = next(((i, n) for i, n in downstream if n.op_type in _COMPUTE_OPS), None)
+    if more is not None:
+        if stop is not None:
+            raise _unsupported(
+                stop[1],
+                stop[0],
+                "only Gemm, MatMul, Add, Relu, Tanh, Sigmoid, Softmax, Identity, "
+                "Cast, Flatten and Reshape may appear between dense layers",
+            )
+        i, n = more
+        label = _node_label(n, i)
+        raise OnnxImportError(
+            f"the graph branches at tensor {stream!r} (node {label!r} {n.op_type} computes from a "
+            "shared or exposed intermediate); only a single chain of dense layers is accepted",
+            loc=f"node:{label}",
+            op_type=n.op_type,
+            node=label,
+        )
+    for index, node in downstream:
+        if (node.domain, node.op_type) not in POST_OPS:
+            raise _unsupported(node, index, "not a dense-network or label post-processing operator")
+    dynamic_outputs = [o for o in graph_outputs if o in dynamic]
+    if not dynamic_outputs:
+        raise OnnxImportError("no graph output depends on the graph input", loc="output")
+
+    weights, biases = [], []
+    for i, layer in enumerate(layers):
+        W = layer["W"].astype(F32)
+        b = layer["b"].astype(F32)
+        if not (np.isfinite(W).all() and np.isfinite(b).all()):
+            raise OnnxImportError(f"layer {i} (node {layer['node']!r}) has NaN or infinite parameters")
+        weights.append(np.ascontiguousarray(W))
+        biases.append(np.ascontiguousarray(b))
+    input_shape = [int(d) for d in feature_shape] if feature_shape and None not in feature_shape else []
+    if not input_shape:
+        input_shape = [int(weights[0].shape[1])]
+    return ImportedNetwork(
+        weights=weights,
+        biases=biases,
+        hidden_activations=[str(layer["act"] or "identity") for layer in layers[:-1]],
+        output_link=str(layers[-1]["act"] or "identity"),
+        layer_nodes=[layer["node"] for layer in layers],
+        input_name=x_info.name,
+        input_shape=input_shape,
+        input_elem_type=int(ttype.elem_type),
+        fixed_batch=int(fixed_batch) if fixed_batch else None,
+        followed_tensor=stream,
+        followed_output=stream if stream in graph_outputs else None,
+        ignored_outputs=[o for o in graph_outputs if o != stream],
+        opset=int(opset),
+        producer=" ".join(p for p in (model.producer_name, model.producer_version) if p),
+    )
+
+
+# --------------------------------------------------------------------------- verification
+def _sigmoid64(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _softmax64(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": lambda t: t,
+    "sigmoid": _sigmoid64,
+    "softmax": _softmax64,
+    "softmax_column_1": lambda t: t[:, 1:2],
+}
+
+
+def run_followed(model_bytes: bytes, imported: ImportedNetwork, probes: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's value of the followed tensor ``T`` for ``probes`` [n, input_dim].
+
+    The graph's outputs are replaced by ``T`` alone (label post-processing is then
+    dead code); probes are reshaped to the graph input's feature shape and cast to
+    its element type; a fixed batch size is honoured by chunking (zero padded).
+    Returns ``[n, out]`` float64.
+    """
+    import onnxruntime as ort  # heavy import, only needed here
+
+    model = onnx.load_model_from_string(bytes(model_bytes))
+    del model.graph.output[:]
+    elem = TensorProto.FLOAT
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        for vi in [*inferred.graph.value_info, *inferred.graph.input]:
+            if vi.name == imported.followed_tensor and vi.type.tensor_type.elem_type:
+                elem = vi.type.tensor_type.elem_type
+    except Exception:  # inference is only a hint for the output's type
+        elem = imported.input_elem_type
+    model.graph.output.append(helper.make_tensor_value_info(imported.followed_tensor, elem, None))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    dtype = helper.tensor_dtype_to_np_dtype(imported.input_elem_type)
+    x = np.asarray(probes).reshape(-1, *imported.input_shape).astype(dtype)
+    n = x.shape[0]
+    b = imported.fixed_batch or n
+    parts = []
+    for start in range(0, n, b):
+        chunk = x[start : start + b]
+        real = chunk.shape[0]
+        if real < b:
+            chunk = np.concatenate([chunk, np.zeros((b - real, *chunk.shape[1:]), dtype=dtype)])
+        (t,) = session.run([imported.followed_tensor], {imported.input_name: chunk})
+        parts.append(np.asarray(t, dtype=np.float64).reshape(b, -1)[:real])
+    return np.concatenate(parts) if parts else np.zeros((0, imported.output_dim))
+
+
+def verify_import(
+    model_bytes: bytes,
+    imported: ImportedNetwork,
+    net: Network,
+    probes: np.ndarray,
+    *,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+) -> dict[str, Any]:
+    """Check that Steward's ``net.forward(probes)`` reproduces ONNX Runtime on the file.
+
+    ``net`` is :meth:`ImportedNetwork.check_against`'s result; ONNX Runtime's
+    followed tensor goes through :meth:`ImportedNetwork.output_transform` for
+    ``net.task``, then ``|ŷ_ort − ŷ| ≤ atol + rtol·|ŷ|`` must hold elementwise.
+    Returns ``{"ok": True, "max_abs_error", "tolerance", "n_probes",
+    "followed_tensor", "output_transform"}``; raises :class:`OnnxVerificationError`
+    with the evidence otherwise (also when ONNX Runtime cannot run the file).
+    """
+    transform = imported.output_transform(net.task)
+    probes = np.ascontiguousarray(probes, dtype=F32)
+    try:
+        raw = run_followed(model_bytes, imported, probes)
+    except Exception as e:  # onnxruntime's exception classes are not importable portably
+        raise OnnxVerificationError(
+            f"ONNX Runtime could not run the file: {str(e).strip().splitlines()[0] if str(e) else e!r}",
+            {"error": type(e).__name__},
+        ) from e
+    got = _TRANSFORMS[transform](raw)
+    ok, evidence = compare_outputs(got, net.forward(probes), atol=atol, rtol=rtol)
+    result = {
+        "ok": ok,
+        "max_abs_error": evidence.get("max_abs_error"),
+        "tolerance": {"atol": atol, "rtol": rtol},
+        "n_probes": int(probes.shape[0]),
+        "followed_tensor": imported.followed_tensor,
+        "output_transform": transform,
+    }
+    if not ok:
+        raise OnnxVerificationError(
+            f"Steward's outputs differ from ONNX Runtime's beyond atol={atol}, rtol={rtol} "
+            f"(max |error| {evidence.get('max_abs_error')})",
+            evidence,
+        )
+    return result

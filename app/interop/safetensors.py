@@ -1,0 +1,171 @@
+"""safetensors at the edge: Steward's canonical writer, a reader of stored blobs, and a
+strict decoder of untrusted uploads.
+
+The stored blob is a canonical safetensors file whose ``__metadata__`` holds no
+per-version data, so the same parameters always have the same sha256 (an import of
+a downloaded file reproduces its source's sha256): :func:`write_safetensors` writes
+the file itself, with sorted metadata keys and a fixed tensor order (the safetensors
+library orders metadata keys at random), straight from the arrays, never building a
+large file in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import safetensors.numpy as stnp
+
+from app.core.errors import BadRequest, Invalid, PayloadTooLarge
+
+FORMAT = "steward/1"
+
+
+# --------------------------------------------------------------------------- encoding
+_ST_DTYPES = {
+    np.dtype(np.float64): "F64",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
+}
+_CHUNK = 1 << 20
+
+
+def safetensors_parts(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[bytes, list[np.ndarray]]:
+    """``(header bytes, arrays in data order)`` of the safetensors file of ``tensors``.
+
+    Deterministic: metadata keys sorted; tensors by item size (largest first, so every
+    tensor stays aligned to its item size) then name; the JSON header padded with spaces
+    to a multiple of 8 bytes, as the format asks.
+    """
+    names = sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))
+    header: dict[str, Any] = {"__metadata__": {k: metadata[k] for k in sorted(metadata)}}
+    arrays: list[np.ndarray] = []
+    offset = 0
+    for name in names:
+        a = np.asarray(tensors[name])
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        header[name] = {
+            "dtype": _ST_DTYPES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
+        offset += a.nbytes
+        arrays.append(a)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head, arrays
+
+
+def array_chunks(arrays: list[np.ndarray]) -> Iterator[memoryview]:
+    for a in arrays:
+        mv = memoryview(a.reshape(-1)).cast("B")
+        for o in range(0, len(mv), _CHUNK):
+            yield mv[o : o + _CHUNK]
+
+
+def write_safetensors(f: Any, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> int:
+    """Write the safetensors file of ``tensors`` to the binary file ``f`` straight from the
+    arrays (no copy of the tensors); returns the number of bytes written."""
+    head, arrays = safetensors_parts(tensors, metadata)
+    n = f.write(head)
+    for chunk in array_chunks(arrays):
+        n += f.write(chunk)
+    return n
+
+
+def encode(tensors: dict[str, np.ndarray], encoding: str = "dense") -> bytes:
+    """Canonical safetensors bytes of a tensor set (no per-version metadata)."""
+    buf = io.BytesIO()
+    write_safetensors(buf, tensors, {"format": FORMAT, "encoding": encoding})
+    return buf.getvalue()
+
+
+def encode_to(path: Any, tensors: dict[str, np.ndarray], encoding: str = "dense") -> None:
+    """Write :func:`encode`'s bytes to the file ``path`` (no copy of the tensors in memory)."""
+    with open(path, "wb") as f:
+        write_safetensors(f, tensors, {"format": FORMAT, "encoding": encoding})
+
+
+def read_tensors(path: Any) -> dict[str, np.ndarray]:
+    """Load a stored safetensors file with ``pread`` (peak memory: the tensors once; the
+    default mmap backend keeps the mapped file resident too, twice the size at peak)."""
+    try:
+        return stnp.load_file(str(path), backend="pread")
+    except TypeError:  # safetensors < 0.7 has no backend choice
+        return stnp.load_file(str(path))
+
+
+def read_header(data: bytes | memoryview, *, max_header: int) -> tuple[dict[str, Any], int]:
+    """Parse and check a safetensors header without trusting it.
+
+    Returns ``(header, data_start)``. Raises :class:`BadRequest` for anything that
+    is not a well-formed safetensors file (too short, header too big or not JSON,
+    offsets outside the file, overlapping or with gaps).
+    """
+    if len(data) < 8:
+        raise BadRequest("not a safetensors file: shorter than its 8-byte header length")
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
+    if 8 + n > len(data):
+        raise BadRequest("not a safetensors file: header length points past the end of the body")
+    if n > max_header:
+        raise PayloadTooLarge(f"safetensors header of {n} bytes exceeds the limit of {max_header}")
+    try:
+        header = json.loads(bytes(data[8 : 8 + n]))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"not a safetensors file: header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise BadRequest("not a safetensors file: header is not a JSON object")
+    return header, 8 + n
+
+
+_DTYPES = {"F32": 4, "F16": 2, "I8": 1, "U8": 1, "BF16": 2, "F64": 8, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
+
+
+def decode_upload(data: bytes, *, max_header: int) -> dict[str, np.ndarray]:
+    """Load an uploaded safetensors body into numpy arrays, after checking its header."""
+    header, start = read_header(data, max_header=max_header)
+    body_len = len(data) - start
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise BadRequest("__metadata__ must map strings to strings")
+            continue
+        if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"}:
+            raise BadRequest(f"tensor {name!r}: malformed header entry")
+        dt, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dt not in _DTYPES:
+            raise Invalid.at(["body", name], f"unsupported dtype {dt!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 8:
+            raise BadRequest(f"tensor {name!r}: malformed shape")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+            raise BadRequest(f"tensor {name!r}: malformed data_offsets")
+        a, b = offs
+        if not 0 <= a <= b <= body_len or (b - a) != int(np.prod(shape, dtype=np.int64)) * _DTYPES[dt]:
+            raise BadRequest(f"tensor {name!r}: data_offsets do not match its shape and the file size")
+        spans.append((a, b))
+    spans.sort()
+    pos = 0
+    for a, b in spans:
+        if a != pos:
+            raise BadRequest("safetensors tensors overlap or leave gaps")
+        pos = b
+    if pos != body_len:
+        raise BadRequest("safetensors file has trailing bytes")
+    try:
+        return stnp.load(bytes(data))
+    except Exception as e:  # the library's own checks, as a last line
+        raise BadRequest(f"unreadable safetensors file: {e}") from None

@@ -1,0 +1,215 @@
+"""The job queue is the ``jobs`` table.
+
+Life of a job::
+
+    queued ──claim──> running ──finish──> succeeded
+      ^  │               │ └──fail (attempts left)──> queued (run_after = now + backoff)
+      │  │               │ └──fail (no attempts left)─> failed
+      │  └─cancel─> canceled   └──cancel requested, seen at a progress point──> canceled
+      └──── lease expired (worker died) ── claimable again; attempts counted
+
+* Enqueue happens in the caller's transaction (the request that asks for it).
+* A worker claims with a lease: ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL;
+  on SQLite the claim runs in a ``BEGIN IMMEDIATE`` transaction, which serializes
+  claimers (the embedded default runs one in-process worker).
+* The holder heartbeats (extends ``lease_expires_at``) while it runs; a job whose
+  lease expired is claimable again by anyone.
+* The result is written in the same transaction as the version it made, and only
+  while the lease is still held; ``versions.job_id`` is unique, so a retried job can
+  never make two versions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app.core.db import Database
+from app.core.tables import Job, utcnow
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
+TERMINAL = (SUCCEEDED, FAILED, CANCELED)
+KINDS = ("batch_update", "prune", "quantize", "migrate")
+
+
+class LeaseLost(Exception):
+    """The job is no longer ours (lease expired and taken, or the job was deleted)."""
+
+
+class Canceled(Exception):
+    """Cancellation was requested; raised at the next progress point."""
+
+
+class Released(Exception):
+    """The worker is shutting down; the job goes back to the queue untouched."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    kind: str
+    model_id: int
+    model_name: str
+    params: dict[str, Any]
+    attempts: int
+    owner: str
+
+
+def new_job(s: Session, *, kind: str, model_id: int, model_name: str, params: dict[str, Any], max_attempts: int) -> Job:
+    """Add a queued job to ``s``'s transaction (committed with the request)."""
+    now = utcnow()
+    job = Job(
+        id=str(uuid.uuid4()),
+        kind=kind,
+        model_id=model_id,
+        model_name=model_name,
+        status=QUEUED,
+        progress=0.0,
+        attempts=0,
+        max_attempts=max_attempts,
+        params=params,
+        cancel_requested=False,
+        run_after=now,
+        created_at=now,
+        updated_at=now,
+    )
+    s.add(job)
+    s.flush()
+    return job
+
+
+def backoff_seconds(attempts: int) -> float:
+    """Delay before retry number ``attempts`` + 1: 1, 2, 4 … seconds, at most 60."""
+    return float(min(2 ** max(attempts - 1, 0), 60))
+
+
+class Queue:
+    def __init__(self, db: Database, lease_seconds: float) -> None:
+        self.db = db
+        self.lease = timedelta(seconds=lease_seconds)
+
+    def claim(self, owner: str, kinds: tuple[str, ...] = KINDS) -> Claimed | None:
+        """Take the oldest runnable job (queued and due, or running with an expired lease)."""
+        now = utcnow()
+        with self.db.write() as s:
+            q = (
+                sa.select(Job)
+                .where(
+                    Job.kind.in_(kinds),
+                    sa.or_(
+                        sa.and_(Job.status == QUEUED, Job.run_after <= now),
+                        sa.and_(Job.status == RUNNING, Job.lease_expires_at < now),
+                    ),
+                )
+                .order_by(Job.created_at, Job.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            job = s.scalars(q).first()
+            if job is None:
+                return None
+            if job.status == RUNNING and job.attempts >= job.max_attempts:
+                # its worker died on every attempt: give up with the evidence
+                job.status = FAILED
+                job.error = {
+                    "type": "worker_lost",
+                    "message": f"the worker running this job stopped {job.attempts} times (lease expired)",
+                }
+                job.finished_at = now
+                job.lease_owner = None
+                job.updated_at = now
+                return None
+            if job.cancel_requested:
+                job.status = CANCELED
+                job.finished_at = now
+                job.updated_at = now
+                return None
+            job.status = RUNNING
+            job.attempts += 1
+            job.lease_owner = owner
+            job.lease_expires_at = now + self.lease
+            job.started_at = job.started_at or now
+            job.updated_at = now
+            return Claimed(job.id, job.kind, job.model_id, job.model_name, dict(job.params), job.attempts, owner)
+
+    def _held(self, s: Session, job_id: str, owner: str) -> Job:
+        job = s.scalars(sa.select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
+        if job is None or job.status != RUNNING or job.lease_owner != owner:
+            raise LeaseLost(job_id)
+        return job
+
+    def heartbeat(self, job_id: str, owner: str, progress: float | None = None) -> bool:
+        """Extend the lease (and record progress). Returns True if cancel was requested."""
+        with self.db.write() as s:
+            job = self._held(s, job_id, owner)
+            now = utcnow()
+            job.lease_expires_at = now + self.lease
+            if progress is not None:
+                job.progress = float(min(max(progress, 0.0), 1.0))
+            job.updated_at = now
+            return bool(job.cancel_requested)
+
+    def finish_in(self, s: Session, job_id: str, owner: str, result: dict[str, Any]) -> None:
+        """Mark the job succeeded inside ``s`` (the transaction that stores its version)."""
+        job = self._held(s, job_id, owner)
+        now = utcnow()
+        job.status = SUCCEEDED
+        job.result = result
+        job.progress = 1.0
+        job.finished_at = now
+        job.lease_owner = None
+        job.lease_expires_at = None
+        job.updated_at = now
+
+    def fail(self, job_id: str, owner: str, error: dict[str, Any], *, retry: bool) -> str:
+        """Record a failure: back to the queue with backoff while attempts remain
+        (and ``retry``), else ``failed``. Returns the new status."""
+        with self.db.write() as s:
+            try:
+                job = self._held(s, job_id, owner)
+            except LeaseLost:
+                return "lost"
+            now = utcnow()
+            job.error = error
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.updated_at = now
+            if retry and job.attempts < job.max_attempts:
+                job.status = QUEUED
+                job.run_after = now + timedelta(seconds=backoff_seconds(job.attempts))
+            else:
+                job.status = FAILED
+                job.finished_at = now
+            return job.status
+
+    def mark_canceled(self, job_id: str, owner: str) -> None:
+        with self.db.write() as s:
+            try:
+                job = self._held(s, job_id, owner)
+            except LeaseLost:
+                return
+            now = utcnow()
+            job.status = CANCELED
+            job.finished_at = now
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.updated_at = now
+
+    def release(self, job_id: str, owner: str) -> None:
+        """Give a running job back (graceful shutdown): queued again, this attempt not counted."""
+        with self.db.write() as s:
+            try:
+                job = self._held(s, job_id, owner)
+            except LeaseLost:
+                return
+            job.status = QUEUED
+            job.attempts = max(job.attempts - 1, 0)
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.run_after = utcnow()
+            job.updated_at = utcnow()

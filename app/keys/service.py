@@ -1,0 +1,111 @@
+"""API keys: create (secret shown once, stored as sha256), list, revoke, authenticate.
+
+Keys are 256-bit random tokens, so a plain sha256 is the right hash: there is
+nothing to brute-force, and lookups stay one indexed query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from app.core.errors import NotFound, Unauthorized
+from app.core.tables import ApiKey, utcnow
+from app.keys.repository import ApiKeyRepository
+from app.keys.schemas import KeyCreate, KeyCreated, KeyOut
+
+SCOPES = ("read", "ingest", "maintain", "admin")
+RANK = {s: i for i, s in enumerate(SCOPES)}
+PREFIX = "stw_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_secret() -> str:
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key's id, name, scope and optional model restriction."""
+
+    id: str
+    name: str
+    scope: str
+    models: tuple[str, ...] | None
+
+    def has(self, scope: str) -> bool:
+        return RANK[self.scope] >= RANK[scope]
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+BOOTSTRAP = Principal(id="bootstrap", name="STEWARD_ADMIN_KEY", scope="admin", models=None)
+
+
+def key_out(k: ApiKey) -> KeyOut:
+    return KeyOut(id=k.id, name=k.name, scope=k.scope, models=k.models, prefix=k.prefix, created_at=k.created_at)  # type: ignore[arg-type]
+
+
+class KeyService:
+    def __init__(self, bootstrap_admin: str | None) -> None:
+        self._boot = hash_key(bootstrap_admin) if bootstrap_admin else None
+
+    def create(self, s: Session, body: KeyCreate) -> KeyCreated:
+        secret = new_secret()
+        k = ApiKey(
+            id=secrets.token_hex(8),
+            name=body.name,
+            scope=body.scope,
+            models=sorted(set(body.models)) if body.models is not None else None,
+            key_hash=hash_key(secret),
+            prefix=secret[: len(PREFIX) + 6],
+            created_at=utcnow(),
+        )
+        ApiKeyRepository(s).add(k)
+        return KeyCreated(**key_out(k).model_dump(), key=secret)
+
+    def page(self, s: Session, *, cursor: str | None, limit: int) -> tuple[list[KeyOut], str | None]:
+        rows = ApiKeyRepository(s).page(after=cursor, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [key_out(k) for k in rows], (rows[-1].id if more and rows else None)
+
+    def revoke(self, s: Session, key_id: str) -> None:
+        repo = ApiKeyRepository(s)
+        k = repo.get(key_id)
+        if k is None or k.revoked_at is not None:
+            raise NotFound(f"no API key with id {key_id!r}")
+        repo.revoke(k, utcnow())
+
+    def bootstrap(self, token: str | None) -> Principal | None:
+        """The bootstrap admin (``STEWARD_ADMIN_KEY``) when ``token`` is its key, without
+        touching the database; None otherwise."""
+        if not token or self._boot is None or not hmac.compare_digest(hash_key(token), self._boot):
+            return None
+        return BOOTSTRAP
+
+    def authenticate(self, s: Session, token: str | None) -> Principal:
+        if not token:
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        boot = self.bootstrap(token)
+        if boot is not None:
+            return boot
+        k = ApiKeyRepository(s).by_hash(hash_key(token))
+        if k is None or k.revoked_at is not None:
+            raise Unauthorized("unknown or revoked API key")
+        return Principal(id=k.id, name=k.name, scope=k.scope, models=tuple(k.models) if k.models is not None else None)
+
+    def ensure_admin(self, s: Session) -> str | None:
+        """On first start without STEWARD_ADMIN_KEY, create an admin key and return
+        its secret (to be shown once). Returns None when an admin key exists."""
+        if self._boot is not None or ApiKeyRepository(s).count_admin() > 0:
+            return None
+        return self.create(s, KeyCreate(name="bootstrap-admin", scope="admin")).key

@@ -1,0 +1,708 @@
+"""The online learner runtime: a thread that applies each model's sample log, in
+offset order, one optimizer step per sample (test-then-train), and commits
+``online`` versions.
+
+**Who learns a model.** Each model has one ``learners`` row. A process holds a
+model's learner by a lease on that row (``owner`` + ``lease_expires_at``), taken
+and renewed by conditional UPDATEs (``… WHERE owner IS NULL OR owner = me OR
+lease_expires_at < now``; candidates are picked with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL), so exactly one process learns a model at a time whether there is
+one API process on SQLite or several API / ``steward worker`` processes on one
+PostgreSQL. Every write of the learner (progress, version, pause) re-checks the
+lease under the row lock in its own transaction, so a process that lost its
+lease (stalled past expiry) can never commit behind the new owner's back.
+
+**Where learning starts** (on claiming a model, and whenever a newer version
+appears): from the model's newest version, whatever made it.
+
+* An ``online`` version carries its parameters, the optimizer and prequential
+  metrics state (blob ``state_sha256``) and ``applied_through``: learning resumes
+  exactly there and replays the log after it.
+* A version made by another operation (``init``, ``import``, ``batch``, ``prune``,
+  ``quantize``, ``transfer``) *includes*, by definition, every sample the learner
+  had applied when it adopted that version (at most one poll interval after the
+  version was committed; on a fresh claim, the ``applied_through`` last
+  published in ``learners``). The learner records that cut —
+  ``learners.metrics["base"] = {"version", "applied_through", "state_sha256"}``
+  with a fresh optimizer state and the running metrics — before it applies
+  anything on top, so a replay after a crash starts from the same point. The
+  next ``online`` version names that version as its ``parent``. (Quantized
+  versions are dequantized; pruned versions keep learning densely.)
+
+**Checkpoints.** A version (operation ``online``, ``parent`` = the version the
+parameters continue from, ``applied_through`` = inclusive last offset,
+``metrics.prequential``, state blob) is committed every ``checkpoint_every``
+samples applied since the newest version, when a ``/checkpoint`` request is due
+(see :mod:`app.online.service`), and when a resumed model skips its refused
+sample. Before committing, the learner checks under the model row lock that no
+newer version appeared; if one did, it drops its own progress and adopts it.
+
+**Guard.** A step the engine refuses (non-finite parameters, loss blow-up past
+the model's guard) is not applied: in one transaction the model becomes
+``paused`` (reason, ``paused_offset`` = the refused offset) and the progress
+through the offset before it is published. The learner then waits. ``/resume``
+leaves ``{"offset", "from_version"}`` in ``learners.metrics["resume"]``; the
+learner skips that offset (counted as applied: it is consumed), restarts from
+``from_version``'s parameters with a fresh optimizer state when given, and
+commits a checkpoint at once, which makes the skip durable.
+
+**Crash and restart.** Nothing in memory is needed to continue: the newest
+version (plus the ``base`` cut for a non-online one), the log and the model's
+status determine the parameters. Replay is deterministic, so after SIGKILL the
+learner reaches the same parameters as an uninterrupted run. While it replays
+it does not publish progress below what was published before the crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import safetensors.numpy as stnp
+import sqlalchemy as sa
+from prometheus_client import Gauge
+
+from app.core.tables import Learner, Model, Version, utcnow
+from app.engine.nn.network import Network
+from app.engine.nn.online import LearnerConfig, OnlineLearner
+from app.engine.nn.optim import OptimizerConfig
+from app.online.log import unpack_batch
+from app.online.repository import LearnerRepository, SampleRepository
+from app.registry.repository import ModelRepository, VersionRepository
+
+log = logging.getLogger("steward.learner")
+
+#: Most samples applied to one model per loop turn (then the next model gets a turn).
+TURN_SAMPLES = 65_536
+#: Most samples read from the log at once.
+READ_SAMPLES = 16_384
+PUBLISH_SECONDS = 0.25
+CLAIM_SECONDS = 1.0
+
+
+@dataclass
+class Held:
+    """A model whose learner this process holds, with its in-memory learning state."""
+
+    model_id: int
+    name: str
+    model: Model  # detached snapshot of the spec
+    learner: OnlineLearner
+    masked: bool  # pruned zeros pinned (the model continues from a pruned version)
+    version: int  # newest version accounted for
+    parent: int  # parent of the next online version
+    applied_through: int
+    since_version: int = 0
+    published: int = -1
+    publish_floor: int = -1  # do not publish below what was published before a restart
+    last_publish: float = 0.0
+    dirty: bool = False
+    lag: int = 0
+    cache: tuple[int, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+
+@dataclass
+class Control:
+    """What the database says about a held model, read once per loop turn."""
+
+    status: str
+    paused_offset: int | None
+    accepted: int
+    latest: int
+    owner: str | None
+    requests: dict[str, int]
+    resume: dict[str, Any] | None
+
+
+class LeaseLost(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- engine glue
+def optimizer_config(m: Model) -> OptimizerConfig:
+    spec = dict(m.optimizer or {})
+    return OptimizerConfig.from_dict({k: v for k, v in spec.items() if k in OptimizerConfig.__dataclass_fields__})
+
+
+def learner_config(m: Model, window: int) -> LearnerConfig:
+    """The model's guard: ``loss_ratio`` × the recent-window baseline taken after
+    ``warmup`` samples (``guard.enabled`` false keeps only the non-finite checks)."""
+    g = dict(m.guard or {})
+    factor = float(g.get("loss_ratio", 10.0)) if g.get("enabled", True) else None
+    warmup = g.get("warmup")
+    return LearnerConfig(window=window, guard_factor=factor, guard_warmup=int(warmup) if warmup is not None else None)
+
+
+def new_learner(m: Model, net: Network, window: int, *, masked: bool) -> OnlineLearner:
+    masks = [W != 0 for W in net.weights] if masked else None
+    return OnlineLearner(net, optimizer_config(m), config=learner_config(m, window), masks=masks)
+
+
+def state_bytes(learner: OnlineLearner) -> bytes:
+    """The learner's optimizer + prequential state as a safetensors file (never pickle)."""
+    return stnp.save(learner.state_dict(), metadata={"format": "steward-online-state/1"})
+
+
+def load_state(learner: OnlineLearner, data: bytes, *, metrics_only: bool = False) -> None:
+    d = stnp.load(data)
+    if metrics_only:
+        d = {k: v for k, v in d.items() if k.startswith("metrics.")}
+    learner.load_state_dict(d)
+
+
+def is_masked(v: Version) -> bool:
+    """A version whose zeros online learning keeps pinned: made by ``prune``, or an
+    ``online`` version that continued from one."""
+    return v.operation == "prune" or bool(v.operation == "online" and (v.params or {}).get("masked"))
+
+
+class _Newer(Exception):
+    """A newer version appeared while committing; adopt it instead."""
+
+
+class LearnerRuntime:
+    """Holds models' learners and applies their logs. ``run_once()`` for tests,
+    :meth:`start` / :meth:`stop` for the background thread."""
+
+    def __init__(self, ctx: Any, *, owner: str | None = None) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
+        self.settings = ctx.settings
+        self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.held: dict[int, Held] = {}
+        self.stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_claim = 0.0
+        self._last_renew = 0.0
+        self._lock = threading.Lock()
+        self.gauges = install_metrics(ctx)
+
+    # ------------------------------------------------------------------ thread
+    def start(self) -> LearnerRuntime:
+        self._thread = threading.Thread(target=self._loop, name="steward-learner", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current turn, publish progress and release the leases."""
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            for h in list(self.held.values()):
+                try:
+                    self._publish(h, force=True)
+                except Exception:
+                    log.warning("learner: final publish of %s failed", h.name, exc_info=True)
+            self.release_all()
+
+    def _loop(self) -> None:
+        poll = self.settings.learner_poll_seconds
+        while not self.stopping.is_set():
+            try:
+                with self._lock:
+                    busy = self.run_once()
+            except Exception:
+                log.exception("learner loop turn failed; retrying")
+                busy = 0
+                self.stopping.wait(min(1.0, poll * 10))
+            if not busy:
+                self.stopping.wait(poll)
+
+    # ------------------------------------------------------------------ one turn
+    def run_once(self) -> int:
+        """Claim / renew leases, then give every held model one turn. Returns the
+        number of samples applied (0: nothing to do)."""
+        now = time.monotonic()
+        if now - self._last_renew >= self.settings.learner_lease_seconds / 3:
+            self._renew()
+            self._last_renew = now
+        if now - self._last_claim >= CLAIM_SECONDS or not self.held:
+            self._claim()
+            self._last_claim = now
+        total = 0
+        controls = self._controls()
+        for mid in list(self.held):
+            h = self.held.get(mid)
+            if h is None:
+                continue
+            ctl = controls.get(mid)
+            if ctl is None or ctl.owner != self.owner:
+                log.info("learner: model %s is gone or no longer ours", h.name)
+                self.held.pop(mid, None)
+                continue
+            try:
+                total += self._turn(h, ctl)
+            except LeaseLost:
+                log.warning("learner: lease on model %s lost", h.name)
+                self.held.pop(mid, None)
+        return total
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Run turns until nothing is left to do (tests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.run_once():
+                idle = all(self._idle(h) for h in self.held.values())
+                if idle:
+                    return
+        raise TimeoutError("the learner did not catch up in time")
+
+    def _idle(self, h: Held) -> bool:
+        ctl = self._controls().get(h.model_id)
+        return ctl is None or (not ctl.requests and ctl.resume is None and (h.lag == 0 or ctl.status == "paused"))
+
+    # ------------------------------------------------------------------ leases
+    def _claim(self) -> None:
+        now = utcnow()
+        until = now + timedelta(seconds=self.settings.learner_lease_seconds)
+        with self.db.write() as s:
+            repo = LearnerRepository(s)
+            repo.ensure_rows()
+            ids = repo.claimable(self.owner, now, 1000, skip_locked=not self.db.is_sqlite)
+            won = [mid for mid in ids if mid not in self.held and repo.claim(mid, self.owner, now, until)]
+        for mid in won:
+            try:
+                self._adopt_fresh(mid)
+            except Exception:
+                log.exception("learner: could not start model %s; releasing it", mid)
+                with self.db.write() as s:
+                    LearnerRepository(s).release(mid, self.owner)
+
+    def _renew(self) -> None:
+        if not self.held:
+            return
+        until = utcnow() + timedelta(seconds=self.settings.learner_lease_seconds)
+        with self.db.write() as s:
+            repo = LearnerRepository(s)
+            lost = [mid for mid in self.held if not repo.renew(mid, self.owner, until)]
+        for mid in lost:
+            h = self.held.pop(mid, None)
+            if h is not None:
+                log.warning("learner: lease on model %s lost", h.name)
+
+    def release_all(self) -> None:
+        with self.db.write() as s:
+            for mid in list(self.held):
+                LearnerRepository(s).release(mid, self.owner)
+        self.held.clear()
+
+    def forget(self, name: str) -> None:
+        """Drop a deleted model (its rows are gone with it)."""
+        for mid, h in list(self.held.items()):
+            if h.name == name:
+                self.held.pop(mid, None)
+
+    # ------------------------------------------------------------------ control
+    def _controls(self) -> dict[int, Control]:
+        if not self.held:
+            return {}
+        ids = list(self.held)
+        latest = (
+            sa.select(sa.func.max(Version.version))
+            .where(Version.model_id == Model.id)
+            .correlate(Model)
+            .scalar_subquery()
+        )
+        with self.db.read() as s:
+            rows = s.execute(
+                sa.select(
+                    Model.id,
+                    Model.status,
+                    Model.paused_offset,
+                    Model.next_offset,
+                    latest,
+                    Learner.owner,
+                    Learner.metrics,
+                )
+                .join(Learner, Learner.model_id == Model.id)
+                .where(Model.id.in_(ids))
+            ).all()
+        out = {}
+        for mid, status, paused, nxt, lat, owner, metrics in rows:
+            md = metrics or {}
+            out[mid] = Control(
+                status=status,
+                paused_offset=paused,
+                accepted=int(nxt),
+                latest=int(lat or 0),
+                owner=owner,
+                requests={k: int(v) for k, v in (md.get("checkpoint_requests") or {}).items()},
+                resume=md.get("resume"),
+            )
+        return out
+
+    # ------------------------------------------------------------------ start points
+    def _adopt_fresh(self, model_id: int) -> None:
+        """Start learning a just-claimed model from its newest version (see module doc)."""
+        with self.db.read() as s:
+            m = ModelRepository(s).get(model_id)
+            lr = s.get(Learner, model_id)
+            v = VersionRepository(s).latest(model_id)
+            if m is None or lr is None or v is None:
+                return
+            published = int(lr.applied_through)
+            base = (lr.metrics or {}).get("base")
+        h = self._start_from(m, v, base, published)
+        h.publish_floor = published
+        h.published = published
+        self.held[model_id] = h
+        if v.operation != "online" and not (base and base.get("version") == v.version):
+            self._record_base(h)
+        log.info("learner: holding model %s from version %d at offset %d", m.name, v.version, h.applied_through)
+
+    def _start_from(self, m: Model, v: Version, base: dict[str, Any] | None, published: int) -> Held:
+        masked = is_masked(v)
+        learner = new_learner(m, self.ctx.versions.load(m, v), self.settings.learner_window, masked=masked)
+        if v.operation == "online" and v.state_sha256:
+            load_state(learner, self.ctx.blobs.get(v.state_sha256))
+            at = int(v.applied_through if v.applied_through is not None else published)
+        elif base and base.get("version") == v.version:
+            if base.get("state_sha256"):
+                load_state(learner, self.ctx.blobs.get(base["state_sha256"]))
+            at = int(base["applied_through"])
+        else:
+            at = published
+        return Held(
+            model_id=m.id,
+            name=m.name,
+            model=m,
+            learner=learner,
+            masked=masked,
+            version=v.version,
+            parent=v.version,
+            applied_through=at,
+        )
+
+    def _restart(self, h: Held, m: Model, v: Version) -> None:
+        """New parameters (version ``v``) with a fresh optimizer state; the running
+        prequential metrics carry on and the guard warms up again."""
+        masked = is_masked(v)
+        learner = new_learner(m, self.ctx.versions.load(m, v), self.settings.learner_window, masked=masked)
+        load_state(learner, state_bytes(h.learner), metrics_only=True)
+        learner.resume()
+        h.learner, h.masked, h.model = learner, masked, m
+
+    def _adopt_newer(self, h: Held) -> None:
+        """A newer version exists: continue from it (see module doc)."""
+        with self.db.read() as s:
+            m = ModelRepository(s).get(h.model_id)
+            v = VersionRepository(s).latest(h.model_id)
+        if m is None or v is None or v.version <= h.version:
+            return
+        if v.operation == "online" and v.state_sha256:
+            new = self._start_from(m, v, None, h.applied_through)
+            new.published, new.publish_floor, new.last_publish = h.published, h.publish_floor, h.last_publish
+            self.held[h.model_id] = new
+            log.info("learner: model %s continues from online version %d", h.name, v.version)
+            return
+        self._restart(h, m, v)
+        h.version = h.parent = v.version
+        h.since_version = 0
+        h.cache = None
+        self._record_base(h)
+        log.info(
+            "learner: model %s continues from %s version %d after offset %d",
+            h.name,
+            v.operation,
+            v.version,
+            h.applied_through,
+        )
+
+    def _record_base(self, h: Held) -> None:
+        sha, _ = self.ctx.blobs.put(state_bytes(h.learner))
+        with self.db.write() as s:
+            lr = self._own_row(s, h)
+            md = dict(lr.metrics or {})
+            md["base"] = {"version": h.version, "applied_through": h.applied_through, "state_sha256": sha}
+            md["prequential"] = h.learner.metrics()
+            lr.metrics = md
+            lr.applied_through = max(h.applied_through, h.publish_floor)
+            lr.updated_at = utcnow()
+
+    # ------------------------------------------------------------------ a turn
+    def _turn(self, h: Held, ctl: Control) -> int:
+        mid = h.model_id
+        if ctl.latest > h.version:
+            self._adopt_newer(h)
+            h = self.held[mid]
+        resume = ctl.resume if ctl.status == "active" else None
+        if resume is not None:
+            p = resume.get("offset")
+            if p is None or h.applied_through >= int(p):
+                self._clear_resume(h)
+                resume = None
+            elif h.applied_through == int(p) - 1:
+                self._resume(h, resume)
+                return 1
+        # how far the log may be applied now: not past a refused sample, nor a pending skip
+        limit = ctl.accepted - 1
+        if ctl.status == "paused" and ctl.paused_offset is not None:
+            limit = min(limit, ctl.paused_offset - 1)
+        if resume is not None:
+            limit = min(limit, int(resume["offset"]) - 1)
+        every = max(int(h.model.checkpoint_every), 1)
+        applied = 0
+        while h.applied_through < limit and applied < TURN_SAMPLES and not self.stopping.is_set():
+            hi = min(limit, h.applied_through + min(READ_SAMPLES, max(every - h.since_version, 1)))
+            X, Y = self._read(h, h.applied_through + 1, hi)
+            t0 = time.perf_counter()
+            res = h.learner.learn_many(X, Y, first_offset=h.applied_through + 1)
+            dt = time.perf_counter() - t0
+            n = res.applied
+            if n:
+                h.applied_through += n
+                h.since_version += n
+                applied += n
+                h.dirty = True
+                self.ctx.metrics.samples_applied.labels(h.name).inc(n)
+                self.ctx.metrics.learner_step_seconds.labels(h.name).observe(dt / n)
+            if res.pause is not None:
+                self._pause(h, res.pause.offset, f"{res.pause.reason}: {res.pause.detail}")
+                limit = h.applied_through
+                break
+            if h.since_version >= every:
+                self._checkpoint(h, cause=f"every {every} samples")
+                if self.held.get(mid) is not h:  # a newer version was adopted instead
+                    return applied
+        h.lag = max(ctl.accepted - 1 - h.applied_through, 0)
+        self.ctx.metrics.learner_lag.labels(h.name).set(h.lag)
+        if ctl.requests and resume is None:
+            self._answer_requests(h, ctl.requests, reach=limit)
+        if self.held.get(mid) is h:
+            self._publish(h, force=h.lag == 0)
+        return applied
+
+    def _read(self, h: Held, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Samples ``lo..hi`` from the log (the last row read is kept for the next call)."""
+        c = h.cache
+        if c is not None and c[0] <= lo and hi < c[0] + len(c[1]):
+            return c[1][lo - c[0] : hi - c[0] + 1], c[2][lo - c[0] : hi - c[0] + 1]
+        with self.db.read() as s:
+            rows = SampleRepository(s).covering(h.model_id, lo, hi)
+            parts = [(b.first_offset, *unpack_batch(h.model, b)) for b in rows]
+        if not parts or parts[0][0] > lo:
+            raise RuntimeError(f"sample log of model {h.name!r} has a gap at offset {lo}")
+        last = parts[-1]
+        h.cache = (last[0], last[1], last[2])
+        xs, ys = [], []
+        for first, X, Y in parts:
+            a = max(lo - first, 0)
+            b = min(hi - first + 1, len(X))
+            if a < b:
+                xs.append(X[a:b])
+                ys.append(Y[a:b])
+        if len(xs) == 1:
+            return xs[0], ys[0]
+        return np.concatenate(xs), np.concatenate(ys)
+
+    # ------------------------------------------------------------------ writes
+    def _own_row(self, s: Any, h: Held) -> Learner:
+        lr = LearnerRepository(s).get(h.model_id, for_update=True)
+        if lr is None or lr.owner != self.owner:
+            raise LeaseLost(h.name)
+        return lr
+
+    def _publish(self, h: Held, *, force: bool = False) -> None:
+        if not h.dirty or h.applied_through < h.publish_floor:
+            return
+        now = time.monotonic()
+        if not force and now - h.last_publish < PUBLISH_SECONDS:
+            return
+        with self.db.write() as s:
+            lr = self._own_row(s, h)
+            md = dict(lr.metrics or {})
+            md["prequential"] = h.learner.metrics()
+            lr.metrics = md
+            lr.applied_through = h.applied_through
+            lr.updated_at = utcnow()
+        h.published = h.applied_through
+        h.last_publish = now
+        h.dirty = False
+
+    def _commit_version(
+        self,
+        h: Held,
+        *,
+        cause: str,
+        extra: dict[str, Any] | None = None,
+        answer: list[str] | None = None,
+        clear_resume: bool = False,
+    ) -> int:
+        """Commit an online version of the current parameters (answering the checkpoint
+        requests ``answer`` with it); returns its number, or -1 when a newer version
+        appeared first (then that one is adopted)."""
+        net = h.learner.snapshot()  # a detached copy: the version cache must not see later steps
+        state = state_bytes(h.learner)
+        pre = h.learner.metrics()
+        try:
+            with self.db.write() as s:
+                m = ModelRepository(s).get(h.model_id, for_update=True)
+                if m is None:
+                    raise LeaseLost(h.name)
+                lr = self._own_row(s, h)
+                if VersionRepository(s).latest_number(h.model_id) != h.version:
+                    raise _Newer
+                v = self.ctx.versions.create(
+                    s,
+                    m,
+                    operation="online",
+                    net=net,
+                    parent=h.parent,
+                    params={
+                        "checkpoint": cause,
+                        "from_version": h.parent,
+                        "samples": h.since_version,
+                        "optimizer": dict(m.optimizer),
+                        **({"masked": True} if h.masked else {}),
+                        **(extra or {}),
+                    },
+                    metrics={"prequential": pre, "samples_since_parent": h.since_version},
+                    applied_through=h.applied_through,
+                    state=state,
+                )
+                md = _answered(lr.metrics, answer or [], v.version, created=True)
+                md["prequential"] = pre
+                md.pop("base", None)
+                if clear_resume:
+                    md.pop("resume", None)
+                lr.metrics = md
+                if h.applied_through >= h.publish_floor:
+                    lr.applied_through = h.applied_through
+                lr.updated_at = utcnow()
+                number = v.version
+        except _Newer:
+            log.info("learner: model %s got a newer version while checkpointing; adopting it", h.name)
+            self._adopt_newer(h)
+            return -1
+        self.ctx.metrics.versions.labels("online").inc()
+        h.version = h.parent = number
+        h.since_version = 0
+        if h.applied_through >= h.publish_floor:
+            h.published = h.applied_through
+            h.dirty = False
+            h.last_publish = time.monotonic()
+        return number
+
+    def _checkpoint(self, h: Held, *, cause: str) -> int:
+        return self._commit_version(h, cause=cause)
+
+    def _answer_requests(self, h: Held, requests: dict[str, int], *, reach: int) -> None:
+        """Answer the ``/checkpoint`` requests whose offset is applied (or as applied as it
+        can be now: a paused model checkpoints through the sample before the refused one)."""
+        due = [rid for rid, target in requests.items() if h.applied_through >= min(target, reach)]
+        if not due:
+            return
+        if h.since_version > 0:
+            if self._commit_version(h, cause="requested", answer=due) > 0:
+                return
+            if self.held.get(h.model_id) is not h:
+                return  # a newer version came first; the requests wait for the new start point
+        with self.db.write() as s:
+            lr = self._own_row(s, h)
+            lr.metrics = _answered(lr.metrics, due, h.version, created=False)
+
+    def _pause(self, h: Held, offset: int, reason: str) -> None:
+        with self.db.write() as s:
+            m = ModelRepository(s).get(h.model_id, for_update=True)
+            if m is None:
+                raise LeaseLost(h.name)
+            lr = self._own_row(s, h)
+            if m.status != "paused" or m.paused_offset != offset:
+                m.status = "paused"
+                m.status_reason = f"offset {offset}: {reason}"
+                m.paused_offset = offset
+                m.updated_at = utcnow()
+            md = dict(lr.metrics or {})
+            md["prequential"] = h.learner.metrics()
+            lr.metrics = md
+            if h.applied_through >= h.publish_floor:
+                lr.applied_through = h.applied_through
+            lr.updated_at = utcnow()
+        h.dirty = False
+        log.warning("learner: model %s paused at offset %d: %s", h.name, offset, reason)
+
+    def _resume(self, h: Held, resume: dict[str, Any]) -> None:
+        """Skip the refused offset ``p`` (optionally restarting from a chosen version) and
+        commit a checkpoint at ``p`` at once, which makes the skip durable."""
+        p = int(resume["offset"])
+        frm = resume.get("from_version")
+        note: dict[str, Any] = {"skipped_offset": p, "from_version": frm, "reason": resume.get("reason")}
+        h.learner.resume()
+        if frm is not None:
+            with self.db.read() as s:
+                m = ModelRepository(s).get(h.model_id)
+                v = VersionRepository(s).get(h.model_id, int(frm)) if m is not None else None
+            if m is None or v is None:
+                log.warning("learner: model %s: version %s to resume from is gone; using the last good", h.name, frm)
+                note["from_version"] = None
+            else:
+                self._restart(h, m, v)
+                h.parent = v.version
+        h.applied_through = p
+        h.cache = None
+        log.info("learner: model %s resumed: offset %d skipped, from version %s", h.name, p, note["from_version"])
+        self._commit_version(h, cause="resume", extra={"resumed": note}, clear_resume=True)
+
+    def _clear_resume(self, h: Held) -> None:
+        with self.db.write() as s:
+            lr = self._own_row(s, h)
+            md = dict(lr.metrics or {})
+            md.pop("resume", None)
+            lr.metrics = md
+
+
+def _answered(metrics: dict[str, Any] | None, rids: list[str], version: int, *, created: bool) -> dict[str, Any]:
+    """``learners.metrics`` with the checkpoint requests ``rids`` moved to the replies."""
+    md = dict(metrics or {})
+    if not rids:
+        return md
+    reqs = dict(md.get("checkpoint_requests") or {})
+    replies = dict(md.get("checkpoint_replies") or {})
+    for rid in rids:
+        if reqs.pop(rid, None) is not None:
+            replies[rid] = {"version": version, "created": created}
+    md["checkpoint_requests"] = reqs
+    md["checkpoint_replies"] = replies
+    return md
+
+
+# --------------------------------------------------------------------------- metrics
+def install_metrics(ctx: Any) -> dict[str, Gauge]:
+    """Per-model gauges read from the database on every ``/metrics`` scrape (so any
+    process reports every model, whoever holds its learner)."""
+    got = ctx.extras.get("online_gauges")
+    if got is not None:
+        return got
+    r = ctx.metrics.registry
+    gauges = {
+        "accepted": Gauge("steward_model_samples_accepted", "Samples in the model's log", ["model"], registry=r),
+        "applied": Gauge("steward_model_samples_applied", "Samples the learner has applied", ["model"], registry=r),
+        "paused": Gauge("steward_model_paused", "1 while the model's learner is paused", ["model"], registry=r),
+    }
+    ctx.extras["online_gauges"] = gauges
+
+    def refresh() -> None:
+        with ctx.db.read() as s:
+            rows = s.execute(
+                sa.select(Model.name, Model.next_offset, Model.status, Learner.applied_through).outerjoin(
+                    Learner, Learner.model_id == Model.id
+                )
+            ).all()
+        for name, accepted, status, through in rows:
+            applied = int(through if through is not None else -1) + 1
+            gauges["accepted"].labels(name).set(accepted)
+            gauges["applied"].labels(name).set(applied)
+            gauges["paused"].labels(name).set(1 if status == "paused" else 0)
+            ctx.metrics.learner_lag.labels(name).set(max(int(accepted) - applied, 0))
+
+    ctx.extras["refresh_metrics"] = refresh
+    return gauges

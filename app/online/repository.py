@@ -1,0 +1,178 @@
+"""Queries of online learning: the sample log, Idempotency-Keys and learner leases
+(never commits: the service owns the transaction)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app.core.tables import IdempotencyKey, Learner, Model, SampleBatch, utcnow
+
+# --------------------------------------------------------------------------- online learning
+#: The append's statements, built once: they are executed on the session's Core
+#: connection (no ORM layer) and their compiled form and cache key are reused, so an
+#: append costs the database's work rather than statement construction.
+_LOCK_MODELS = (
+    sa.select(Model.id, Model.task, Model.input_dim, Model.output_dim, Model.next_offset)
+    .where(Model.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(Model.id)
+    .with_for_update()
+)
+_SET_NEXT_OFFSET = (
+    sa.update(Model.__table__)
+    .where(Model.__table__.c.id == sa.bindparam("mid"))
+    .values(next_offset=sa.bindparam("next_offset"))
+)
+_INSERT_BATCH = sa.insert(SampleBatch.__table__)
+
+
+class SampleRepository:
+    """The sample log: ``sample_batches`` rows of packed arrays, offsets allocated
+    from ``models.next_offset`` (the number of samples ever accepted)."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def lock_models(self, model_ids: Sequence[int]) -> dict[int, tuple[str, int, int, int]]:
+        """Lock the models' rows for an append (``FOR UPDATE``, in id order so concurrent
+        appenders never deadlock; SQLite's ``BEGIN IMMEDIATE`` already serializes writers).
+
+        Returns ``{id: (task, input_dim, output_dim, next_offset)}`` for the models that exist.
+        """
+        rows = self.s.connection().execute(_LOCK_MODELS, {"ids": list(model_ids)})
+        return {int(r[0]): (r[1], int(r[2]), int(r[3]), int(r[4])) for r in rows}
+
+    def set_next_offset(self, model_id: int, next_offset: int) -> None:
+        """``models.next_offset`` after an append (the caller holds the row lock)."""
+        self.s.connection().execute(_SET_NEXT_OFFSET, {"mid": model_id, "next_offset": next_offset})
+
+    @staticmethod
+    def rows(model_id: int, first_offset: int, X: np.ndarray, Y: np.ndarray, *, max_rows: int) -> list[dict[str, Any]]:
+        """``sample_batches`` rows for packed samples: at most ``max_rows`` samples each."""
+        now = utcnow()
+        out = []
+        for lo in range(0, len(X), max_rows):
+            hi = min(lo + max_rows, len(X))
+            out.append(
+                {
+                    "model_id": model_id,
+                    "first_offset": first_offset + lo,
+                    "count": hi - lo,
+                    "x": np.ascontiguousarray(X[lo:hi]).tobytes(),
+                    "y": np.ascontiguousarray(Y[lo:hi]).tobytes(),
+                    "created_at": now,
+                }
+            )
+        return out
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.s.connection().execute(_INSERT_BATCH, rows)
+
+    def covering(self, model_id: int, lo: int, hi: int) -> list[SampleBatch]:
+        """Rows holding any offset in ``lo..hi`` (inclusive), in offset order."""
+        start = (
+            sa.select(sa.func.max(SampleBatch.first_offset))
+            .where(SampleBatch.model_id == model_id, SampleBatch.first_offset <= lo)
+            .scalar_subquery()
+        )
+        q = (
+            sa.select(SampleBatch)
+            .where(
+                SampleBatch.model_id == model_id,
+                SampleBatch.first_offset >= sa.func.coalesce(start, lo),
+                SampleBatch.first_offset <= hi,
+            )
+            .order_by(SampleBatch.first_offset)
+        )
+        return list(self.s.scalars(q))
+
+
+class IdempotencyRepository:
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def get(self, model_id: int, key: str) -> IdempotencyKey | None:
+        return self.s.get(IdempotencyKey, (model_id, key))
+
+    def add_many(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``{"model_id", "key", "request_hash", "response"}`` rows."""
+        if rows:
+            now = utcnow()
+            self.s.execute(sa.insert(IdempotencyKey.__table__), [{**r, "created_at": now} for r in rows])
+
+    def delete(self, row: IdempotencyKey) -> None:
+        self.s.delete(row)
+        self.s.flush()
+
+    def purge(self, before: datetime) -> int:
+        """Forget keys created before ``before``; returns how many."""
+        res = self.s.execute(sa.delete(IdempotencyKey.__table__).where(IdempotencyKey.created_at < before))
+        return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+class LearnerRepository:
+    """``learners`` rows: which process holds a model's online learner (a lease) and
+    the progress it publishes. Leases are taken and renewed by conditional UPDATEs,
+    so exactly one owner wins on SQLite and PostgreSQL alike."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def get(self, model_id: int, *, for_update: bool = False) -> Learner | None:
+        q = sa.select(Learner).where(Learner.model_id == model_id)
+        if for_update:
+            q = q.with_for_update()
+        return self.s.scalars(q).one_or_none()
+
+    def ensure_rows(self) -> int:
+        """Create missing ``learners`` rows (models made without one); returns how many."""
+        missing = list(self.s.scalars(sa.select(Model.id).where(~sa.exists().where(Learner.model_id == Model.id))))
+        now = utcnow()
+        for mid in missing:
+            self.s.add(Learner(model_id=mid, applied_through=-1, metrics={}, updated_at=now))
+        if missing:
+            self.s.flush()
+        return len(missing)
+
+    def claimable(self, owner: str, now: datetime, limit: int, *, skip_locked: bool) -> list[int]:
+        """Model ids whose learner is free, expired or already ours."""
+        q = (
+            sa.select(Learner.model_id)
+            .where(sa.or_(Learner.owner.is_(None), Learner.owner == owner, Learner.lease_expires_at < now))
+            .order_by(Learner.model_id)
+            .limit(limit)
+        )
+        if skip_locked:
+            q = q.with_for_update(skip_locked=True)
+        return list(self.s.scalars(q))
+
+    def claim(self, model_id: int, owner: str, now: datetime, until: datetime) -> bool:
+        t = Learner.__table__
+        res = self.s.execute(
+            sa.update(t)
+            .where(
+                t.c.model_id == model_id,
+                sa.or_(t.c.owner.is_(None), t.c.owner == owner, t.c.lease_expires_at < now),
+            )
+            .values(owner=owner, lease_expires_at=until)
+        )
+        return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def renew(self, model_id: int, owner: str, until: datetime) -> bool:
+        t = Learner.__table__
+        res = self.s.execute(
+            sa.update(t).where(t.c.model_id == model_id, t.c.owner == owner).values(lease_expires_at=until)
+        )
+        return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def release(self, model_id: int, owner: str) -> None:
+        t = Learner.__table__
+        self.s.execute(
+            sa.update(t).where(t.c.model_id == model_id, t.c.owner == owner).values(owner=None, lease_expires_at=None)
+        )

@@ -1,0 +1,269 @@
+"""/v1/models/{name}/update, /checkpoint and /resume: online learning.
+
+``/update`` reads its body raw: JSON whole (within the body limit), NDJSON chunk by
+chunk as it arrives; orjson parses straight into float32 arrays
+(:mod:`app.online.ingest`) on the event loop, and the durable append runs in
+the thread pool so the commit's fsync never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.concurrency import run_in_threadpool
+
+from app.context import AppContext
+from app.core.body import read_body
+from app.core.errors import BadRequest, Forbidden, Invalid, NotFound, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from app.core.schemas import problem_responses
+from app.deps import ModelMaintain, ModelNamePath, bearer
+from app.keys.service import Principal
+from app.online.ingest import NDJSONParser, parse_json
+from app.online.schemas import UPDATE_BODY, ResumeIn, UpdateOut
+from app.online.service import online_service
+from app.registry.router import version_out
+from app.registry.schemas import ModelOut, VersionOut
+
+router = APIRouter(tags=["online"])
+
+JSON_TYPES = frozenset({"", "application/json"})
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
+#: JSON bodies larger than this are parsed in the thread pool instead of on the event loop.
+INLINE_PARSE_BYTES = 1 << 20
+KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Makes a retry a no-op: the retry answers 202 with the first answer and "
+        '`"duplicate": true`; the same key with a different body is 409. Printable ASCII, ≤ 255 characters.',
+    ),
+]
+
+
+def _ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+async def ingest_key(
+    request: Request,
+    name: ModelNamePath,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """``ModelIngest`` in one thread-pool hop instead of one per nested sync dependency
+    (this route is the service's hot path): the key, its scope, its model restriction."""
+    ctx = _ctx(request)
+    token = creds.credentials if creds is not None else None
+
+    def authenticate() -> Principal:
+        with ctx.db.read() as s:
+            return ctx.keys.authenticate(s, token)
+
+    p = ctx.keys.bootstrap(token) or await run_in_threadpool(authenticate)
+    if not p.has("ingest"):
+        raise Forbidden(f"this needs a key with scope 'ingest'; this key has {p.scope!r}")
+    if not p.may_use(name):
+        raise Forbidden(f"this key is not allowed to use model {name!r}")
+    return p
+
+
+def _json(body: Any, status: int) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+async def _read_samples(
+    request: Request, ctx: AppContext, spec: Any, body_read: Callable[[], None] = lambda: None
+) -> tuple[Any, Any]:
+    """The request's samples; ``body_read()`` is called once the whole body has arrived
+    (before the last of the parsing)."""
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    limit = ctx.settings.max_body_bytes
+    if ctype in NDJSON_TYPES:
+        cl = request.headers.get("content-length")
+        if cl is not None and cl.isdigit() and int(cl) > limit:
+            raise PayloadTooLarge(f"body of {int(cl)} bytes exceeds the limit of {limit} bytes")
+        parser = NDJSONParser(spec)
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            if chunk:
+                parser.feed(chunk)
+        body_read()
+        return parser.finish()
+    if ctype in JSON_TYPES:
+        body = await read_body(request, limit)
+        if not body:
+            raise BadRequest('empty body: send {"samples": [...]} or NDJSON')
+        body_read()
+        if len(body) > INLINE_PARSE_BYTES:
+            return await run_in_threadpool(parse_json, spec, body)
+        return parse_json(spec, body)
+    raise UnsupportedMediaType(
+        f"unsupported Content-Type {ctype!r}: send application/json or application/x-ndjson",
+        errors=[{"loc": ["header", "Content-Type"], "msg": "expected application/json or application/x-ndjson"}],
+    )
+
+
+@router.post(
+    "/models/{name}/update",
+    status_code=202,
+    response_model=UpdateOut,
+    response_model_exclude_none=True,
+    summary="Append labelled samples to the model's log (online learning)",
+    description=(
+        "Validates every sample (length, finite float32 values, label), appends them durably to the "
+        "model's sample log and answers 202 with their offsets. One bad sample rejects the whole "
+        'request (422 at `["body", "samples", i, "x" | "y"]`, for NDJSON as for JSON) and nothing is '
+        "stored. The learner then applies them in offset order, one step per sample, test-then-train.\n\n"
+        "With `?wait=true` the answer comes once the samples are applied (or the model is paused, or "
+        "`timeout` seconds passed: then `applied` is false) and adds `applied_through`, `status` and "
+        "the running `prequential` metrics. Samples are accepted while the model is paused."
+    ),
+    responses={
+        202: {"description": "Accepted and durably logged (or, with `?wait=true`, also applied)"},
+        **problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
+    },
+    openapi_extra={"requestBody": UPDATE_BODY},
+    operation_id="update_model",
+)
+async def update(
+    request: Request,
+    name: ModelNamePath,
+    _: Annotated[Principal, Depends(ingest_key)],
+    idempotency_key: IdempotencyKey = None,
+    wait: Annotated[bool, Query(description="Answer once the samples are applied")] = False,
+    wait_s: Annotated[
+        float, Query(alias="timeout", gt=0, le=600, description="Longest wait in seconds (`wait=true`)")
+    ] = 30.0,
+) -> Response:
+    ctx = _ctx(request)
+    svc = online_service(ctx)
+    if idempotency_key is not None and (not idempotency_key or not set(idempotency_key) <= KEY_CHARS):
+        raise Invalid.at(["header", "Idempotency-Key"], "expected 1–255 printable ASCII characters without spaces")
+    target = svc.cached_target(name) or await run_in_threadpool(svc.target, name)
+    token: int | None = None
+
+    def body_read() -> None:  # from now on a commit may wait for this request's samples
+        nonlocal token
+        token = svc.announce()
+
+    job = None
+    try:
+        X, Y = await _read_samples(request, ctx, target.spec, body_read)
+        job = svc.submit(target, X, Y, idempotency_key, token)  # on the loop: no thread needed to join
+        answer = await run_in_threadpool(svc.committed, job)
+    finally:
+        svc.withdraw(token)
+        if job is not None and not job.done:
+            svc.abandon(job)
+    if wait:
+        answer.update(await _wait_applied(ctx, target.model_id, answer["last_offset"], wait_s))
+    return _json(answer, 202)
+
+
+async def _wait_applied(ctx: AppContext, model_id: int, last: int, wait_s: float) -> dict[str, Any]:
+    svc = online_service(ctx)
+    deadline = time.monotonic() + wait_s
+    delay = 0.002
+    while True:
+        p = await run_in_threadpool(svc.progress, model_id)
+        if p is None:
+            raise NotFound("the model was deleted while waiting")
+        done = p.applied_through >= last
+        blocked = p.status == "paused" and p.paused_offset is not None and p.paused_offset <= last
+        if done or blocked or time.monotonic() >= deadline:
+            out: dict[str, Any] = {
+                "applied": done,
+                "applied_through": p.applied_through if p.applied_through >= 0 else None,
+                "status": p.status,
+                "prequential": p.prequential,
+            }
+            if p.status == "paused":
+                out["status_reason"] = p.status_reason
+                out["paused_offset"] = p.paused_offset
+            return out
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.05)
+
+
+@router.post(
+    "/models/{name}/checkpoint",
+    status_code=201,
+    response_model=VersionOut,
+    summary="Commit an `online` version now",
+    description=(
+        "Waits until the learner has applied every sample accepted before the call, then answers 201 "
+        "with the new `online` version (its `applied_through` says which offsets it includes), or 200 "
+        "with the current version if nothing was applied since it. On a paused model it checkpoints "
+        "the last good parameters (through the offset before the refused one). 503 when no learner "
+        "answers within `timeout` seconds."
+    ),
+    responses={
+        200: {"description": "Nothing applied since the current version: that version", "model": VersionOut},
+        **problem_responses(401, 403, 404, 422, 503),
+    },
+    operation_id="checkpoint_model",
+)
+async def checkpoint(
+    request: Request,
+    name: ModelNamePath,
+    _: ModelMaintain,
+    wait_s: Annotated[
+        float, Query(alias="timeout", gt=0, le=600, description="Longest wait for the learner, seconds")
+    ] = 60.0,
+) -> Response:
+    ctx = _ctx(request)
+    svc = online_service(ctx)
+    model_id, rid, _target = await run_in_threadpool(svc.request_checkpoint, name)
+    start = time.monotonic()
+    deadline = start + wait_s
+    delay = 0.002
+    try:
+        while True:
+            reply = await run_in_threadpool(svc.checkpoint_reply, model_id, rid)
+            if reply is not None:
+                break
+            now = time.monotonic()
+            if now >= deadline:
+                raise Unavailable(f"the online learner of model {name!r} did not answer within {wait_s:g} s")
+            if now - start > ctx.settings.learner_lease_seconds:
+                p = await run_in_threadpool(svc.progress, model_id)
+                if p is not None and not p.lease_alive:
+                    raise Unavailable(f"no online learner is running for model {name!r}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+    except BaseException:
+        await run_in_threadpool(svc.cancel_checkpoint, model_id, rid)
+        raise
+    m, v = await run_in_threadpool(svc.version, model_id, int(reply["version"]))
+    out = version_out(m, v)
+    return Response(
+        out.model_dump_json(), status_code=201 if reply.get("created") else 200, media_type="application/json"
+    )
+
+
+@router.post(
+    "/models/{name}/resume",
+    response_model=ModelOut,
+    summary="Restart a paused model's online learning",
+    description=(
+        "Skips the sample that made the guard pause the model and restarts learning from the last good "
+        "parameters, or from `from_version`'s parameters (with a fresh optimizer state). Answers with "
+        "the model, now `active`. 409 when the model is not paused."
+    ),
+    responses=problem_responses(401, 403, 404, 409, 422),
+    operation_id="resume_model",
+)
+def resume(request: Request, name: ModelNamePath, _: ModelMaintain, body: ResumeIn | None = None) -> ModelOut:
+    ctx = _ctx(request)
+    return online_service(ctx).resume(name, body.from_version if body is not None else None)

@@ -1,0 +1,475 @@
+"""Online learning, request side: append samples to the log, wait for the learner,
+ask it for a checkpoint, resume a paused model.
+
+The learner itself (:mod:`app.online.learner`) runs in a background thread of
+whichever process holds the model's lease; this module talks to it only
+through the database, so it works the same whether the learner runs here, in
+another API process or in a ``steward worker``.
+
+**The sample log.** ``models.next_offset`` is the number of samples ever
+accepted. An append locks the model row (``SELECT … FOR UPDATE``; on SQLite the
+``BEGIN IMMEDIATE`` write lock), takes its offsets from ``next_offset`` (so
+concurrent appends, from this or any other process, get contiguous, disjoint
+ranges in commit order), inserts the packed arrays as ``sample_batches`` rows
+(one per request; requests over :data:`MAX_ROW_SAMPLES` samples are split into
+several rows in the same transaction), records the ``Idempotency-Key``, advances
+``next_offset`` and commits — all before the 202.
+
+**Group commit.** Appends that arrive while another one is committing wait and
+are then committed together, in arrival order, in one transaction: one fsync for
+many requests, each with its own answer or error. A request *announces* its append
+once its body has arrived (:meth:`OnlineService.announce`), while it parses; the committing
+thread waits up to ``STEWARD_INGEST_GROUP_WAIT_MS`` for the appends announced before
+it started to join its transaction, so concurrent clients share fsyncs even though
+each body takes a while to parse. With one client at a time nothing is announced
+meanwhile, there is no wait, and each request is one transaction.
+
+**Idempotency.** A key is remembered per model with the SHA-256 of the packed
+samples (so a retry that re-serialises the same samples differently, or sends
+them as NDJSON instead of JSON, is still the same request) and the first answer.
+The key is checked after the model row is locked, so two concurrent requests
+with one key cannot both append. Keys expire after
+``STEWARD_IDEMPOTENCY_TTL_SECONDS``; expired keys count as unknown and are
+purged at most once a minute.
+
+**Messages to the learner** live in its ``learners.metrics`` JSON, which both
+sides change only under the row lock (read-modify-write in one transaction):
+
+``checkpoint_requests``  ``{request id: offset}``: ``/checkpoint`` calls waiting
+                         for a version that includes ``offset``
+``checkpoint_replies``   ``{request id: {"version": n, "created": bool}}``: answers
+``resume``               ``{"offset": p, "from_version": n | null}``: ``/resume`` of a
+                         model paused at ``p``; the learner skips ``p`` and
+                         commits a checkpoint, then clears it
+
+The learner keeps its own keys there too (``prequential``, ``base``, …; see
+:mod:`app.online.learner`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from app.core.errors import Conflict, Invalid, NotFound
+from app.core.tables import Learner, Model, Version, utcnow
+from app.online.ingest import SampleSpec
+from app.online.repository import IdempotencyRepository, LearnerRepository, SampleRepository
+from app.registry.models import get_model
+from app.registry.repository import VersionRepository
+from app.registry.schemas import ModelOut
+
+#: Largest number of samples in one ``sample_batches`` row.
+MAX_ROW_SAMPLES = 65_536
+PURGE_EVERY_SECONDS = 60.0
+#: Most appends / samples committed together in one transaction (group commit).
+GROUP_MAX_JOBS = 256
+GROUP_MAX_SAMPLES = 1 << 20
+#: How long a model's shape is cached by ingestion (a delete in this process forgets it at once).
+TARGET_TTL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model as ingestion sees it: its id and sample shape."""
+
+    model_id: int
+    name: str
+    spec: SampleSpec
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The learner's published progress for one model."""
+
+    applied_through: int
+    accepted: int
+    status: str
+    status_reason: str | None
+    paused_offset: int | None
+    prequential: dict[str, Any]
+    owner: str | None
+    lease_alive: bool
+
+
+class SpecChanged(Conflict):
+    """The model was deleted and re-created with another shape while the request was parsed."""
+
+
+@dataclass(eq=False)  # identity: jobs hold arrays
+class _Job:
+    """One append waiting for a group commit."""
+
+    t: Target
+    X: np.ndarray
+    Y: np.ndarray
+    key: str | None
+    digest: str
+    done: bool = False
+    answer: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+
+def _key_conflict(key: str) -> Conflict:
+    return Conflict(
+        f"Idempotency-Key {key!r} was already used with a different request body",
+        errors=[{"loc": ["header", "Idempotency-Key"], "msg": "key reused with a different body"}],
+    )
+
+
+def request_hash(X: np.ndarray, Y: np.ndarray) -> str:
+    """SHA-256 of the packed samples (shape, dtype and bytes)."""
+    h = hashlib.sha256()
+    h.update(f"{X.shape}{X.dtype}|{Y.shape}{Y.dtype}|".encode())
+    h.update(np.ascontiguousarray(X).data)
+    h.update(np.ascontiguousarray(Y).data)
+    return h.hexdigest()
+
+
+class OnlineService:
+    """Request-side online learning; one per app (``online_service(ctx)``)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
+        self._targets: dict[str, tuple[Target, float]] = {}
+        self._lock = threading.Lock()
+        self._queue: list[_Job] = []
+        self._queue_lock = threading.Lock()
+        self._joined = threading.Condition(self._queue_lock)  # an announced append joined or withdrew
+        self._commit_lock = threading.Lock()
+        self._announced: dict[int, None] = {}  # announcements still to join, oldest first
+        self._seq = 0
+        self._group_wait = ctx.settings.ingest_group_wait_ms / 1000.0
+        self._last_purge = 0.0
+
+    # ------------------------------------------------------------------ append
+    def target(self, name: str) -> Target:
+        """The model's id and sample shape (cached; an append re-checks the shape)."""
+        hit = self._targets.get(name)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        with self.db.read() as s:
+            m = get_model(s, name)
+            t = Target(m.id, m.name, SampleSpec(m.task, m.input_dim, m.output_dim))
+        with self._lock:
+            self._targets[name] = (t, now + TARGET_TTL_SECONDS)
+        return t
+
+    def cached_target(self, name: str) -> Target | None:
+        """The cached target if fresh (lets async callers skip a thread hop)."""
+        hit = self._targets.get(name)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._targets.pop(name, None)
+
+    def announce(self) -> int:
+        """Say an append is coming (the request has its body and is parsing it); returns a
+        token for :meth:`submit`, or for :meth:`withdraw` if the request ends without appending."""
+        with self._queue_lock:
+            self._seq += 1
+            self._announced[self._seq] = None
+            return self._seq
+
+    def withdraw(self, token: int | None) -> None:
+        """The announced append will not come (idempotent; a no-op once it joined)."""
+        if token is not None and token in self._announced:
+            with self._joined:
+                self._settle(token)
+
+    def _settle(self, token: int) -> None:  # holds _queue_lock
+        if self._announced.pop(token, 0) is None:  # it was still open
+            self._joined.notify_all()
+
+    def _wait_for_announced(self) -> None:
+        """Holding ``_joined``: wait (bounded) until every append announced so far has
+        joined the queue or withdrawn, so one transaction commits them all."""
+        if not self._group_wait or not self._announced:
+            return
+        upto = self._seq
+        deadline = time.monotonic() + self._group_wait
+        while self._announced and next(iter(self._announced)) <= upto and len(self._queue) < GROUP_MAX_JOBS:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._joined.wait(left)
+
+    def append(
+        self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None, announced: int | None = None
+    ) -> dict[str, Any]:
+        """Append validated samples durably; the 202 answer (or the first answer of ``key``).
+
+        Raises :class:`NotFound` when the model is gone and :class:`Conflict` when
+        ``key`` was used with other samples. Blocks until committed: call it from a
+        worker thread. Concurrent calls are committed together (see :meth:`_commit`).
+        """
+        return self.committed(self.submit(t, X, Y, key, announced))
+
+    def submit(
+        self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None, announced: int | None = None
+    ) -> _Job:
+        """Queue an append without blocking (safe on the event loop): a commit already
+        waiting can take it before the request gets a thread. Then :meth:`committed`, or
+        :meth:`abandon` if the request ends first."""
+        job = _Job(t, X, Y, key, request_hash(X, Y) if key is not None else "")
+        with self._joined:
+            self._queue.append(job)
+            if announced is not None:
+                self._settle(announced)
+        return job
+
+    def abandon(self, job: _Job) -> None:
+        """Drop a submitted append that no commit has taken yet (its request is gone)."""
+        with self._joined:
+            if job in self._queue:
+                self._queue.remove(job)
+
+    def committed(self, job: _Job) -> dict[str, Any]:
+        """Block until ``job`` is committed (committing it, and whatever else is queued,
+        if no other thread is); its answer, or its error raised."""
+        t, X = job.t, job.X
+        with self._commit_lock:
+            while not job.done:
+                with self._joined:
+                    self._wait_for_announced()
+                    batch, rest = self._take(self._queue)
+                    self._queue = rest
+                if not batch:  # neither queued nor in flight: it was abandoned
+                    raise RuntimeError("this append was abandoned before it was committed")
+                self._commit(batch)
+        if job.error is not None:
+            if isinstance(job.error, SpecChanged | NotFound):
+                self.forget(t.name)
+            raise job.error
+        answer = job.answer
+        assert answer is not None
+        if not answer["duplicate"]:
+            self.ctx.metrics.samples_accepted.labels(t.name).inc(len(X))
+        self._maybe_purge()
+        return answer
+
+    @staticmethod
+    def _take(queue: list[_Job]) -> tuple[list[_Job], list[_Job]]:
+        """The oldest jobs up to :data:`GROUP_MAX_JOBS` / :data:`GROUP_MAX_SAMPLES`."""
+        n = total = 0
+        for job in queue:
+            if n and (n >= GROUP_MAX_JOBS or total + len(job.X) > GROUP_MAX_SAMPLES):
+                break
+            n += 1
+            total += len(job.X)
+        return queue[:n], queue[n:]
+
+    def _commit(self, batch: list[_Job]) -> None:
+        """Group commit: every append waiting at this moment goes into ONE transaction (one
+        fsync), each with its own outcome. A statement that fails is retried job by job,
+        so one bad append cannot fail the others; a failing COMMIT is not (it may have
+        committed: a retry could append twice), it fails every job of the batch."""
+        wrote = False
+        try:
+            with self.db.write() as s:
+                outcomes = self._write(s, batch)
+                wrote = True
+        except Exception as e:
+            if wrote or len(batch) == 1:
+                for job in batch:
+                    job.error, job.done = e, True
+                return
+            for job in batch:
+                self._commit([job])
+            return
+        for job, answer, error in outcomes:
+            job.answer, job.error, job.done = answer, error, True
+
+    def _write(self, s: Any, batch: list[_Job]) -> list[tuple[_Job, dict[str, Any] | None, BaseException | None]]:
+        samples, keys = SampleRepository(s), IdempotencyRepository(s)
+        fresh_after = utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
+        models = samples.lock_models(sorted({j.t.model_id for j in batch}))
+        nexts: dict[int, int] = {}
+        seen: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
+        sample_rows: list[dict[str, Any]] = []
+        key_rows: list[dict[str, Any]] = []
+        out: list[tuple[_Job, dict[str, Any] | None, BaseException | None]] = []
+        for job in sorted(batch, key=lambda j: j.t.model_id):  # stable: arrival order per model
+            t, mid = job.t, job.t.model_id
+            got = models.get(mid)
+            if got is None:
+                out.append((job, None, NotFound(f"no model named {t.name!r}")))
+                continue
+            if got[:3] != (t.spec.task, t.spec.input_dim, t.spec.output_dim):
+                msg = f"model {t.name!r} was re-created with another shape during the request; retry it"
+                out.append((job, None, SpecChanged(msg)))
+                continue
+            if job.key is not None:
+                prior = seen.get((mid, job.key))
+                if prior is None:
+                    row = keys.get(mid, job.key)
+                    if row is not None and row.created_at > fresh_after:
+                        prior = (row.request_hash, dict(row.response))
+                    elif row is not None:
+                        keys.delete(row)  # expired: the key is unknown again
+                if prior is not None:
+                    if prior[0] != job.digest:
+                        out.append((job, None, _key_conflict(job.key)))
+                    else:
+                        out.append((job, {**prior[1], "duplicate": True}, None))
+                    continue
+            n = len(job.X)
+            first = nexts.get(mid, got[3])
+            nexts[mid] = first + n
+            answer = {"accepted": n, "first_offset": first, "last_offset": first + n - 1, "duplicate": False}
+            sample_rows += samples.rows(mid, first, job.X, job.Y, max_rows=MAX_ROW_SAMPLES)
+            if job.key is not None:
+                seen[(mid, job.key)] = (job.digest, answer)
+                key_rows.append({"model_id": mid, "key": job.key, "request_hash": job.digest, "response": answer})
+            out.append((job, answer, None))
+        for mid, nxt in nexts.items():
+            samples.set_next_offset(mid, nxt)
+        samples.add_rows(sample_rows)
+        keys.add_many(key_rows)
+        return out
+
+    def _maybe_purge(self) -> None:
+        now = time.monotonic()
+        if now - self._last_purge < PURGE_EVERY_SECONDS:
+            return
+        self._last_purge = now
+        self.purge_keys()
+
+    def purge_keys(self) -> int:
+        """Forget Idempotency-Keys older than the configured time; returns how many."""
+        before = utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
+        with self.db.write() as s:
+            return IdempotencyRepository(s).purge(before)
+
+    # ------------------------------------------------------------------ progress
+    def progress(self, model_id: int) -> Progress | None:
+        """The learner's published progress and the model's status (None: model gone)."""
+        with self.db.read() as s:
+            row = s.execute(
+                sa.select(Model, Learner).outerjoin(Learner, Learner.model_id == Model.id).where(Model.id == model_id)
+            ).one_or_none()
+            if row is None:
+                return None
+            m, lr = row
+            now = utcnow()
+            return Progress(
+                applied_through=lr.applied_through if lr is not None else -1,
+                accepted=m.next_offset,
+                status=m.status,
+                status_reason=m.status_reason,
+                paused_offset=m.paused_offset,
+                prequential=dict((lr.metrics or {}).get("prequential", {})) if lr is not None else {},
+                owner=lr.owner if lr is not None else None,
+                lease_alive=bool(
+                    lr is not None and lr.owner and lr.lease_expires_at is not None and lr.lease_expires_at > now
+                ),
+            )
+
+    # ------------------------------------------------------------------ checkpoint
+    def request_checkpoint(self, name: str) -> tuple[int, str, int]:
+        """Ask the learner for a version including every sample accepted so far.
+
+        Returns ``(model_id, request id, target offset)``; poll :meth:`checkpoint_reply`.
+        """
+        rid = uuid.uuid4().hex
+        with self.db.write() as s:
+            m = get_model(s, name)
+            target = m.next_offset - 1
+            lr = _learner_row(s, m.id)
+            md = dict(lr.metrics or {})
+            md["checkpoint_requests"] = {**md.get("checkpoint_requests", {}), rid: target}
+            lr.metrics = md
+            return m.id, rid, target
+
+    def checkpoint_reply(self, model_id: int, rid: str) -> dict[str, Any] | None:
+        """The learner's answer to request ``rid`` (taken out of the row), or None yet."""
+        with self.db.read() as s:
+            lr = s.get(Learner, model_id)
+            if lr is None:
+                raise NotFound("the model was deleted")
+            if rid not in (lr.metrics or {}).get("checkpoint_replies", {}):
+                return None
+        with self.db.write() as s:
+            lr = LearnerRepository(s).get(model_id, for_update=True)
+            if lr is None:
+                raise NotFound("the model was deleted")
+            md = dict(lr.metrics or {})
+            replies = dict(md.get("checkpoint_replies", {}))
+            reply = replies.pop(rid, None)
+            md["checkpoint_replies"] = replies
+            lr.metrics = md
+            return reply
+
+    def cancel_checkpoint(self, model_id: int, rid: str) -> None:
+        with self.db.write() as s:
+            lr = LearnerRepository(s).get(model_id, for_update=True)
+            if lr is None:
+                return
+            md = dict(lr.metrics or {})
+            for k in ("checkpoint_requests", "checkpoint_replies"):
+                d = dict(md.get(k, {}))
+                d.pop(rid, None)
+                md[k] = d
+            lr.metrics = md
+
+    def version(self, model_id: int, number: int) -> tuple[Model, Version]:
+        with self.db.read() as s:
+            m = s.get(Model, model_id)
+            v = VersionRepository(s).get(model_id, number) if m is not None else None
+            if m is None or v is None:
+                raise NotFound("the model or its version was deleted")
+            return m, v
+
+    # ------------------------------------------------------------------ resume
+    def resume(self, name: str, from_version: int | None) -> ModelOut:
+        """Mark a paused model active and tell its learner to skip the refused sample
+        (restarting from ``from_version``'s parameters when given)."""
+        with self.db.write() as s:
+            m = get_model(s, name, for_update=True)
+            if m.status != "paused":
+                raise Conflict(f"model {name!r} is not paused (status {m.status!r})")
+            if from_version is not None and VersionRepository(s).get(m.id, from_version) is None:
+                raise Invalid.at(["body", "from_version"], f"model {name!r} has no version {from_version}")
+            lr = _learner_row(s, m.id)
+            md = dict(lr.metrics or {})
+            md["resume"] = {
+                "offset": m.paused_offset,
+                "from_version": from_version,
+                "reason": m.status_reason,
+                "requested_at": utcnow().isoformat(),
+            }
+            lr.metrics = md
+            m.status = "active"
+            m.status_reason = None
+            m.paused_offset = None
+            m.updated_at = utcnow()
+            s.flush()
+            return self.ctx.models.view(s, m)
+
+
+def _learner_row(s: Any, model_id: int) -> Learner:
+    lr = LearnerRepository(s).get(model_id, for_update=True)
+    if lr is None:
+        lr = Learner(model_id=model_id, applied_through=-1, metrics={}, updated_at=utcnow())
+        s.add(lr)
+        s.flush()
+    return lr
+
+
+def online_service(ctx: Any) -> OnlineService:
+    """The app's :class:`OnlineService` (made on first use, kept in ``ctx.extras``)."""
+    svc = ctx.extras.get("online")
+    if svc is None:
+        svc = ctx.extras.setdefault("online", OnlineService(ctx))
+    return svc

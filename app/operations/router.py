@@ -1,0 +1,64 @@
+"""/healthz, /readyz, /metrics (outside /v1)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.core.errors import NotFound, problem
+from app.deps import Ctx
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="The process is alive", operation_id="healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Database and blob store are reachable",
+    operation_id="readyz",
+    responses={503: {"description": "Not ready", "content": {"application/problem+json": {}}}},
+)
+def readyz(ctx: Ctx) -> Response:
+    checks: dict[str, str] = {}
+    try:
+        ctx.db.ping()
+        checks["database"] = "ok"
+    except Exception as e:
+        checks["database"] = f"error: {type(e).__name__}"
+    try:
+        ctx.blobs.check()
+        checks["blob_store"] = "ok"
+    except Exception as e:
+        checks["blob_store"] = f"error: {type(e).__name__}"
+    if all(v == "ok" for v in checks.values()):
+        import orjson
+
+        return Response(orjson.dumps({"status": "ok", "checks": checks}), media_type="application/json")
+    return problem(
+        503,
+        {
+            "type": "https://steward.dev/problems/not-ready",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": "a dependency is unreachable",
+            "checks": checks,
+        },
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    operation_id="metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def metrics(ctx: Ctx) -> Response:
+    if not ctx.settings.metrics_enabled:
+        raise NotFound("metrics are disabled (STEWARD_METRICS_ENABLED=false)")
+    ctx.extras.get("refresh_metrics", lambda: None)()
+    return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,62 @@
+"""Predict and evaluate schemas."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from app.core.schemas import AliasName, Strict
+
+# Strict: numbers only (no numeric strings, no booleans); ints are accepted.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+
+
+class Target(Strict):
+    version: int | None = Field(None, ge=1, le=2**31 - 1, description="A version number")
+    alias: AliasName | None = Field(
+        None, description="An alias (`latest` is implicit). Default: `production` if set, else `latest`."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> Target:
+        if self.version is not None and self.alias is not None:
+            raise ValueError("give either version or alias, not both")
+        return self
+
+
+class PredictIn(Target):
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {"examples": [{"inputs": [[0.1, -1.2, 3.0]], "alias": "production"}]},
+    }
+    inputs: list[list[FiniteFloat]] = Field(min_length=1, description="Rows of input_dim numbers")
+
+
+class PredictOut(BaseModel):
+    model: str
+    version: int
+    outputs: list[list[float]]
+    labels: list[int] | None = Field(None, description="binary: 1 where output ≥ 0.5; multiclass: argmax")
+
+
+class Sample(Strict):
+    x: list[FiniteFloat]
+    y: FiniteFloat | list[FiniteFloat]
+
+
+class EvaluateIn(Target):
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {"examples": [{"samples": [{"x": [0.1, -1.2, 3.0], "y": 1}], "version": 3}]},
+    }
+    samples: list[Sample] = Field(min_length=1)
+
+
+class EvaluateOut(BaseModel):
+    model: str
+    version: int
+    loss: float = Field(description="Mean per-sample loss as defined for the task")
+    accuracy: float | None = None
+    n: int
+    extra: dict[str, Any] | None = None

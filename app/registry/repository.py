@@ -1,0 +1,128 @@
+"""Queries of the registry: models, versions, aliases. Repositories take a Session,
+add / flush / select, and never commit: the service that calls them owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app.core.tables import Alias, Model, Version, utcnow
+
+
+class ModelRepository:
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def get_by_name(self, name: str, *, for_update: bool = False) -> Model | None:
+        q = sa.select(Model).where(Model.name == name)
+        if for_update:
+            q = q.with_for_update()
+        return self.s.scalars(q).one_or_none()
+
+    def get(self, model_id: int, *, for_update: bool = False) -> Model | None:
+        q = sa.select(Model).where(Model.id == model_id)
+        if for_update:
+            q = q.with_for_update()
+        return self.s.scalars(q).one_or_none()
+
+    def page(self, *, after: str | None, limit: int, names: Sequence[str] | None = None) -> list[Model]:
+        q = sa.select(Model).order_by(Model.name).limit(limit)
+        if after is not None:
+            q = q.where(Model.name > after)
+        if names is not None:
+            q = q.where(Model.name.in_(list(names)))
+        return list(self.s.scalars(q))
+
+    def add(self, model: Model) -> Model:
+        self.s.add(model)
+        self.s.flush()
+        return model
+
+    def delete(self, model: Model) -> None:
+        self.s.delete(model)
+        self.s.flush()
+
+    def all_ids(self) -> list[tuple[int, str]]:
+        return [(r.id, r.name) for r in self.s.execute(sa.select(Model.id, Model.name))]
+
+
+class VersionRepository:
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def get(self, model_id: int, version: int) -> Version | None:
+        return self.s.scalars(
+            sa.select(Version).where(Version.model_id == model_id, Version.version == version)
+        ).one_or_none()
+
+    def latest(self, model_id: int) -> Version | None:
+        return self.s.scalars(
+            sa.select(Version).where(Version.model_id == model_id).order_by(Version.version.desc()).limit(1)
+        ).one_or_none()
+
+    def latest_number(self, model_id: int) -> int:
+        return int(
+            self.s.scalar(
+                sa.select(sa.func.coalesce(sa.func.max(Version.version), 0)).where(Version.model_id == model_id)
+            )
+            or 0
+        )
+
+    def latest_numbers(self, model_ids: Sequence[int]) -> dict[int, int]:
+        rows = self.s.execute(
+            sa.select(Version.model_id, sa.func.max(Version.version))
+            .where(Version.model_id.in_(list(model_ids)))
+            .group_by(Version.model_id)
+        )
+        return {int(m): int(v) for m, v in rows}
+
+    def by_job(self, job_id: str) -> Version | None:
+        return self.s.scalars(sa.select(Version).where(Version.job_id == job_id)).one_or_none()
+
+    def page(self, model_id: int, *, after: int | None, limit: int, descending: bool = False) -> list[Version]:
+        order = Version.version.desc() if descending else Version.version
+        q = sa.select(Version).where(Version.model_id == model_id).order_by(order).limit(limit)
+        if after is not None:
+            q = q.where(Version.version < after if descending else Version.version > after)
+        return list(self.s.scalars(q))
+
+    def add(self, v: Version) -> Version:
+        self.s.add(v)
+        self.s.flush()
+        return v
+
+
+class AliasRepository:
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def all(self, model_id: int) -> list[Alias]:
+        return list(self.s.scalars(sa.select(Alias).where(Alias.model_id == model_id).order_by(Alias.name)))
+
+    def for_models(self, model_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {}
+        for a in self.s.scalars(sa.select(Alias).where(Alias.model_id.in_(list(model_ids)))):
+            out.setdefault(a.model_id, {})[a.name] = a.version
+        return out
+
+    def get(self, model_id: int, name: str) -> Alias | None:
+        return self.s.get(Alias, (model_id, name))
+
+    def put(self, model_id: int, name: str, version: int) -> tuple[Alias, bool]:
+        """Create or move an alias; returns (alias, created)."""
+        a = self.get(model_id, name)
+        if a is None:
+            a = Alias(model_id=model_id, name=name, version=version, updated_at=utcnow())
+            self.s.add(a)
+            self.s.flush()
+            return a, True
+        a.version = version
+        a.updated_at = utcnow()
+        self.s.flush()
+        return a, False
+
+    def delete(self, a: Alias) -> None:
+        self.s.delete(a)
+        self.s.flush()

@@ -1,0 +1,174 @@
+"""Model, version and alias schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from app.core.schemas import ModelName, Strict
+
+Task = Literal["regression", "binary", "multiclass"]
+Activation = Literal["relu", "tanh", "sigmoid"]
+Operation = Literal["init", "online", "batch", "prune", "quantize", "import", "transfer"]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class OptimizerSpec(Strict):
+    """How the model learns. With ``sgd``, momentum 0 and no clipping each online
+    step is exactly θ ← θ − η (∇ℓ(θ; x, y) + l2·W)."""
+
+    kind: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = Field(0.01, gt=0, le=10, allow_inf_nan=False)
+    momentum: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False, description="sgd only (PyTorch convention)")
+    l2: float = Field(0.0, ge=0, le=10, allow_inf_nan=False, description="Weight decay on weights, never biases")
+    clip_norm: float | None = Field(
+        None, gt=0, le=1e6, allow_inf_nan=False, description="Clip the global gradient norm"
+    )
+    beta1: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False, description="adam only")
+    beta2: float = Field(0.999, ge=0, lt=1, allow_inf_nan=False, description="adam only")
+    eps: float = Field(1e-8, gt=0, le=1, allow_inf_nan=False, description="adam only")
+
+
+class GuardSpec(Strict):
+    """When the online learner pauses instead of applying a step.
+
+    A step that would make any parameter non-finite is never applied. After
+    ``warmup`` samples the recent-window prequential loss becomes the baseline;
+    when the window loss later exceeds ``loss_ratio`` × baseline the learner pauses.
+    """
+
+    enabled: bool = True
+    loss_ratio: float = Field(10.0, gt=1, le=1e6, allow_inf_nan=False)
+    warmup: int = Field(1000, ge=10, le=10_000_000)
+
+
+class ModelCreate(Strict):
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "name": "churn",
+                    "task": "binary",
+                    "input_dim": 30,
+                    "output_dim": 1,
+                    "hidden": [64, 32],
+                    "activation": "relu",
+                    "optimizer": {"kind": "sgd", "learning_rate": 0.01, "momentum": 0.0, "l2": 0.0},
+                    "checkpoint_every": 1000,
+                    "seed": 0,
+                    "description": "",
+                    "tags": {},
+                }
+            ]
+        },
+    }
+
+    name: ModelName
+    task: Task
+    input_dim: int = Field(ge=1, le=1_000_000)
+    output_dim: int = Field(1, ge=1, le=100_000)
+    hidden: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(default_factory=list, max_length=64)
+    activation: Activation = "relu"
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    checkpoint_every: int = Field(1000, ge=1, le=1_000_000_000)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    description: str = Field("", max_length=10_000)
+    tags: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=64
+    )
+    guard: GuardSpec = Field(default_factory=GuardSpec)
+
+    @model_validator(mode="after")
+    def _task_shape(self) -> ModelCreate:
+        if self.task == "binary" and self.output_dim != 1:
+            raise ValueError("a binary model has output_dim 1")
+        if self.task == "multiclass" and self.output_dim < 2:
+            raise ValueError("a multiclass model has output_dim ≥ 2")
+        return self
+
+    def n_params(self) -> int:
+        sizes = [self.input_dim, *self.hidden, self.output_dim]
+        return sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
+
+
+class PrequentialWindow(BaseModel):
+    size: int
+    count: int | None = Field(None, description="Samples in the window so far (≤ size)")
+    loss: float | None
+    accuracy: float | None = None
+
+
+class Prequential(BaseModel):
+    count: int | None = Field(None, description="Samples scored (test-then-train) since the learner's metrics began")
+    loss: float | None = Field(None, description="Mean test-then-train loss over all applied samples")
+    accuracy: float | None = None
+    window: PrequentialWindow | None = None
+
+
+class OnlineState(BaseModel):
+    accepted: int = Field(description="Samples accepted into the log")
+    applied: int = Field(description="Samples the learner has applied")
+    lag: int = Field(description="accepted − applied")
+    applied_through: int | None = Field(None, description="Inclusive last applied offset")
+    prequential: Prequential
+
+
+class ModelOut(BaseModel):
+    name: str
+    task: Task
+    input_dim: int
+    output_dim: int
+    hidden: list[int]
+    activation: Activation
+    optimizer: dict[str, Any]
+    checkpoint_every: int
+    seed: int
+    description: str
+    tags: dict[str, str]
+    guard: dict[str, Any]
+    lineage: dict[str, Any] | None = Field(None, description="Source model/version for transferred models")
+    latest_version: int
+    aliases: dict[str, int]
+    status: Literal["active", "paused"]
+    status_reason: str | None
+    paused_offset: int | None = None
+    online: OnlineState
+    created_at: datetime
+    updated_at: datetime
+
+
+class VersionOut(BaseModel):
+    model: str
+    version: int
+    parent: int | None
+    operation: Operation
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    sha256: str = Field(description="sha256 of the stored blob")
+    size_bytes: int
+    sparsity: float
+    dtype: str
+    encoding: str = Field(description="Storage encoding: dense, sparse or quantized")
+    architecture: list[int] = Field(description="Layer widths, input first: [input_dim, *hidden, output_dim]")
+    applied_through: int | None = None
+    exports: list[dict[str, Any]] = Field(default_factory=list)
+    created_at: datetime
+
+
+class AliasPut(Strict):
+    model_config = {"extra": "forbid", "json_schema_extra": {"examples": [{"version": 5}]}}
+    version: int = Field(ge=1, le=2**31 - 1)
+
+
+class AliasOut(BaseModel):
+    model: str
+    alias: str
+    version: int
+    updated_at: datetime | None = None
+
+
+class AliasList(BaseModel):
+    items: list[AliasOut]

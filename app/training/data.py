@@ -1,0 +1,62 @@
+"""Training / evaluation data for jobs: given in the request body (packed into a
+blob at request time, so the job row stays small and the job is reproducible) or a
+range of the model's sample log (read when the job runs; the log is append-only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import safetensors.numpy as stnp
+from sqlalchemy.orm import Session
+
+from app.core.blobs import BlobStore
+from app.core.errors import Invalid
+from app.core.tables import Model
+from app.online.log import read_log
+from app.online.samples import parse_samples
+
+
+def prepare(
+    s: Session,
+    blobs: BlobStore,
+    model: Model,
+    *,
+    samples: list[dict[str, Any]] | None,
+    log: Any | None,
+    loc: list[str | int],
+    min_samples: int = 1,
+) -> dict[str, Any]:
+    """Validate a data source at request time; return its job-params description.
+
+    Body samples are parsed (errors at ``[*loc, "samples", i, "x"]``) and stored
+    as a blob; a log range is checked against what the log holds.
+    """
+    if samples is not None:
+        X, Y = parse_samples(model.task, model.input_dim, model.output_dim, samples, [*loc, "samples"])
+        if len(X) < min_samples:
+            raise Invalid.at([*loc, "samples"], f"need at least {min_samples} samples, got {len(X)}")
+        sha, _ = blobs.put(stnp.save({"x": X, "y": Y}))
+        return {"source": "samples", "n": len(X), "_blob": sha}
+    assert log is not None
+    accepted = model.next_offset
+    if accepted == 0:
+        raise Invalid.at([*loc, "log"], "the model's sample log is empty")
+    first = log.from_offset
+    last = accepted - 1 if log.to_offset is None else log.to_offset
+    if first >= accepted:
+        raise Invalid.at([*loc, "log", "from_offset"], f"the log holds offsets 0..{accepted - 1}")
+    if last >= accepted:
+        raise Invalid.at([*loc, "log", "to_offset"], f"the log holds offsets 0..{accepted - 1}")
+    n = last - first + 1
+    if n < min_samples:
+        raise Invalid.at([*loc, "log"], f"need at least {min_samples} samples, the range holds {n}")
+    return {"source": "log", "from_offset": first, "to_offset": last, "n": n}
+
+
+def load(s: Session, blobs: BlobStore, model: Model, desc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays described by :func:`prepare`'s answer (called by the job)."""
+    if desc["source"] == "samples":
+        t = stnp.load_file(str(blobs.path(desc["_blob"])))
+        return t["x"], t["y"]
+    return read_log(s, model, int(desc["from_offset"]), int(desc["to_offset"]))

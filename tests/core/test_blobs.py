@@ -1,0 +1,119 @@
+"""Blob store: content addressing, atomic writes (temp file, fsync, rename, directory
+fsync), nothing left behind by a failed write."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from app.core.blobs import BlobStore
+
+
+def files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_content_addressed_path_and_round_trip(tmp_path):
+    store = BlobStore(tmp_path / "blobs")
+    data = b"steward" * 1000
+    sha, size = store.put(data)
+    assert sha == hashlib.sha256(data).hexdigest() and size == len(data)
+    assert store.path(sha) == tmp_path / "blobs" / sha[:2] / sha
+    assert store.get(sha) == data and store.exists(sha)
+    assert b"".join(store.stream(sha)) == data
+    assert files(store.root) == [store.path(sha)]
+
+
+def test_same_bytes_same_blob(tmp_path):
+    store = BlobStore(tmp_path)
+    a = store.put(b"x" * 10)
+    mtime = store.path(a[0]).stat().st_mtime_ns
+    assert store.put(memoryview(b"x" * 10)) == a
+    assert store.path(a[0]).stat().st_mtime_ns == mtime
+    assert store.put(b"y")[0] != a[0]
+    assert len(files(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "g" * 64, "A" * 64, "../" + "a" * 61])
+def test_path_refuses_non_digests(tmp_path, bad):
+    with pytest.raises(ValueError):
+        BlobStore(tmp_path).path(bad)
+
+
+def _spy_fsync(monkeypatch) -> list[str]:
+    """Record what is fsynced: 'file' or 'dir'."""
+    seen: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        seen.append("dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return seen
+
+
+def test_put_fsyncs_the_file_before_the_rename_and_then_the_directory(tmp_path, monkeypatch):
+    order: list[str] = []
+    fsyncs = _spy_fsync(monkeypatch)
+    real_replace = os.replace
+
+    def replace(src, dst):  # type: ignore[no-untyped-def]
+        order.append(f"rename after {list(fsyncs)}")
+        assert Path(src).name.startswith(".tmp-") and Path(src).parent == Path(dst).parent
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    BlobStore(tmp_path).put(b"durable")
+    assert order == ["rename after ['file']"]
+    assert fsyncs == ["file", "dir"]
+
+
+def test_put_file_is_atomic_and_durable(tmp_path, monkeypatch):
+    store = BlobStore(tmp_path)
+    fsyncs = _spy_fsync(monkeypatch)
+    sha, size = store.put_file(lambda p: p.write_bytes(b"abc" * 100))
+    assert sha == hashlib.sha256(b"abc" * 100).hexdigest() and size == 300
+    assert fsyncs[0] == "file" and "dir" in fsyncs
+    assert files(tmp_path) == [store.path(sha)]
+    assert store.put_file(lambda p: p.write_bytes(b"abc" * 100)) == (sha, size)
+    assert files(tmp_path) == [store.path(sha)]
+
+
+def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    store = BlobStore(tmp_path)
+
+    def broken(src, dst):  # type: ignore[no-untyped-def]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError):
+        store.put(b"never")
+    with pytest.raises(OSError):
+        store.put_file(lambda p: p.write_bytes(b"never either"))
+    assert files(tmp_path) == []
+
+    monkeypatch.undo()
+
+    def half(p: Path) -> None:
+        p.write_bytes(b"half")
+        raise RuntimeError("writer crashed")
+
+    with pytest.raises(RuntimeError):
+        store.put_file(half)
+    assert files(tmp_path) == []
+
+
+def test_check_reads_back_and_cleans_up(tmp_path):
+    store = BlobStore(tmp_path / "blobs")
+    store.check()
+    assert files(tmp_path) == []
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    broken = BlobStore.__new__(BlobStore)
+    broken.root = blocker / "blobs"
+    with pytest.raises(OSError):
+        broken.check()

@@ -1,0 +1,174 @@
+"""``app.online.ingest``: the fast path (orjson + ``np.asarray``) must accept exactly
+what the slow path (:func:`_check_sample`, the definition of validity) accepts, with
+identical arrays, and reject the rest with the slow path's error."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.core.errors import BadRequest, Invalid
+from app.online.ingest import F32_MAX, SampleSpec, convert, parse_json, parse_ndjson, plain_bytes
+
+SPECS = [SampleSpec("binary", 3, 1), SampleSpec("multiclass", 3, 4), SampleSpec("regression", 3, 2)]
+REG1 = SampleSpec("regression", 3, 1)
+
+
+def reference(spec: SampleSpec, samples: list) -> tuple[np.ndarray, np.ndarray] | Invalid:
+    """The slow path alone, on the standard library's reading of the same text."""
+    try:
+        X, Y = convert(spec, samples, 0, trusted=False)
+    except Invalid as e:
+        return e
+    return X.astype(np.float32), Y
+
+
+def same(spec: SampleSpec, body: bytes, samples: list) -> None:
+    want = reference(spec, samples)
+    try:
+        got = parse_json(spec, body)
+    except Invalid as e:
+        assert isinstance(want, Invalid), f"fast path refused what the slow path accepts: {e.body()}"
+        assert e.body()["errors"] == want.body()["errors"]
+        return
+    assert not isinstance(want, Invalid), f"fast path accepted what the slow path refuses: {want.body()}"
+    X, Y = got
+    assert X.dtype == np.float32 and X.shape == want[0].shape
+    assert X.tobytes() == want[0].tobytes()
+    assert Y.dtype == want[1].dtype and Y.tobytes() == want[1].tobytes()
+    # and the same as NDJSON
+    nd = b"".join(orjson.dumps(s) + b"\n" for s in samples)
+    Xn, Yn = parse_ndjson(spec, nd)
+    assert Xn.tobytes() == X.tobytes() and Yn.tobytes() == Y.tobytes()
+
+
+EDGE_FLOATS = [
+    0.0,
+    -0.0,
+    1e-45,
+    1e-50,
+    F32_MAX,
+    -F32_MAX,
+    float(np.nextafter(F32_MAX, np.inf)),  # a double above float32's max: rounds to it, still refused
+    float(np.nextafter(F32_MAX, 0)),
+    3.4028235677973366e38,  # rounds to inf in float32
+    1e300,
+    2.0**60,
+    123456789,
+    2**63 - 1,
+    -(2**63),
+    1.0000000001,
+    0.9999999999,
+]
+
+value = st.one_of(
+    st.sampled_from(EDGE_FLOATS),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=0, max_value=4),
+)
+odd = st.one_of(st.none(), st.booleans(), st.text(max_size=3), st.just("1.5"), st.lists(value, max_size=2))
+
+
+@st.composite
+def sample(draw: st.DrawFn) -> object:
+    x = draw(st.lists(value, min_size=3, max_size=3) | st.lists(value | odd, min_size=2, max_size=4))
+    y = draw(value | odd | st.lists(value, min_size=1, max_size=2))
+    s: dict[str, object] = {"x": x, "y": y}
+    extra = draw(st.sampled_from([None, None, None, "x", "z", "drop-y"]))
+    if extra == "z":
+        s["z"] = draw(value)
+    elif extra == "drop-y":
+        del s["y"]
+    return s
+
+
+@pytest.mark.parametrize("spec", [*SPECS, REG1], ids=lambda s: f"{s.task}-{s.output_dim}")
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(samples=st.lists(sample(), min_size=1, max_size=4))
+def test_fast_path_agrees_with_the_slow_path(spec: SampleSpec, samples: list) -> None:
+    body = orjson.dumps({"samples": samples})
+    same(spec, body, samples)
+
+
+@pytest.mark.parametrize(
+    ("spec", "smp", "loc", "words"),
+    [
+        (SPECS[0], {"x": ["1.5", 2, 3], "y": 1}, ["body", "samples", 0, "x"], "got a string"),  # numpy would take it
+        (SPECS[0], {"x": [True, 2, 3], "y": 1}, ["body", "samples", 0, "x"], "got a boolean"),
+        (SPECS[0], {"x": [None, 2, 3], "y": 1}, ["body", "samples", 0, "x"], "got null"),
+        (SPECS[0], {"x": [1, 2, 3], "y": 1.0000000001}, ["body", "samples", 0, "y"], "expected 0 or 1"),
+        (SPECS[0], {"x": [1, 2, 3], "y": "1"}, ["body", "samples", 0, "y"], "got a string"),
+        (SPECS[0], {"x": [1, 2, 3], "y": 1, "w": 2}, ["body", "samples", 0, "w"], "unexpected field"),
+        (SPECS[0], {"x": [1, 2, 3]}, ["body", "samples", 0, "y"], "field required"),
+        (SPECS[0], {"x": [1, 2, 3e38 * 2], "y": 1}, ["body", "samples", 0, "x"], "overflows float32"),
+        (SPECS[1], {"x": [1, 2, 3], "y": 2.5}, ["body", "samples", 0, "y"], "integer class index"),
+        (SPECS[1], {"x": [1, 2, 3], "y": 4}, ["body", "samples", 0, "y"], "0..3"),
+        (SPECS[2], {"x": [1, 2, 3], "y": [1, None]}, ["body", "samples", 0, "y"], "got null"),
+    ],
+)
+def test_values_numpy_would_coerce_are_refused_at_their_place(
+    spec: SampleSpec, smp: dict, loc: list, words: str
+) -> None:
+    good = {"x": [0.5, 1, 2], "y": [1, 2] if spec.task == "regression" else 1}
+    samples = [good, good, smp]
+    loc = [*loc[:2], 2, *loc[3:]]
+    body = orjson.dumps({"samples": samples})
+    with pytest.raises(Invalid) as e:
+        parse_json(spec, body)
+    err = e.value.body()["errors"][0]
+    assert err["loc"] == loc and words in err["msg"], err
+    with pytest.raises(Invalid) as e2:
+        parse_ndjson(spec, b"".join(orjson.dumps(s) + b"\n" for s in samples))
+    assert e2.value.body()["errors"][0]["loc"] == loc
+
+
+def test_values_orjson_refuses_are_422_not_400() -> None:
+    spec = SPECS[0]
+    for text, why in (("NaN", "NaN"), ("Infinity", "Infinity"), ("1e400", "Infinity")):
+        body = b'{"samples": [{"x": [1, 2, 3], "y": 0}, {"x": [1, ' + text.encode() + b', 3], "y": 0}]}'
+        with pytest.raises(Invalid) as e:
+            parse_json(spec, body)
+        err = e.value.body()["errors"][0]
+        assert err["loc"] == ["body", "samples", 1, "x"] and why in err["msg"], err
+    with pytest.raises(BadRequest):
+        parse_json(spec, b'{"samples": [{"x": [1, 2, 3], "y": 0}')
+
+
+def test_the_float32_values_are_the_rounding_of_the_decimal_text() -> None:
+    """Every value is the float32 nearest to the number written (through float64, as
+    json.loads + numpy would give), for random floats across the exponent range."""
+    rng = np.random.default_rng(5)
+    n = 2000
+    X = rng.standard_normal((n, 3)) * 10.0 ** rng.integers(-40, 38, (n, 3))
+    samples = [{"x": [float(v) for v in row], "y": int(k % 2)} for k, row in enumerate(X)]
+    body = orjson.dumps({"samples": samples})
+    got, Y = parse_json(SPECS[0], body)
+    want = np.array([[float(v) for v in s["x"]] for s in json.loads(body)["samples"]]).astype(np.float32)
+    assert got.tobytes() == want.tobytes()
+    assert Y.tolist() == [k % 2 for k in range(n)]
+
+
+def test_plain_bytes_counts_the_quotes_of_the_keys() -> None:
+    assert plain_bytes(b'{"samples": [{"x": [1], "y": 0}]}', 6)
+    assert not plain_bytes(b'{"samples": [{"x": [1], "y": "0"}]}', 6)  # a string value: 8 quotes
+    assert not plain_bytes(b'{"samples": [{"x": [1], "y": 0, "z": 1}]}', 6)  # an extra key
+    assert not plain_bytes(b'{"samples": [{"x": [1], "y": false}]}', 6)
+    assert not plain_bytes(b'{"samples": [{"x": [1], "y": true}]}', 6)
+    assert math.isfinite(F32_MAX)
+
+
+def test_only_json_whitespace_makes_an_ndjson_line_blank() -> None:
+    spec = SPECS[0]
+    ok = orjson.dumps({"x": [1, 2, 3], "y": 1})
+    X, _ = parse_ndjson(spec, ok + b"\n \t\r\n\n" + ok + b"\n")
+    assert len(X) == 2
+    with pytest.raises(BadRequest) as e:
+        parse_ndjson(spec, ok + b"\n\x0b\n" + ok + b"\n")  # a vertical tab is not JSON whitespace
+    assert e.value.body()["errors"][0]["line"] == 2

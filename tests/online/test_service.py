@@ -1,0 +1,168 @@
+"""``app.online.service``: the group commit of sample appends, on both databases."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from app.context import AppContext
+from app.core.migrations import upgrade
+from app.online.ingest import SampleSpec
+from app.online.service import OnlineService, Target, online_service
+from app.registry.schemas import ModelCreate
+
+WAIT_MS = 400.0
+
+
+@pytest.fixture
+def ctx(make_settings):  # type: ignore[no-untyped-def]
+    settings = make_settings(run_worker=False, run_learner=False, ingest_group_wait_ms=WAIT_MS)
+    upgrade(settings.url)
+    c = AppContext.build(settings)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def svc(ctx) -> OnlineService:  # type: ignore[no-untyped-def]
+    return online_service(ctx)
+
+
+@pytest.fixture
+def target(ctx) -> Target:  # type: ignore[no-untyped-def]
+    with ctx.db.write() as s:
+        m = ctx.models.create(s, ModelCreate(name="g", task="binary", input_dim=3))
+        return Target(m.id, "g", SampleSpec("binary", 3, 1))
+
+
+def samples(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 3)).astype(np.float32), (rng.random(n) > 0.5).astype(np.float32)
+
+
+def record_batches(svc: OnlineService) -> list[int]:
+    sizes: list[int] = []
+    commit = svc._commit
+
+    def counting(batch):  # type: ignore[no-untyped-def]
+        sizes.append(len(batch))
+        return commit(batch)
+
+    svc._commit = counting  # type: ignore[method-assign]
+    return sizes
+
+
+def test_an_announced_append_joins_the_waiting_commit(svc, target):
+    sizes = record_batches(svc)
+    later = svc.announce()  # a request still reading its body
+    out: dict[str, dict] = {}
+    first = threading.Thread(target=lambda: out.setdefault("a", svc.append(target, *samples(3, 1))))
+    first.start()
+    time.sleep(0.05)  # the first append waits for the announced one …
+    assert "a" not in out
+    out["b"] = svc.append(target, *samples(2, 2), announced=later)  # … which joins its transaction
+    first.join(5)
+    assert sizes == [2]
+    assert (out["a"]["first_offset"], out["a"]["last_offset"]) == (0, 2)
+    assert (out["b"]["first_offset"], out["b"]["last_offset"]) == (3, 4)
+    assert not svc._announced
+
+
+def test_a_withdrawn_announcement_ends_the_wait_at_once(svc, target):
+    sizes = record_batches(svc)
+    gone = svc.announce()
+    t0 = time.monotonic()
+    timer = threading.Timer(0.05, svc.withdraw, args=(gone,))
+    timer.start()
+    a = svc.append(target, *samples(3, 3))
+    waited = time.monotonic() - t0
+    assert a["accepted"] == 3 and sizes == [1]
+    assert 0.04 <= waited < WAIT_MS / 1000 * 0.75  # ended by the withdrawal, not the time limit
+    svc.withdraw(gone)  # idempotent
+    assert not svc._announced
+
+
+def test_the_wait_is_bounded_and_later_announcements_are_not_awaited(svc, target):
+    stuck = svc.announce()
+    t0 = time.monotonic()
+    a = svc.append(target, *samples(1, 4))
+    assert a["accepted"] == 1
+    assert WAIT_MS / 1000 * 0.9 <= time.monotonic() - t0 < 5  # waited for `stuck`, up to the limit
+    svc.withdraw(stuck)
+    assert not svc._announced
+
+
+def test_appends_announced_after_the_wait_began_are_not_awaited(svc, target):
+    sizes = record_batches(svc)
+    coming = svc.announce()
+    done: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    def first() -> None:
+        svc.append(target, *samples(2, 6))
+        done["first"] = time.monotonic() - t0
+
+    th = threading.Thread(target=first)
+    th.start()
+    time.sleep(0.05)
+    late = svc.announce()  # announced while the commit waits: it does not extend the wait
+    time.sleep(0.05)
+    svc.append(target, *samples(1, 7), announced=coming)
+    th.join(5)
+    assert sizes == [2]
+    assert done["first"] < WAIT_MS / 1000 * 0.75, done
+    svc.withdraw(late)
+
+
+def test_nothing_announced_commits_at_once(svc, target):
+    t0 = time.monotonic()
+    for k in range(5):
+        svc.append(target, *samples(1, 10 + k))
+    assert time.monotonic() - t0 < WAIT_MS / 1000
+
+
+def test_submitted_appends_are_committed_by_whichever_thread_commits(svc, target):
+    """A request queues its append on the event loop (``submit``); a commit that is already
+    running takes it even before the request gets a thread of its own."""
+    sizes = record_batches(svc)
+    a, b = svc.submit(target, *samples(2, 20)), svc.submit(target, *samples(3, 21))
+    assert svc.committed(a)["last_offset"] == 1
+    assert b.done and sizes == [2]
+    assert svc.committed(b) == {"accepted": 3, "first_offset": 2, "last_offset": 4, "duplicate": False}
+
+
+def test_an_abandoned_append_is_never_committed(svc, target):
+    gone = svc.submit(target, *samples(4, 22))
+    svc.abandon(gone)
+    assert svc.append(target, *samples(1, 23))["first_offset"] == 0  # its offsets were never taken
+    assert not gone.done
+    with pytest.raises(RuntimeError):
+        svc.committed(gone)
+
+
+def test_a_failed_commit_fails_its_batch_and_is_not_retried(svc, target, monkeypatch):
+    """A COMMIT that raises may have committed: retrying job by job could append twice."""
+    from contextlib import contextmanager
+
+    real = svc.db.write
+    calls = {"write": 0}
+
+    @contextmanager
+    def failing_write():  # type: ignore[no-untyped-def]
+        calls["write"] += 1
+        with real() as s:
+            yield s
+            raise RuntimeError("commit failed")
+
+    monkeypatch.setattr(svc.db, "write", failing_write)
+    a, b = svc.submit(target, *samples(1, 24)), svc.submit(target, *samples(1, 25))
+    with pytest.raises(RuntimeError, match="commit failed"):
+        svc.committed(a)
+    with pytest.raises(RuntimeError, match="commit failed"):
+        svc.committed(b)
+    assert calls["write"] == 1
+    monkeypatch.setattr(svc.db, "write", real)
+    assert svc.append(target, *samples(1, 26))["first_offset"] == 0  # nothing of the batch was stored
