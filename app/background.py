@@ -1,38 +1,65 @@
-"""Background components started by the lifespan (and by ``steward worker``):
-the online learner and the job worker. Each is a thread with a ``stop()``."""
+"""Background components started by the lifespan (and by ``steward worker``): the
+online learner and the job workers. Each is a thread with a ``stop()``."""
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from collections.abc import Callable
+from typing import Any
 
 from app.context import AppContext
+from app.core.migrations import upgrade
+from app.core.settings import Settings
+from app.jobs.runner import Worker
+
+log = logging.getLogger("steward.worker")
+
+
+def make_worker(ctx: AppContext) -> Worker:
+    """A job worker of this app: its queue, every capability's handler, the job metrics."""
+    return Worker(
+        ctx.jobs.queue,
+        ctx.job_handlers(),
+        poll_seconds=ctx.settings.worker_poll_seconds,
+        on_finished=lambda kind, status: ctx.metrics.jobs.labels(kind, status).inc(),
+    )
 
 
 def start_background(ctx: AppContext) -> Callable[[], None]:
     """Start what the settings ask for; return a function that stops it all gracefully."""
     stops: list[Callable[[], None]] = []
-    from app.online.learner import LearnerRuntime, install_metrics
-    from app.online.service import online_service
-
-    install_metrics(ctx)  # /metrics reports every model's log and learner, wherever it runs
-    online = online_service(ctx)
-    forget: list[Callable[[str], None]] = [online.forget]
     if ctx.settings.run_learner:
-        learner = LearnerRuntime(ctx)
-        ctx.extras["learner"] = learner
-        forget.append(learner.forget)
-        learner.start()
-        stops.append(learner.stop)
-    ctx.extras["on_model_deleted"] = lambda name: [fn(name) for fn in forget]
+        stops.append(ctx.start_learner().stop)
     if ctx.settings.run_worker:
-        from app.jobs.runner import Worker
-        from app.worker.handlers import HANDLERS
-
-        worker = Worker(ctx, HANDLERS).start()
-        stops.append(worker.stop)
+        stops.append(make_worker(ctx).start().stop)
 
     def stop() -> None:
         for fn in reversed(stops):
             fn()
 
     return stop
+
+
+def run_worker_process(settings: Settings, concurrency: int = 1) -> None:
+    """``steward worker``: run workers against the shared database and blob store
+    until SIGINT / SIGTERM, then stop gracefully."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    upgrade(settings.url)
+    ctx = AppContext.build(settings)
+    workers = [make_worker(ctx).start() for _ in range(max(concurrency, 1))]
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %s: stopping workers", signum)
+        done.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    log.info("steward worker: %d worker(s) on %s", len(workers), settings.url.split("@")[-1])
+    while not done.wait(0.5):
+        pass
+    for w in workers:
+        w.stop()
+    ctx.close()

@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     limit_blas_threads(settings.blas_threads)
-    from app.jobs.runner import run_worker_process
+    from app.background import run_worker_process
 
     run_worker_process(settings, concurrency=args.concurrency)
     return 0
@@ -156,7 +156,8 @@ def _key_services(args: argparse.Namespace) -> tuple[Any, Any]:
     settings = load_settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.url)
-    return Database(settings.url, busy_timeout_ms=settings.sqlite_busy_timeout_ms), KeyService(None)
+    db = Database(settings.url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    return db, KeyService(db, None)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -173,8 +174,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             except ValidationError as e:
                 problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
                 raise CommandError(f"invalid key: {problems}") from None
-            with db.write() as s:
-                made = keys.create(s, body)
+            made = keys.create(body)
             if args.json:
                 print(made.model_dump_json())
             else:
@@ -184,13 +184,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print(made.key)
         elif args.keys_command == "list":
             items = []
-            with db.read() as s:
-                cursor: str | None = None
-                while True:
-                    page, cursor = keys.page(s, cursor=cursor, limit=500)
-                    items += page
-                    if cursor is None:
-                        break
+            cursor: str | None = None
+            while True:
+                page, cursor = keys.page(cursor=cursor, limit=500)
+                items += page
+                if cursor is None:
+                    break
             if args.json:
                 print(json.dumps([k.model_dump(mode="json") for k in items]))
             else:
@@ -200,8 +199,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     print(f"{k.id:<16}  {k.scope:<8}  {k.prefix:<10}  {k.created_at.isoformat():<25}  {k.name}{models}")
         elif args.keys_command == "revoke":
             try:
-                with db.write() as s:
-                    keys.revoke(s, args.id)
+                keys.revoke(args.id)
             except NotFound as e:
                 raise CommandError(e.detail) from None
             print(f"revoked key {args.id}")

@@ -1,49 +1,33 @@
-"""The resources of one running app, born in the lifespan (never at import time)."""
+"""The composition root: the resources and services of one running app, born in the
+lifespan (or by ``steward worker``), never at import time, every one typed.
+
+Services reach each other through the fields they are given here, so the arrows
+point one way: routers → this context → capability services → repositories, the
+blob store and the engine; the job worker knows only the handlers registered on it
+(:meth:`AppContext.job_handlers`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
+from app.compression.service import CompressionService
 from app.core.blobs import BlobStore
 from app.core.db import Database
+from app.core.metrics import Metrics
 from app.core.settings import Settings
+from app.jobs.contract import Handlers
 from app.jobs.queue import Queue
 from app.jobs.service import JobService
 from app.keys.service import KeyService
+from app.migration.service import MigrationService
+from app.online.learner import LearnerRuntime
+from app.online.metrics import OnlineGauges
+from app.online.service import OnlineService
+from app.operations.service import OperationsService
 from app.predict.service import PredictService
 from app.registry.models import ModelService
 from app.registry.versions import NetworkCache, VersionService
-
-
-class Metrics:
-    """Prometheus metrics in a registry of this app's own (tests build many apps)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("steward_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
-        self.latency = Histogram(
-            "steward_http_request_seconds", "HTTP request latency", ["method", "route"], registry=r
-        )
-        self.samples_accepted = Counter(
-            "steward_samples_accepted", "Samples accepted into the log", ["model"], registry=r
-        )
-        self.samples_applied = Counter(
-            "steward_samples_applied", "Samples applied by the online learner", ["model"], registry=r
-        )
-        self.learner_lag = Gauge("steward_learner_lag", "Accepted but not yet applied samples", ["model"], registry=r)
-        self.learner_step_seconds = Histogram(
-            "steward_learner_step_seconds",
-            "Mean seconds per learner step, observed per applied chunk",
-            ["model"],
-            buckets=(1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2),
-            registry=r,
-        )
-        self.jobs = Counter("steward_jobs_finished", "Jobs finished", ["kind", "status"], registry=r)
-        self.versions = Counter("steward_versions_created", "Versions created", ["operation"], registry=r)
+from app.training.service import TrainingService
 
 
 @dataclass
@@ -57,35 +41,57 @@ class AppContext:
     predict: PredictService
     keys: KeyService
     jobs: JobService
-    extras: dict[str, Any] = field(default_factory=dict)
-    batch: Any = None
-    migrate: Any = None
+    online: OnlineService
+    gauges: OnlineGauges
+    training: TrainingService
+    compression: CompressionService
+    migration: MigrationService
+    operations: OperationsService
+    learner: LearnerRuntime | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:
         db = Database(settings.url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
         blobs = BlobStore(settings.blob_dir)
+        metrics = Metrics()
         versions = VersionService(blobs, NetworkCache(), settings.max_header_bytes)
+        models = ModelService(db, versions, settings.max_params)
+        jobs = JobService(db, Queue(db, settings.job_lease_seconds), settings.job_max_attempts)
+        online = OnlineService(db, settings, metrics, models)
+        models.on_deleted.append(online.forget)
+        gauges = OnlineGauges(db, metrics)
         return cls(
             settings=settings,
             db=db,
             blobs=blobs,
-            metrics=Metrics(),
+            metrics=metrics,
             versions=versions,
-            models=ModelService(versions, settings.max_params),
-            predict=PredictService(versions),
-            keys=KeyService(settings.admin_key),
-            jobs=JobService(db, Queue(db, settings.job_lease_seconds), settings.job_max_attempts),
+            models=models,
+            predict=PredictService(db, versions),
+            keys=KeyService(db, settings.admin_key),
+            jobs=jobs,
+            online=online,
+            gauges=gauges,
+            training=TrainingService(db, blobs, versions, jobs, metrics),
+            compression=CompressionService(db, blobs, versions, jobs, metrics),
+            migration=MigrationService(db, blobs, versions, models, jobs, metrics, settings),
+            operations=OperationsService(db, blobs, metrics, gauges, enabled=settings.metrics_enabled),
         )
 
-    def __post_init__(self) -> None:
-        from app.training.service import BatchService
+    def job_handlers(self) -> Handlers:
+        """Every job kind's handler, registered by its capability."""
+        handlers = Handlers()
+        self.training.register(handlers)
+        self.compression.register(handlers)
+        self.migration.register(handlers)
+        return handlers
 
-        self.batch = BatchService(self)
-        from app.migration.service import MigrateService
-
-        self.migrate = MigrateService(self)
-        self.extras["import_onnx"] = self.migrate.import_onnx
+    def start_learner(self) -> LearnerRuntime:
+        """The online learner of this process (its thread started)."""
+        learner = LearnerRuntime(self.db, self.settings, self.blobs, self.versions, self.metrics)
+        self.models.on_deleted.append(learner.forget)
+        self.learner = learner.start()
+        return learner
 
     def close(self) -> None:
         self.db.dispose()

@@ -15,7 +15,8 @@ bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: B
 
 
 def get_ctx(request: Request) -> AppContext:
-    return request.app.state.ctx
+    ctx: AppContext = request.app.state.ctx
+    return ctx
 
 
 Ctx = Annotated[AppContext, Depends(get_ctx)]
@@ -24,9 +25,7 @@ ModelNamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, descrip
 
 
 def get_principal(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
-    token = creds.credentials if creds is not None else None
-    with ctx.db.read() as s:
-        return ctx.keys.authenticate(s, token)
+    return ctx.keys.authenticate(creds.credentials if creds is not None else None)
 
 
 def require(scope: str) -> Callable[..., Principal]:
@@ -46,8 +45,7 @@ def require_model(scope: str) -> Callable[..., Principal]:
     base = require(scope)
 
     def dep(name: ModelNamePath, p: Annotated[Principal, Depends(base)]) -> Principal:
-        if not p.may_use(name):
-            raise Forbidden(f"this key is not allowed to use model {name!r}")
+        p.check_model(name)
         return p
 
     dep.__name__ = f"require_model_{scope}"

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.background import start_background
 from app.compression import router as compression
 from app.context import AppContext
 from app.core import errors
@@ -218,14 +219,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(cfg.url)
         ctx = AppContext.build(cfg)
-        with ctx.db.write() as s:
-            secret = ctx.keys.ensure_admin(s)
+        secret = ctx.keys.ensure_admin()
         if secret:
             _announce_admin_key(secret)
         holder["ctx"] = ctx
         app.state.ctx = ctx
-        from app.background import start_background
-
         # before the background threads start: what they hold is not frozen
         restore_gc = tune_gc() if cfg.gc_tuning else None
         try:

@@ -103,13 +103,10 @@ def setup(workdir: Path, width: int, layers: int) -> dict:
 
 def child(op: str, workdir: Path) -> dict:
     """Run one operation in this fresh process; return peak RSS above the pre-job baseline."""
-    from app.compression import prune as prune_service
-    from app.compression import quantize as quantize_service
+    from app.background import make_worker
     from app.compression.schemas import PruneIn, QuantizeIn
     from app.context import AppContext
-    from app.jobs.runner import Worker
     from app.registry.models import get_model
-    from app.worker.handlers import HANDLERS
 
     kind, opts = OPS[op]
     ctx = AppContext.build(settings(workdir))
@@ -124,12 +121,12 @@ def child(op: str, workdir: Path) -> dict:
         extra["eval_samples"] = [{"x": row.tolist(), "y": int(i % 10)} for i, row in enumerate(X)]
     body = {k: v for k, v in opts.items() if k != "eval"} | extra
     if kind == "quantize":
-        job_id = quantize_service.submit(ctx, "big", QuantizeIn(**{"from": 1, **body}))
+        job_id = ctx.compression.submit_quantize("big", QuantizeIn(**{"from": 1, **body}))
     elif kind == "prune":
-        job_id = prune_service.submit(ctx, "big", PruneIn(**{"from": 1, **body}))
+        job_id = ctx.compression.submit_prune("big", PruneIn(**{"from": 1, **body}))
     extra.clear()
     body.clear()
-    worker = Worker(ctx, HANDLERS)
+    worker = make_worker(ctx)
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -144,7 +141,7 @@ def child(op: str, workdir: Path) -> dict:
     else:
         assert worker.run_once() == job_id
         with ctx.db.read() as sess:
-            j = ctx.jobs.get(sess, job_id)
+            j = ctx.jobs.get(job_id)
             assert j.status == "succeeded", (j.status, j.error)
             result = j.result
     seconds = time.perf_counter() - t0

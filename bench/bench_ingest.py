@@ -315,7 +315,7 @@ def learner_section(tmp: Path, pin: bool) -> None:
     from app.engine.nn.optim import OptimizerConfig
     from app.online.ingest import SampleSpec
     from app.online.learner import LearnerRuntime
-    from app.online.service import Target, online_service
+    from app.online.service import Target
     from app.registry.schemas import ModelCreate
 
     if pin:
@@ -324,7 +324,7 @@ def learner_section(tmp: Path, pin: bool) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.url)
     ctx = AppContext.build(settings)
-    svc = online_service(ctx)
+    svc = ctx.online
     n = 200_000
     X, Y = make_samples(n, 7)
     print("\nLearner: the runtime draining the log (SQLite reads, one step per sample, progress, checkpoints)")
@@ -355,7 +355,7 @@ def learner_section(tmp: Path, pin: bool) -> None:
             t = Target(mid, name, SampleSpec("binary", DIM, 1))
             for lo in range(0, n, 10_000):
                 svc.append(t, X[lo : lo + 10_000], Y[lo : lo + 10_000].astype(np.float32))
-            rt = LearnerRuntime(ctx, owner=f"bench-{k}")
+            rt = LearnerRuntime(ctx.db, ctx.settings, ctx.blobs, ctx.versions, ctx.metrics, owner=f"bench-{k}")
             t0 = time.perf_counter()
             rt.drain(timeout=300)
             dt = time.perf_counter() - t0

@@ -76,10 +76,9 @@ def test_keys_create_list_revoke(run, db_url):
 
     db = Database(db_url)
     try:
-        with db.read() as s:
-            p = KeyService(None).authenticate(s, made["key"])
-            assert (p.scope, p.models) == ("ingest", ("churn",))
-            assert KeyService(None).authenticate(s, admin_secret).scope == "admin"
+        p = KeyService(db, None).authenticate(made["key"])
+        assert (p.scope, p.models) == ("ingest", ("churn",))
+        assert KeyService(db, None).authenticate(admin_secret).scope == "admin"
     finally:
         db.dispose()
 

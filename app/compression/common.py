@@ -10,25 +10,27 @@ one tensor at a time, and writes the new blob straight from the arrays.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import safetensors.numpy as stnp
 from safetensors import safe_open
 
 from app.compression.schemas import DEFAULT_EVAL_LAST, EvalData
-from app.core.errors import Conflict, Invalid, NotFound
+from app.core.blobs import BlobStore
+from app.core.db import Database
+from app.core.errors import Conflict, Invalid
+from app.core.metrics import Metrics
 from app.core.tables import Model, Version
 from app.engine import codec
 from app.engine.compress import sparse
 from app.engine.nn import network
 from app.engine.nn.network import F32, Network
-from app.jobs.queue import Claimed
-from app.jobs.runner import Progress
-from app.online.samples import parse_samples
+from app.jobs.contract import Job
+from app.jobs.service import JobService
 from app.registry.models import get_model
+from app.registry.versions import VersionService
 
 #: A version at least this sparse is stored in the sparse encoding (bitmask + kept values).
 SPARSE_MIN = 0.5
@@ -38,25 +40,18 @@ _BLOCK_ELEMS = 1 << 18
 
 
 # --------------------------------------------------------------------------- request time
-def resolve_source(ctx: Any, s: Any, m: Model, ref: int | str | None) -> Version:
-    """The ``from`` version, or 422 at ``["body", "from"]``."""
-    try:
-        return ctx.versions.resolve_ref(s, m, ref)
-    except NotFound as e:
-        raise Invalid.at(["body", "from"], e.detail) from None
+def eval_source(
+    m: Model, body: EvalData, packed: dict[str, Any] | None, *, required: str | None = None
+) -> dict[str, Any] | None:
+    """Describe the evaluation data (job params) at request time, in the submitting transaction.
 
-
-def eval_source(ctx: Any, m: Model, body: EvalData, *, required: str | None = None) -> dict[str, Any] | None:
-    """Describe the evaluation data (job params) at request time.
-
-    ``eval_samples`` are checked and packed into a blob; ``eval_log`` is checked against the
-    log; without either, the newest :data:`DEFAULT_EVAL_LAST` samples of the log when it holds
-    any. ``required`` (the reason) makes missing data a 422.
+    ``packed``: the ``eval_samples`` already checked and packed into a blob
+    (:func:`app.training.data.pack_samples`, before the transaction); else ``eval_log`` is
+    checked against the log; without either, the newest :data:`DEFAULT_EVAL_LAST` samples
+    of the log when it holds any. ``required`` (the reason) makes missing data a 422.
     """
-    if body.eval_samples is not None:
-        X, Y = parse_samples(m.task, m.input_dim, m.output_dim, body.eval_samples, ["body", "eval_samples"])
-        sha, _ = ctx.blobs.put(stnp.save({"x": X, "y": Y}))
-        return {"source": "samples", "n": len(X), "_blob": sha}
+    if packed is not None:
+        return packed
     accepted = int(m.next_offset)
     el = body.eval_log
     if el is None and accepted == 0:
@@ -99,19 +94,10 @@ def public(desc: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------- run time
-def sub_progress(progress: Progress, lo: float, hi: float) -> Callable[..., None]:
-    """A progress callable mapping [0, 1] onto [lo, hi] of the job."""
-
-    def report(fraction: float, **kw: Any) -> None:
-        progress(lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0), **kw)
-
-    return report
-
-
-def source_weights(ctx: Any, v: Version) -> Iterator[np.ndarray]:
+def source_weights(blobs: BlobStore, v: Version) -> Iterator[np.ndarray]:
     """The float32 weight matrices of ``v`` (dequantized, densified), read from its blob one
     layer at a time: at most about two matrices in memory, never the whole model."""
-    path = str(ctx.blobs.path(v.blob_sha256))
+    path = str(blobs.path(v.blob_sha256))
     try:
         f = safe_open(path, framework="np", backend="pread")
     except TypeError:  # safetensors < 0.7
@@ -243,49 +229,64 @@ def evaluation_report(desc: dict[str, Any], before: Measured, after: Measured) -
     return rep
 
 
-def finish(
-    ctx: Any,
-    job: Claimed,
-    *,
-    operation: str,
-    src: Version,
-    tensors: dict[str, np.ndarray],
-    encoding: str,
-    net: Network | None,
-    params: dict[str, Any],
-    report: dict[str, Any],
-    dtype: str | None = None,
-    sparsity: float,
-) -> int:
-    """In ONE transaction: the new version (``job_id`` unique, parent = ``src``), its
-    metrics (the report with the sizes), and the job's result. Returns the version number."""
-    with ctx.db.write() as s:
-        m = get_model(s, job.model_name, for_update=True)
-        v = ctx.versions.create(
-            s,
-            m,
-            operation=operation,
-            net=net,
-            tensors=tensors,
-            encoding=encoding,
-            parent=src.version,
-            params=json_safe(params),
-            metrics={},
-            job_id=job.id,
-            dtype=dtype,
-            sparsity=sparsity,
-        )
+class CompressionDeps:
+    """What the compression jobs share: their resources, the source model read before a
+    transaction opens, and the one transaction that stores a version with the job's result."""
+
+    def __init__(
+        self, db: Database, blobs: BlobStore, versions: VersionService, jobs: JobService, metrics: Metrics
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.versions = versions
+        self.jobs = jobs
+        self.metrics = metrics
+
+    def spec(self, name: str) -> Model:
+        """The model (read, detached) for the checks made before a transaction opens."""
+        with self.db.read() as s:
+            return get_model(s, name)
+
+    def finish(
+        self,
+        job: Job,
+        *,
+        operation: str,
+        src: Version,
+        tensors: dict[str, np.ndarray],
+        encoding: str,
+        net: Network | None,
+        params: dict[str, Any],
+        report: dict[str, Any],
+        dtype: str | None = None,
+        sparsity: float,
+    ) -> int:
+        """Store the blob, then in ONE transaction: the new version (``job_id`` unique,
+        parent = ``src``), its metrics (the report with the sizes), and the job's result.
+        Returns the version number."""
+        blob = self.versions.store(net=net, tensors=tensors, encoding=encoding, dtype=dtype, sparsity=sparsity)
         size = {
             "before_bytes": int(src.size_bytes),
-            "after_bytes": int(v.size_bytes),
-            "ratio": v.size_bytes / src.size_bytes if src.size_bytes else None,
+            "after_bytes": int(blob.size_bytes),
+            "ratio": blob.size_bytes / src.size_bytes if src.size_bytes else None,
             "encoding": encoding,
             "parent_encoding": src.encoding,
         }
         metrics = json_safe({"size": size, **report})
-        v.metrics = metrics
-        result = {"version": v.version, "from_version": src.version, "operation": operation, **metrics}
-        ctx.jobs.queue.finish_in(s, job.id, job.owner, result)
-        number = v.version
-    ctx.metrics.versions.labels(operation).inc()
-    return number
+        with self.db.write() as s:
+            m = get_model(s, job.model_name, for_update=True)
+            v = self.versions.add(
+                s,
+                m,
+                blob,
+                operation=operation,
+                parent=src.version,
+                params=json_safe(params),
+                metrics=metrics,
+                job_id=job.id,
+            )
+            result = {"version": v.version, "from_version": src.version, "operation": operation, **metrics}
+            self.jobs.queue.finish_in(s, job.id, job.owner, result)
+            number = v.version
+        self.metrics.versions.labels(operation).inc()
+        return number

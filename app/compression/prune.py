@@ -22,13 +22,13 @@ import math
 from typing import Any
 
 from app.compression import common as compress
+from app.compression.common import CompressionDeps
 from app.compression.schemas import PruneIn
 from app.core.errors import Conflict, Invalid
 from app.core.tables import Model, Version
 from app.engine import codec
 from app.engine.compress import prune as engine
-from app.jobs.queue import Claimed
-from app.jobs.runner import JobError, Progress
+from app.jobs.contract import Job, JobError, Progress
 from app.registry.models import get_model
 from app.training import data
 from app.training.service import fit, train_options
@@ -76,11 +76,16 @@ def search_grid(cap: float | None) -> list[float]:
     return sorted({g for g in engine.DEFAULT_GRID if g <= cap} | {cap})
 
 
-def submit(ctx: Any, name: str, body: PruneIn) -> str:
+def submit(svc: CompressionDeps, name: str, body: PruneIn) -> str:
     """Validate a prune request and enqueue it (one transaction); returns the job id."""
-    with ctx.db.write() as s:
+    spec = svc.spec(name)
+    ft_blob = ev_blob = None
+    if body.fine_tune is not None:
+        ft_blob = data.pack_samples(svc.blobs, spec, body.fine_tune.samples, ["body", "fine_tune"], min_samples=2)
+    ev_blob = data.pack_samples(svc.blobs, spec, body.eval_samples, ["body"], field="eval_samples")
+    with svc.db.write() as s:
         m = get_model(s, name, for_update=True)
-        src = compress.resolve_source(ctx, s, m, body.from_)
+        src, frm = svc.versions.resolve_from(s, m, body.from_)
         search = body.max_loss_increase is not None
         if body.sparsity is None and not search:
             raise Invalid.at(["body", "sparsity"], "field required (unless max_loss_increase is given)")
@@ -91,14 +96,11 @@ def submit(ctx: Any, name: str, body: PruneIn) -> str:
         fine_tune = ft_data = None
         if body.fine_tune is not None:
             ft = body.fine_tune
-            ft_data = data.prepare(
-                s, ctx.blobs, m, samples=ft.samples, log=ft.log, loc=["body", "fine_tune"], min_samples=2
-            )
+            ft_data = ft_blob or data.log_range(m, ft.log, ["body", "fine_tune"], min_samples=2)
             fine_tune = train_options(ft)
-        ev = compress.eval_source(ctx, m, body, required="max_loss_increase" if search else None)
+        ev = compress.eval_source(m, body, ev_blob, required="max_loss_increase" if search else None)
         params = {
-            "from": body.from_ if body.from_ is not None else "latest",
-            "from_version": src.version,
+            **frm,
             "sparsity": body.sparsity,
             "scope": body.scope,
             "structure": body.structure,
@@ -107,7 +109,7 @@ def submit(ctx: Any, name: str, body: PruneIn) -> str:
             "max_loss_increase": body.max_loss_increase,
             "eval": ev,
         }
-        return ctx.jobs.enqueue(s, "prune", m, params).id
+        return svc.jobs.enqueue(s, "prune", m, params).id
 
 
 # --------------------------------------------------------------------------- run time
@@ -119,17 +121,17 @@ def _fine_tune_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in ("train", "validation", "epochs_run", "best_epoch") if k in metrics}
 
 
-def run_prune(ctx: Any, job: Claimed, progress: Progress) -> None:
+def run(svc: CompressionDeps, job: Job, progress: Progress) -> None:
     p = job.params
     structure, scope = p["structure"], p["scope"]
-    with ctx.db.read() as s:
+    with svc.db.read() as s:
         m = get_model(s, job.model_name)
-        src = ctx.versions.get(s, m, int(p["from_version"]))
-        ev = data.load(s, ctx.blobs, m, p["eval"]) if p.get("eval") else None
-        ft = data.load(s, ctx.blobs, m, p["fine_tune_data"]) if p.get("fine_tune") else None
+        src = svc.versions.get(s, m, int(p["from_version"]))
+        ev = data.load(s, svc.blobs, m, p["eval"]) if p.get("eval") else None
+        ft = data.load(s, svc.blobs, m, p["fine_tune_data"]) if p.get("fine_tune") else None
         reference = [int(h) for h in m.hidden] if structure == "neurons" else None
     progress(0.0, force=True)
-    net = ctx.versions.load_owned(m, src)
+    net = svc.versions.load_owned(m, src)
     progress(0.05)
     before = compress.measure(net, *ev) if ev is not None else None
     report: dict[str, Any] = {}
@@ -138,7 +140,7 @@ def run_prune(ctx: Any, job: Claimed, progress: Progress) -> None:
 
     def tune(n: Any, masks: Any, lo: float, hi: float) -> tuple[Any, dict[str, Any]]:
         assert ft is not None
-        tuned, metrics, _ = fit(ctx, m, n, *ft, p["fine_tune"], compress.sub_progress(progress, lo, hi), masks=masks)
+        tuned, metrics, _ = fit(m.optimizer, n, *ft, p["fine_tune"], progress.part(lo, hi), masks=masks)
         if masks is not None:
             engine.apply_masks(tuned, masks)  # the mask stays fixed whatever the optimizer did
         return tuned, metrics
@@ -204,7 +206,7 @@ def run_prune(ctx: Any, job: Claimed, progress: Progress) -> None:
     report["prune"] = {k: v for k, v in res.report().items() if k not in ("sparsity", "layer_sparsity")} | {
         "architecture": [new.input_dim, *new.hidden, new.output_dim]
     }
-    report["weight_error"] = compress.weight_errors(compress.source_weights(ctx, src), new, res.kept_units)
+    report["weight_error"] = compress.weight_errors(compress.source_weights(svc.blobs, src), new, res.kept_units)
     progress(0.9)
     if ev is not None and before is not None:
         report["evaluation"] = compress.evaluation_report(p["eval"], before, compress.measure(new, *ev))
@@ -219,8 +221,7 @@ def run_prune(ctx: Any, job: Claimed, progress: Progress) -> None:
     report["layer_sparsity"] = per_layer
     tensors, encoding = compress.storage_form(tensors, overall, "dense")
     progress(0.95)
-    compress.finish(
-        ctx,
+    svc.finish(
         job,
         operation="prune",
         src=src,

@@ -17,45 +17,45 @@ from __future__ import annotations
 from typing import Any
 
 from app.compression import common as compress
+from app.compression.common import CompressionDeps
 from app.compression.schemas import QuantizeIn
 from app.core.errors import Conflict
 from app.engine.compress import quantize as engine
-from app.jobs.queue import Claimed
-from app.jobs.runner import JobError, Progress
+from app.jobs.contract import Job, JobError, Progress
 from app.registry.models import get_model
 from app.training import data
 
 
-def submit(ctx: Any, name: str, body: QuantizeIn) -> str:
+def submit(svc: CompressionDeps, name: str, body: QuantizeIn) -> str:
     """Validate a quantize request and enqueue it (one transaction); returns the job id."""
-    with ctx.db.write() as s:
+    ev_blob = data.pack_samples(svc.blobs, svc.spec(name), body.eval_samples, ["body"], field="eval_samples")
+    with svc.db.write() as s:
         m = get_model(s, name, for_update=True)
-        src = compress.resolve_source(ctx, s, m, body.from_)
+        src, frm = svc.versions.resolve_from(s, m, body.from_)
         compress.check_quantizable(src, body.dtype)
-        ev = compress.eval_source(ctx, m, body)
+        ev = compress.eval_source(m, body, ev_blob)
         params = {
-            "from": body.from_ if body.from_ is not None else "latest",
-            "from_version": src.version,
+            **frm,
             "dtype": body.dtype,
             "scheme": body.scheme,
             "granularity": body.granularity,
             "eval": ev,
         }
-        return ctx.jobs.enqueue(s, "quantize", m, params).id
+        return svc.jobs.enqueue(s, "quantize", m, params).id
 
 
-def run_quantize(ctx: Any, job: Claimed, progress: Progress) -> None:
+def run(svc: CompressionDeps, job: Job, progress: Progress) -> None:
     p = job.params
-    with ctx.db.read() as s:
+    with svc.db.read() as s:
         m = get_model(s, job.model_name)
-        src = ctx.versions.get(s, m, int(p["from_version"]))
-        ev = data.load(s, ctx.blobs, m, p["eval"]) if p.get("eval") else None
+        src = svc.versions.get(s, m, int(p["from_version"]))
+        ev = data.load(s, svc.blobs, m, p["eval"]) if p.get("eval") else None
     try:
         compress.check_quantizable(src, p["dtype"])
     except Conflict as e:
         raise JobError(e.detail) from None
     progress(0.0, force=True)
-    net = ctx.versions.load_owned(m, src)
+    net = svc.versions.load_owned(m, src)
     progress(0.1)
     before = compress.measure(net, *ev) if ev is not None else None
     try:
@@ -75,7 +75,7 @@ def run_quantize(ctx: Any, job: Claimed, progress: Progress) -> None:
     }
     deq = None
     if ev is not None and before is not None:
-        deq = ctx.versions.decode(m, q.tensors)  # what predict will compute with; cached with the version
+        deq = svc.versions.decode(m, q.tensors)  # what predict will compute with; cached with the version
         report["evaluation"] = compress.evaluation_report(p["eval"], before, compress.measure(deq, *ev))
     progress(0.8)
     overall, per_layer = compress.stored_sparsity(q.tensors)
@@ -83,8 +83,7 @@ def run_quantize(ctx: Any, job: Claimed, progress: Progress) -> None:
     report["layer_sparsity"] = per_layer
     tensors, encoding = compress.storage_form(q.tensors, overall, "quantized")
     progress(0.9)
-    compress.finish(
-        ctx,
+    svc.finish(
         job,
         operation="quantize",
         src=src,

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
 
-from app.compression import prune as prune_service
-from app.compression import quantize as quantize_service
 from app.compression.schemas import PruneIn, QuantizeIn
 from app.core.schemas import problem_responses
 from app.deps import Ctx, ModelMaintain, ModelNamePath
@@ -39,10 +38,8 @@ async def prune(
     response: Response,
     prefer: PreferHeader = None,
 ) -> JobOut:
-    from starlette.concurrency import run_in_threadpool
-
-    job_id = await run_in_threadpool(prune_service.submit, ctx, name, body)
-    return await job_answer(ctx, job_id, prefer, response)
+    job_id = await run_in_threadpool(ctx.compression.submit_prune, name, body)
+    return await job_answer(ctx.jobs, job_id, prefer, response)
 
 
 @router.post(
@@ -67,7 +64,5 @@ async def quantize(
     response: Response,
     prefer: PreferHeader = None,
 ) -> JobOut:
-    from starlette.concurrency import run_in_threadpool
-
-    job_id = await run_in_threadpool(quantize_service.submit, ctx, name, body)
-    return await job_answer(ctx, job_id, prefer, response)
+    job_id = await run_in_threadpool(ctx.compression.submit_quantize, name, body)
+    return await job_answer(ctx.jobs, job_id, prefer, response)

@@ -32,7 +32,7 @@ log = logging.getLogger("steward")
 PROBLEM = "application/problem+json"
 TYPE_BASE = "https://steward.dev/problems/"
 
-Loc = list[str | int]
+Loc = list[str | int] | tuple[str | int, ...]
 
 
 class StewardError(Exception):

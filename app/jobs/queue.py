@@ -22,42 +22,21 @@ Life of a job::
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.core.db import Database
 from app.core.tables import Job, utcnow
+from app.jobs.contract import Canceled, LeaseLost, Released
+from app.jobs.contract import Job as Claimed
+from app.jobs.repository import JobRepository
+
+__all__ = ["Canceled", "Claimed", "LeaseLost", "Queue", "Released", "backoff_seconds", "new_job"]
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELED)
-KINDS = ("batch_update", "prune", "quantize", "migrate")
-
-
-class LeaseLost(Exception):
-    """The job is no longer ours (lease expired and taken, or the job was deleted)."""
-
-
-class Canceled(Exception):
-    """Cancellation was requested; raised at the next progress point."""
-
-
-class Released(Exception):
-    """The worker is shutting down; the job goes back to the queue untouched."""
-
-
-@dataclass(frozen=True)
-class Claimed:
-    id: str
-    kind: str
-    model_id: int
-    model_name: str
-    params: dict[str, Any]
-    attempts: int
-    owner: str
 
 
 def new_job(s: Session, *, kind: str, model_id: int, model_name: str, params: dict[str, Any], max_attempts: int) -> Job:
@@ -93,24 +72,11 @@ class Queue:
         self.db = db
         self.lease = timedelta(seconds=lease_seconds)
 
-    def claim(self, owner: str, kinds: tuple[str, ...] = KINDS) -> Claimed | None:
+    def claim(self, owner: str, kinds: tuple[str, ...]) -> Claimed | None:
         """Take the oldest runnable job (queued and due, or running with an expired lease)."""
         now = utcnow()
         with self.db.write() as s:
-            q = (
-                sa.select(Job)
-                .where(
-                    Job.kind.in_(kinds),
-                    sa.or_(
-                        sa.and_(Job.status == QUEUED, Job.run_after <= now),
-                        sa.and_(Job.status == RUNNING, Job.lease_expires_at < now),
-                    ),
-                )
-                .order_by(Job.created_at, Job.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            job = s.scalars(q).first()
+            job = JobRepository(s).next_runnable(kinds, now)
             if job is None:
                 return None
             if job.status == RUNNING and job.attempts >= job.max_attempts:
@@ -138,7 +104,7 @@ class Queue:
             return Claimed(job.id, job.kind, job.model_id, job.model_name, dict(job.params), job.attempts, owner)
 
     def _held(self, s: Session, job_id: str, owner: str) -> Job:
-        job = s.scalars(sa.select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
+        job = JobRepository(s).get(job_id, for_update=True)
         if job is None or job.status != RUNNING or job.lease_owner != owner:
             raise LeaseLost(job_id)
         return job

@@ -1,81 +1,48 @@
 """Job workers: ``run_once()`` for tests, a thread loop for the API process and
-``steward worker`` for separate processes.
-
-A handler is ``handler(ctx, job, progress)``: it does the work, calls
-``progress(fraction)`` as it goes (a heartbeat, and the point where cancel and
-shutdown are noticed), and stores its outcome with ``ctx.jobs.queue.finish_in``
-in the same transaction as the version it made. Raising
-:class:`JobError` fails the job without retry (bad input discovered late);
-any other exception is retried with backoff until attempts run out.
-"""
+``steward worker`` for separate processes. A worker knows the queue and the
+:class:`~app.jobs.contract.Handlers` it was given, nothing of the capabilities
+(see :mod:`app.jobs.contract` for what a handler does)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
-from app.jobs.queue import Canceled, Claimed, LeaseLost, Queue, Released
+from app.jobs.contract import Canceled, Handler, JobError, LeaseLost, Progress, Released
+from app.jobs.queue import Claimed, Queue
 
 log = logging.getLogger("steward.worker")
 
-Handler = Callable[[Any, Claimed, "Progress"], None]
-
-
-class JobError(Exception):
-    """A failure that retrying cannot fix; ``details`` go into the job's ``error``."""
-
-    def __init__(self, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.details = details
-
-
-class Progress:
-    """Callable progress reporter handed to handlers; throttles database writes."""
-
-    def __init__(self, queue: Queue, job: Claimed, stopping: threading.Event, min_interval: float = 0.25) -> None:
-        self.queue = queue
-        self.job = job
-        self.stopping = stopping
-        self.min_interval = min_interval
-        self._last = 0.0
-        self.value = 0.0
-
-    def __call__(self, fraction: float, *, force: bool = False) -> None:
-        self.value = fraction
-        now = time.monotonic()
-        if self.stopping.is_set():
-            raise Released(self.job.id)
-        if not force and now - self._last < self.min_interval:
-            return
-        self._last = now
-        if self.queue.heartbeat(self.job.id, self.job.owner, fraction):
-            raise Canceled(self.job.id)
-
-    def check(self) -> None:
-        """A progress point without a new fraction."""
-        self(self.value)
+#: Called with (kind, final status) after every job: metrics.
+OnFinished = Callable[[str, str], None]
 
 
 class Worker:
     """Claims and runs jobs one at a time."""
 
-    def __init__(self, ctx: Any, handlers: dict[str, Handler], *, name: str | None = None) -> None:
-        self.ctx = ctx
+    def __init__(
+        self,
+        queue: Queue,
+        handlers: Mapping[str, Handler],
+        *,
+        poll_seconds: float,
+        on_finished: OnFinished | None = None,
+        name: str | None = None,
+    ) -> None:
         self.handlers = handlers
-        self.queue: Queue = ctx.jobs.queue
+        self.queue = queue
         self.owner = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self.poll = ctx.settings.worker_poll_seconds
-        self.lease_seconds = ctx.settings.job_lease_seconds
+        self.poll = poll_seconds
+        self.lease_seconds = queue.lease.total_seconds()
+        self.on_finished = on_finished
 
     # ---- one job
     def run_once(self) -> str | None:
@@ -87,7 +54,7 @@ class Worker:
         return job.id
 
     def _run(self, job: Claimed) -> None:
-        progress = Progress(self.queue, job, self.stopping)
+        progress = Progress(self.queue.heartbeat, job, self.stopping)
         beat_stop = threading.Event()
 
         def beat() -> None:  # keeps the lease while long numpy steps run between progress points
@@ -104,7 +71,7 @@ class Worker:
         t0 = time.perf_counter()
         status = "succeeded"
         try:
-            self.handlers[job.kind](self.ctx, job, progress)
+            self.handlers[job.kind](job, progress)
         except Canceled:
             self.queue.mark_canceled(job.id, job.owner)
             status = "canceled"
@@ -133,9 +100,8 @@ class Worker:
         finally:
             beat_stop.set()
             hb.join(timeout=5)
-        metrics = getattr(self.ctx, "metrics", None)
-        if metrics is not None:
-            metrics.jobs.labels(job.kind, status).inc()
+        if self.on_finished is not None:
+            self.on_finished(job.kind, status)
         log.info("job %s (%s) %s in %.2fs", job.id, job.kind, status, time.perf_counter() - t0)
 
     # ---- loop
@@ -159,30 +125,3 @@ class Worker:
         self.stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
-
-
-def run_worker_process(settings: Any, concurrency: int = 1) -> None:
-    """``steward worker``: run workers against the shared database and blob store
-    until SIGINT / SIGTERM, then stop gracefully."""
-    from app.context import AppContext
-    from app.core.migrations import upgrade
-    from app.worker.handlers import HANDLERS
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    upgrade(settings.url)
-    ctx = AppContext.build(settings)
-    workers = [Worker(ctx, HANDLERS).start() for _ in range(max(concurrency, 1))]
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %s: stopping workers", signum)
-        done.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    log.info("steward worker: %d worker(s) on %s", len(workers), settings.url.split("@")[-1])
-    while not done.wait(0.5):
-        pass
-    for w in workers:
-        w.stop()
-    ctx.close()

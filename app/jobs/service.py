@@ -1,23 +1,39 @@
-"""Jobs: enqueue (in the caller's transaction), read, list, cancel, wait."""
+"""Jobs, request side: enqueue (inside the caller's transaction), read, list, cancel, and
+the answer of every job-creating POST (202, or 201 after ``Prefer: wait=N``)."""
 
 from __future__ import annotations
 
 import base64
+import re
 import time
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.core.db import Database
-from app.core.errors import Conflict, Invalid, NotFound
+from app.core.errors import Conflict, Forbidden, Invalid, NotFound
 from app.core.tables import Job, Model, utcnow
-from app.jobs.queue import CANCELED, QUEUED, RUNNING, TERMINAL, Queue, new_job
+from app.jobs.queue import CANCELED, QUEUED, TERMINAL, Queue, new_job
+from app.jobs.repository import JobRepository
 from app.jobs.schemas import JobOut
+
+#: Longest ``Prefer: wait=N`` honoured, seconds.
+MAX_WAIT = 300.0
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.I)
+
+
+def public_params(d: dict[str, Any]) -> dict[str, Any]:
+    """Job params without internal keys (``_blob`` …), one level deep: what clients see."""
+    return {
+        k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")} if isinstance(v, dict) else v)
+        for k, v in d.items()
+        if not k.startswith("_")
+    }
 
 
 def job_out(j: Job) -> JobOut:
+    """The one mapping of a job row to its public answer."""
     return JobOut(
         id=j.id,
         kind=j.kind,  # type: ignore[arg-type]
@@ -27,7 +43,7 @@ def job_out(j: Job) -> JobOut:
         attempts=j.attempts,
         max_attempts=j.max_attempts,
         cancel_requested=j.cancel_requested,
-        params=_public(j.params),
+        params=public_params(j.params),
         result=j.result,
         error=j.error,
         created_at=j.created_at,
@@ -36,13 +52,12 @@ def job_out(j: Job) -> JobOut:
     )
 
 
-def _public(d: dict[str, Any]) -> dict[str, Any]:
-    """Params without internal keys (``_blob`` …), one level deep."""
-    return {
-        k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")} if isinstance(v, dict) else v)
-        for k, v in d.items()
-        if not k.startswith("_")
-    }
+def prefer_wait(prefer: str | None) -> float | None:
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped at :data:`MAX_WAIT`."""
+    if not prefer:
+        return None
+    m = _WAIT.search(prefer)
+    return min(float(m.group(1)), MAX_WAIT) if m else None
 
 
 def _cursor(j: Job) -> str:
@@ -57,6 +72,11 @@ def _uncursor(c: str) -> tuple[datetime, str]:
         raise Invalid.at(["query", "cursor"], "not a cursor from this list") from None
 
 
+def _check_model(allowed: tuple[str, ...] | None, model: str) -> None:
+    if allowed is not None and model not in allowed:
+        raise Forbidden(f"this key is not allowed to use model {model!r}")
+
+
 class JobService:
     def __init__(self, db: Database, queue: Queue, max_attempts: int) -> None:
         self.db = db
@@ -64,71 +84,83 @@ class JobService:
         self.max_attempts = max_attempts
 
     def enqueue(self, s: Session, kind: str, model: Model, params: dict[str, Any]) -> Job:
+        """Add a queued job to ``s``'s transaction (the submitting service's)."""
         return new_job(
             s, kind=kind, model_id=model.id, model_name=model.name, params=params, max_attempts=self.max_attempts
         )
 
-    def get(self, s: Session, job_id: str) -> Job:
-        j = s.get(Job, job_id) if len(job_id) <= 36 else None
+    def _get(self, s: Session, job_id: str, *, for_update: bool = False) -> Job:
+        j = JobRepository(s).get(job_id, for_update=for_update)
         if j is None:
             raise NotFound(f"no job with id {job_id!r}")
         return j
 
+    def get(self, job_id: str, *, allowed: tuple[str, ...] | None = None) -> JobOut:
+        with self.db.read() as s:
+            j = self._get(s, job_id)
+            _check_model(allowed, j.model_name)
+            return job_out(j)
+
     def page(
         self,
-        s: Session,
         *,
         model: str | None,
         kind: str | None,
         status: str | None,
         cursor: str | None,
         limit: int,
-        allowed: list[str] | None,
+        allowed: tuple[str, ...] | None,
     ) -> tuple[list[JobOut], str | None]:
-        q = sa.select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
         if model is not None:
-            q = q.where(Job.model_name == model)
-        if allowed is not None:
-            q = q.where(Job.model_name.in_(allowed))
-        if kind is not None:
-            q = q.where(Job.kind == kind)
-        if status is not None:
-            q = q.where(Job.status == status)
-        if cursor is not None:
-            ts, jid = _uncursor(cursor)
-            q = q.where(sa.or_(Job.created_at < ts, sa.and_(Job.created_at == ts, Job.id < jid)))
-        rows = list(s.scalars(q))
+            _check_model(allowed, model)
+        before = _uncursor(cursor) if cursor is not None else None
+        with self.db.read() as s:
+            rows = JobRepository(s).page(
+                model=model,
+                kind=kind,
+                status=status,
+                before=before,
+                limit=limit + 1,
+                allowed=list(allowed) if allowed is not None else None,
+            )
         more = len(rows) > limit
         rows = rows[:limit]
         return [job_out(j) for j in rows], (_cursor(rows[-1]) if more and rows else None)
 
-    def cancel(self, s: Session, job_id: str) -> Job:
+    def cancel(self, job_id: str, *, allowed: tuple[str, ...] | None = None) -> JobOut:
         """A queued job is canceled at once; a running one at its next progress point."""
-        j = s.scalars(sa.select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
-        if j is None:
-            raise NotFound(f"no job with id {job_id!r}")
-        if j.status in TERMINAL:
-            raise Conflict(f"job {job_id} is already {j.status}")
-        now = utcnow()
-        j.cancel_requested = True
-        if j.status == QUEUED:
-            j.status = CANCELED
-            j.finished_at = now
-        j.updated_at = now
-        return j
+        with self.db.write() as s:
+            j = self._get(s, job_id, for_update=True)
+            _check_model(allowed, j.model_name)
+            if j.status in TERMINAL:
+                raise Conflict(f"job {job_id} is already {j.status}")
+            now = utcnow()
+            j.cancel_requested = True
+            if j.status == QUEUED:
+                j.status = CANCELED
+                j.finished_at = now
+            j.updated_at = now
+            return job_out(j)
 
-    def wait(self, job_id: str, seconds: float) -> Job:
-        """Poll until the job is terminal or ``seconds`` pass (call from a thread)."""
+    def wait(self, job_id: str, seconds: float) -> JobOut:
+        """Poll until the job is terminal or ``seconds`` pass (blocking: call from a thread)."""
         deadline = time.monotonic() + seconds
         delay = 0.01
         while True:
-            with self.db.read() as s:
-                j = self.get(s, job_id)
-            if j.status in TERMINAL or time.monotonic() >= deadline:
-                return j
+            out = self.get(job_id)
+            if out.status in TERMINAL or time.monotonic() >= deadline:
+                return out
             time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
             delay = min(delay * 1.5, 0.2)
 
-    @staticmethod
-    def is_running(j: Job) -> bool:
-        return j.status == RUNNING
+    def answer(self, job_id: str, prefer: str | None) -> tuple[JobOut, int, dict[str, str]]:
+        """The answer of a job-creating POST (blocking: call from a thread): the job, 202
+        with ``Location``, or after ``Prefer: wait=N`` 201 when it finished in time."""
+        wait = prefer_wait(prefer)
+        headers = {"Location": f"/v1/jobs/{job_id}"}
+        if wait:
+            out = self.wait(job_id, wait)
+            headers["Preference-Applied"] = f"wait={wait:g}"
+        else:
+            out = self.get(job_id)
+        return out, (201 if wait and out.status in TERMINAL else 202), headers

@@ -6,19 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from app.core.errors import Forbidden
 from app.core.schemas import Page, problem_responses
 from app.deps import AdminKey, Ctx, PageParams
 from app.keys.schemas import KeyCreate, KeyCreated, KeyOut
 
 router = APIRouter(tags=["keys"])
-
-
-def unrestricted(p: AdminKey) -> None:
-    """Key management needs an admin key without a model restriction: a restricted one
-    could otherwise mint itself an unrestricted key."""
-    if p.models is not None:
-        raise Forbidden("managing API keys needs an admin key that is not restricted to models")
 
 
 @router.post(
@@ -30,9 +22,8 @@ def unrestricted(p: AdminKey) -> None:
     operation_id="create_key",
 )
 def create_key(body: KeyCreate, ctx: Ctx, p: AdminKey) -> KeyCreated:
-    unrestricted(p)
-    with ctx.db.write() as s:
-        return ctx.keys.create(s, body)
+    p.check_unrestricted()
+    return ctx.keys.create(body)
 
 
 @router.get(
@@ -43,10 +34,9 @@ def create_key(body: KeyCreate, ctx: Ctx, p: AdminKey) -> KeyCreated:
     operation_id="list_keys",
 )
 def list_keys(ctx: Ctx, p: AdminKey, page: PageParams) -> Page[KeyOut]:
-    unrestricted(p)
+    p.check_unrestricted()
     limit, cursor = page
-    with ctx.db.read() as s:
-        items, nxt = ctx.keys.page(s, cursor=cursor, limit=limit)
+    items, nxt = ctx.keys.page(cursor=cursor, limit=limit)
     return Page[KeyOut](items=items, next_cursor=nxt)
 
 
@@ -58,7 +48,6 @@ def list_keys(ctx: Ctx, p: AdminKey, page: PageParams) -> Page[KeyOut]:
     operation_id="revoke_key",
 )
 def revoke_key(key_id: Annotated[str, Path(max_length=64)], ctx: Ctx, p: AdminKey) -> Response:
-    unrestricted(p)
-    with ctx.db.write() as s:
-        ctx.keys.revoke(s, key_id)
+    p.check_unrestricted()
+    ctx.keys.revoke(key_id)
     return Response(status_code=204)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from app.core.errors import NotFound, Unauthorized
+from app.core.db import Database
+from app.core.errors import Forbidden, NotFound, Unauthorized
 from app.core.tables import ApiKey, utcnow
 from app.keys.repository import ApiKeyRepository
 from app.keys.schemas import KeyCreate, KeyCreated, KeyOut
@@ -46,6 +47,18 @@ class Principal:
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
 
+    def check_model(self, model: str) -> None:
+        """403 unless this key may use ``model``: the one check for every place a request
+        names a model (path, body, job params)."""
+        if not self.may_use(model):
+            raise Forbidden(f"this key is not allowed to use model {model!r}")
+
+    def check_unrestricted(self) -> None:
+        """Key management needs a key without a model restriction: a restricted one could
+        otherwise mint itself an unrestricted key."""
+        if self.models is not None:
+            raise Forbidden("managing API keys needs an admin key that is not restricted to models")
+
 
 BOOTSTRAP = Principal(id="bootstrap", name="STEWARD_ADMIN_KEY", scope="admin", models=None)
 
@@ -55,10 +68,15 @@ def key_out(k: ApiKey) -> KeyOut:
 
 
 class KeyService:
-    def __init__(self, bootstrap_admin: str | None) -> None:
+    def __init__(self, db: Database, bootstrap_admin: str | None) -> None:
+        self.db = db
         self._boot = hash_key(bootstrap_admin) if bootstrap_admin else None
 
-    def create(self, s: Session, body: KeyCreate) -> KeyCreated:
+    def create(self, body: KeyCreate) -> KeyCreated:
+        with self.db.write() as s:
+            return self._create(s, body)
+
+    def _create(self, s: Session, body: KeyCreate) -> KeyCreated:
         secret = new_secret()
         k = ApiKey(
             id=secrets.token_hex(8),
@@ -72,18 +90,20 @@ class KeyService:
         ApiKeyRepository(s).add(k)
         return KeyCreated(**key_out(k).model_dump(), key=secret)
 
-    def page(self, s: Session, *, cursor: str | None, limit: int) -> tuple[list[KeyOut], str | None]:
-        rows = ApiKeyRepository(s).page(after=cursor, limit=limit + 1)
+    def page(self, *, cursor: str | None, limit: int) -> tuple[list[KeyOut], str | None]:
+        with self.db.read() as s:
+            rows = ApiKeyRepository(s).page(after=cursor, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return [key_out(k) for k in rows], (rows[-1].id if more and rows else None)
 
-    def revoke(self, s: Session, key_id: str) -> None:
-        repo = ApiKeyRepository(s)
-        k = repo.get(key_id)
-        if k is None or k.revoked_at is not None:
-            raise NotFound(f"no API key with id {key_id!r}")
-        repo.revoke(k, utcnow())
+    def revoke(self, key_id: str) -> None:
+        with self.db.write() as s:
+            repo = ApiKeyRepository(s)
+            k = repo.get(key_id)
+            if k is None or k.revoked_at is not None:
+                raise NotFound(f"no API key with id {key_id!r}")
+            repo.revoke(k, utcnow())
 
     def bootstrap(self, token: str | None) -> Principal | None:
         """The bootstrap admin (``STEWARD_ADMIN_KEY``) when ``token`` is its key, without
@@ -92,20 +112,24 @@ class KeyService:
             return None
         return BOOTSTRAP
 
-    def authenticate(self, s: Session, token: str | None) -> Principal:
+    def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         boot = self.bootstrap(token)
         if boot is not None:
             return boot
-        k = ApiKeyRepository(s).by_hash(hash_key(token))
+        with self.db.read() as s:
+            k = ApiKeyRepository(s).by_hash(hash_key(token))
         if k is None or k.revoked_at is not None:
             raise Unauthorized("unknown or revoked API key")
         return Principal(id=k.id, name=k.name, scope=k.scope, models=tuple(k.models) if k.models is not None else None)
 
-    def ensure_admin(self, s: Session) -> str | None:
+    def ensure_admin(self) -> str | None:
         """On first start without STEWARD_ADMIN_KEY, create an admin key and return
         its secret (to be shown once). Returns None when an admin key exists."""
-        if self._boot is not None or ApiKeyRepository(s).count_admin() > 0:
+        if self._boot is not None:
             return None
-        return self.create(s, KeyCreate(name="bootstrap-admin", scope="admin")).key
+        with self.db.write() as s:
+            if ApiKeyRepository(s).count_admin() > 0:
+                return None
+            return self._create(s, KeyCreate(name="bootstrap-admin", scope="admin")).key

@@ -16,8 +16,6 @@ from app.interop.export import MEDIA_TYPES
 from app.jobs.router import JOB_RESPONSES, PreferHeader, job_answer
 from app.jobs.schemas import JobOut
 from app.migration.schemas import ExportList, MigrateIn, Target
-from app.registry.models import get_model
-from app.registry.router import version_out
 from app.registry.schemas import VersionOut
 
 router = APIRouter()
@@ -33,8 +31,7 @@ TargetPath = Annotated[Target, Path(description="Export target: onnx, torch or n
     operation_id="list_exports",
 )
 def list_exports(name: ModelNamePath, version: VersionPath, ctx: Ctx, _: ModelRead) -> ExportList:
-    with ctx.db.read() as s:
-        return ExportList(items=ctx.migrate.list_exports(s, name, version))
+    return ExportList(items=ctx.migration.list_exports(name, version))
 
 
 @router.get(
@@ -55,8 +52,7 @@ def list_exports(name: ModelNamePath, version: VersionPath, ctx: Ctx, _: ModelRe
 def download_export(
     name: ModelNamePath, version: VersionPath, target: TargetPath, ctx: Ctx, _: ModelRead
 ) -> StreamingResponse:
-    with ctx.db.read() as s:
-        _m, _v, e = ctx.migrate.get_export(s, name, version, target)
+    e = ctx.migration.get_export(name, version, target)
     headers = {
         "Content-Length": str(e.size_bytes),
         "Content-Disposition": f'attachment; filename="{e.filename}"',
@@ -87,14 +83,14 @@ async def migrate(
     name: ModelNamePath,
     body: MigrateIn,
     ctx: Ctx,
-    _: ModelMaintain,
+    p: ModelMaintain,
     response: Response,
     prefer: PreferHeader = None,
 ) -> JobOut:
-    from starlette.concurrency import run_in_threadpool
-
-    job_id = await run_in_threadpool(ctx.migrate.submit, name, body)
-    return await job_answer(ctx, job_id, prefer, response)
+    if body.new_model is not None:
+        p.check_model(body.new_model)  # a transfer creates a model: the key must be allowed to use it
+    job_id = await run_in_threadpool(ctx.migration.submit, name, body)
+    return await job_answer(ctx.jobs, job_id, prefer, response)
 
 
 IMPORT_TYPES = ("application/octet-stream", "application/vnd.safetensors", "application/safetensors")
@@ -128,17 +124,6 @@ async def import_version(
             f"send a safetensors file as application/octet-stream or an ONNX file as application/onnx, not {ctype}"
         )
     data = await read_body(request, ctx.settings.max_body_bytes)
-
-    def work() -> VersionOut:
-        with ctx.db.write() as s:
-            m = get_model(s, name, for_update=True)
-            importer = ctx.extras.get("import_onnx") if ctype in ONNX_TYPES else None
-            if ctype in ONNX_TYPES and importer is None:
-                raise UnsupportedMediaType("ONNX import is not available in this build")
-            v = importer(s, m, data) if importer else ctx.versions.import_safetensors(s, m, data)
-            return version_out(m, v)
-
-    out = await run_in_threadpool(work)
-    ctx.metrics.versions.labels("import").inc()
+    out = await run_in_threadpool(ctx.migration.import_version, name, data, onnx_file=ctype in ONNX_TYPES)
     response.headers["Location"] = f"/v1/models/{name}/versions/{out.version}"
     return out

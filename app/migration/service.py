@@ -1,6 +1,6 @@
 """migrate: verified exports of a version, transfer learning to a new model, ONNX import.
 
-Request time (:meth:`MigrateService.submit`): resolve ``from``, validate every field
+Request time (:meth:`MigrationService.submit`): resolve ``from``, validate every field
 of the chosen mode (a 422 names the field; transfer's ``new_model`` that exists is
 409), and enqueue a ``migrate`` job — one transaction, nothing queued on any 4xx.
 
@@ -36,9 +36,9 @@ Transfer job (:func:`run_transfer`)
     the job. The job's ``model`` is the SOURCE model. A retried attempt whose first
     attempt committed finds its version by ``job_id`` and reports it.
 
-ONNX import (:meth:`MigrateService.import_onnx`, registered as
-``ctx.extras["import_onnx"]`` for ``POST /models/{name}/versions`` with
-``Content-Type: application/onnx``): parse (:func:`app.interop.onnx_import.from_onnx`),
+Import (:meth:`MigrationService.import_version`, ``POST /models/{name}/versions``):
+a safetensors file, or with ``Content-Type: application/onnx`` an ONNX file: parse
+(:func:`app.interop.onnx_import.from_onnx`),
 map onto the model's spec, check Steward's forward against ONNX Runtime on probe
 inputs, and create an ``import`` version. Unreadable bytes → 400, too large → 413,
 anything that does not map (operator, shapes, activation, output link) or does not
@@ -52,11 +52,14 @@ from typing import Any
 
 import numpy as np
 import onnx
-import safetensors.numpy as stnp
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from app.core.blobs import BlobStore
+from app.core.db import Database
 from app.core.errors import BadRequest, Conflict, Invalid, NotFound, PayloadTooLarge
+from app.core.metrics import Metrics
+from app.core.settings import Settings
 from app.core.tables import Export, Model, Version, utcnow
 from app.engine import codec
 from app.engine.nn.network import Network, init_network
@@ -74,16 +77,16 @@ from app.interop.export import (
 )
 from app.interop.export_verify import verify_npz, verify_torch_state
 from app.interop.onnx_import import OnnxImportError, OnnxTooLargeError, OnnxVerificationError, from_onnx, verify_import
-from app.jobs.queue import Claimed
-from app.jobs.runner import JobError, Progress
+from app.jobs.contract import Handlers, Job, JobError, Progress
+from app.jobs.service import JobService, public_params
 from app.migration.repository import ExportRepository
 from app.migration.schemas import TRANSFER_FIELDS, ExportOut, MigrateIn
-from app.online.samples import parse_samples
-from app.registry.models import get_model
+from app.registry.models import ModelService, get_model
 from app.registry.repository import ModelRepository, VersionRepository
-from app.registry.schemas import ModelCreate
+from app.registry.schemas import ModelCreate, VersionOut
+from app.registry.versions import VersionService, version_out
 from app.training import data
-from app.training.service import resolve_from, train_options
+from app.training.service import fit, train_options
 
 N_RANDOM_PROBES = 64
 N_REAL_PROBES = 64
@@ -136,38 +139,68 @@ def _only(body: MigrateIn, names: tuple[str, ...] | list[str], mode: str) -> Non
 
 
 # --------------------------------------------------------------------------- service
-class MigrateService:
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
+class MigrationService:
+    """Exports, transfer learning and imports: request time, and the ``migrate`` job handler."""
+
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        versions: VersionService,
+        models: ModelService,
+        jobs: JobService,
+        metrics: Metrics,
+        settings: Settings,
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.versions = versions
+        self.models = models
+        self.jobs = jobs
+        self.metrics = metrics
+        self.settings = settings
+
+    def register(self, handlers: Handlers) -> None:
+        handlers.register("migrate", self.run)
+
+    def run(self, job: Job, progress: Progress) -> None:
+        """The ``migrate`` job handler: export or transfer, per ``params["mode"]``."""
+        if job.params.get("mode") == "transfer":
+            run_transfer(self, job, progress)
+        else:
+            run_export(self, job, progress)
 
     # ---- request time
     def submit(self, name: str, body: MigrateIn) -> str:
-        ctx = self.ctx
-        with ctx.db.write() as s:
+        packed = None
+        if body.mode == "transfer" and body.task is not None and body.samples is not None and body.log is None:
+            with self.db.read() as s:
+                src_model = get_model(s, name)
+            head = Model(task=body.task, input_dim=src_model.input_dim, output_dim=body.output_dim or 1)
+            packed = data.pack_samples(self.blobs, head, body.samples, ["body"], min_samples=2)
+        with self.db.write() as s:
             m = get_model(s, name, for_update=True)
-            frm = resolve_from(ctx, s, m, body.from_, ["body", "from"])
+            _src, frm = self.versions.resolve_from(s, m, body.from_)
             if body.mode == "transfer":
-                params = self._transfer_params(s, m, body, frm)
-                return ctx.jobs.enqueue(s, "migrate", m, params).id
-            params = self._export_params(body, frm)
-            return ctx.jobs.enqueue(s, "migrate", m, params).id
+                params = self._transfer_params(s, m, body, frm, packed)
+            else:
+                params = self._export_params(body, frm)
+            return self.jobs.enqueue(s, "migrate", m, params).id
 
-    def _export_params(self, body: MigrateIn, frm: int) -> dict[str, Any]:
+    def _export_params(self, body: MigrateIn, frm: dict[str, Any]) -> dict[str, Any]:
         _only(body, TRANSFER_FIELDS, "transfer")
         if body.target is None:
             raise Invalid.at(["body", "target"], "field required: one of onnx, torch, npz")
-        params: dict[str, Any] = {
-            "mode": "export",
-            "from": body.from_ if body.from_ is not None else "latest",
-            "from_version": frm,
-            "target": body.target,
-        }
+        params: dict[str, Any] = {"mode": "export", **frm, "target": body.target}
         if body.target == "onnx":
             params["opset"] = body.opset if body.opset is not None else DEFAULT_OPSET
         return params
 
-    def _transfer_params(self, s: Session, m: Model, body: MigrateIn, frm: int) -> dict[str, Any]:
-        ctx = self.ctx
+    def _transfer_params(
+        self, s: Session, m: Model, body: MigrateIn, frm_params: dict[str, Any], packed: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        ctx = self
+        frm = int(frm_params["from_version"])
         _only(body, ("target", "opset"), "export")
         for f in ("new_model", "task"):
             if getattr(body, f) is None:
@@ -219,12 +252,8 @@ class MigrateService:
             )
         if body.samples is not None and body.log is not None:
             raise Invalid.at(["body"], "give exactly one of samples or log")
-        if body.samples is not None:
-            X, Y = parse_samples(spec.task, spec.input_dim, spec.output_dim, body.samples, ["body", "samples"])
-            if len(X) < 2:
-                raise Invalid.at(["body", "samples"], f"need at least 2 samples, got {len(X)}")
-            sha, _ = ctx.blobs.put(stnp.save({"x": X, "y": Y}))
-            src_desc: dict[str, Any] = {"source": "samples", "n": len(X), "_blob": sha}
+        if packed is not None:
+            src_desc: dict[str, Any] = packed
         elif body.log is not None:
             if (spec.task, spec.output_dim) != (m.task, m.output_dim):
                 raise Invalid.at(
@@ -232,13 +261,12 @@ class MigrateService:
                     f"the source's log holds {m.task} labels of size {m.output_dim}; "
                     f"a {spec.task} head of size {spec.output_dim} needs samples",
                 )
-            src_desc = data.prepare(s, ctx.blobs, m, samples=None, log=body.log, loc=["body"], min_samples=2)
+            src_desc = data.log_range(m, body.log, ["body"], min_samples=2)
         else:
             raise Invalid.at(["body", "samples"], "field required with mode 'transfer' (or log)")
         return {
             "mode": "transfer",
-            "from": body.from_ if body.from_ is not None else "latest",
-            "from_version": frm,
+            **frm_params,
             "new_model": spec.name,
             "spec": spec.model_dump(mode="json"),
             "copy_layers": copy,
@@ -249,29 +277,54 @@ class MigrateService:
         }
 
     # ---- exports (read side)
-    def list_exports(self, s: Session, name: str, version: int) -> list[ExportOut]:
-        m = get_model(s, name)
-        v = self.ctx.versions.get(s, m, version)
-        rows = sorted(ExportRepository(s).for_version(v.id), key=lambda e: e.target)
-        return [export_out(m, v, e) for e in rows]
+    def list_exports(self, name: str, version: int) -> list[ExportOut]:
+        with self.db.read() as s:
+            m = get_model(s, name)
+            v = self.versions.get(s, m, version)
+            rows = sorted(ExportRepository(s).for_version(v.id), key=lambda e: e.target)
+            return [export_out(m, v, e) for e in rows]
 
-    def get_export(self, s: Session, name: str, version: int, target: str) -> tuple[Model, Version, Export]:
-        m = get_model(s, name)
-        v = self.ctx.versions.get(s, m, version)
-        e = ExportRepository(s).get(v.id, target)
-        if e is None or not self.ctx.blobs.exists(e.blob_sha256):
+    def get_export(self, name: str, version: int, target: str) -> Export:
+        """A verified export whose file is present (404 naming how to make one otherwise)."""
+        with self.db.read() as s:
+            m = get_model(s, name)
+            v = self.versions.get(s, m, version)
+            e = ExportRepository(s).get(v.id, target)
+        if e is None or not self.blobs.exists(e.blob_sha256):
             raise NotFound(
                 f"version {version} of {name!r} has no {target} export yet; "
                 f'ask for one with POST /v1/models/{name}/migrate {{"from": {version}, "target": "{target}"}}'
             )
-        return m, v, e
+        return e
 
-    # ---- ONNX import (called inside the import route's write transaction)
-    def import_onnx(self, s: Session, m: Model, body: bytes) -> Version:
-        ctx = self.ctx
+    # ---- imports: parse and verify before the write transaction, which only adds the row
+    def import_version(self, name: str, data: bytes, *, onnx_file: bool) -> VersionOut:
+        """``POST /models/{name}/versions``: a safetensors file, or an ONNX file (parsed,
+        mapped onto the model's spec and verified against ONNX Runtime) as an ``import``
+        version. All the CPU work and the blob write happen before the write
+        transaction, which holds the lock for milliseconds."""
+        with self.db.read() as s:
+            m = get_model(s, name)
+            real = recent_inputs(s, m) if onnx_file else None
+        if onnx_file:
+            net, params = self._onnx_network(m, data, real)
+            blob = self.versions.store(net=net)
+        else:
+            blob = self.versions.decode_safetensors(m, data)
+            params = {"format": "safetensors", "bytes": len(data)}
+        with self.db.write() as s:
+            m = get_model(s, name, for_update=True)
+            latest = VersionRepository(s).latest_number(m.id)
+            v = self.versions.add(s, m, blob, operation="import", parent=latest or None, params=params)
+            out = version_out(m, v)
+        self.metrics.versions.labels("import").inc()
+        return out
+
+    def _onnx_network(self, m: Model, body: bytes, real: np.ndarray | None) -> tuple[Network, dict[str, Any]]:
         _readable(body)
+        digest = hashlib.sha256(body).hexdigest()
         try:
-            imported = from_onnx(body, max_bytes=ctx.settings.max_body_bytes)
+            imported = from_onnx(body, max_bytes=self.settings.max_body_bytes)
             net = imported.check_against(
                 task=m.task,
                 activation=m.activation,
@@ -279,9 +332,7 @@ class MigrateService:
                 output_dim=m.output_dim,
                 n_layers=len(m.hidden) + 1,
             )
-            report = verify_import(
-                body, imported, net, probes_for(m, hashlib.sha256(body).hexdigest(), recent_inputs(s, m))
-            )
+            report = verify_import(body, imported, net, probes_for(m, digest, real))
         except OnnxTooLargeError as e:
             raise PayloadTooLarge(e.msg) from None
         except OnnxVerificationError as e:
@@ -297,22 +348,15 @@ class MigrateService:
                 operator=e.op_type,
                 node=e.node,
             ) from None
-        latest = VersionRepository(s).latest_number(m.id)
-        return ctx.versions.create(
-            s,
-            m,
-            operation="import",
-            net=net,
-            parent=latest or None,
-            params={
-                "format": "onnx",
-                "bytes": len(body),
-                "sha256": hashlib.sha256(body).hexdigest(),
-                "verification": report,
-                "followed_output": imported.followed_output,
-                "onnx": net.meta.get("onnx", imported.describe()),
-            },
-        )
+        params = {
+            "format": "onnx",
+            "bytes": len(body),
+            "sha256": digest,
+            "verification": report,
+            "followed_output": imported.followed_output,
+            "onnx": net.meta.get("onnx", imported.describe()),
+        }
+        return net, params
 
 
 def _readable(body: bytes) -> None:
@@ -326,14 +370,6 @@ def _readable(body: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- jobs
-def run_migrate(ctx: Any, job: Claimed, progress: Progress) -> None:
-    """The ``migrate`` job handler: export or transfer, per ``params["mode"]``."""
-    if job.params.get("mode") == "transfer":
-        run_transfer(ctx, job, progress)
-    else:
-        run_export(ctx, job, progress)
-
-
 def _export_result(m: Model, v: Version, e: Export, *, reused: bool) -> dict[str, Any]:
     ver = e.meta.get("verification", {})
     out = {
@@ -355,7 +391,7 @@ def _export_result(m: Model, v: Version, e: Export, *, reused: bool) -> dict[str
     return out
 
 
-def run_export(ctx: Any, job: Claimed, progress: Progress) -> None:
+def run_export(ctx: MigrationService, job: Job, progress: Progress) -> None:
     p = job.params
     target: str = p["target"]
     opset = p.get("opset")
@@ -487,9 +523,7 @@ def _transfer_result(job_params: dict[str, Any], v: Version) -> dict[str, Any]:
     }
 
 
-def run_transfer(ctx: Any, job: Claimed, progress: Progress) -> None:
-    from app.training.service import _public, fit
-
+def run_transfer(ctx: MigrationService, job: Job, progress: Progress) -> None:
     p = job.params
     spec = ModelCreate.model_validate(p["spec"])
     copy, freeze = int(p["copy_layers"]), int(p["freeze"])
@@ -512,8 +546,7 @@ def run_transfer(ctx: Any, job: Claimed, progress: Progress) -> None:
     masks = None
     if src.sparsity > 0:  # keep the copied layers' pruned weights at zero
         masks = [w != 0 if i < copy else None for i, w in enumerate(start.weights)]
-    target_model = Model(name=spec.name, optimizer=spec.optimizer.model_dump())  # transient: fit reads .optimizer
-    net, metrics, _ = fit(ctx, target_model, start, X, Y, p, progress, masks=masks, frozen=set(range(freeze)))
+    net, metrics, _ = fit(spec.optimizer.model_dump(), start, X, Y, p, progress, masks=masks, frozen=set(range(freeze)))
     for i in range(freeze):
         if not (_same_bits(net.weights[i], base.weights[i]) and _same_bits(net.biases[i], base.biases[i])):
             raise JobError(f"frozen layer {i} changed during training", layer=i)
@@ -524,19 +557,24 @@ def run_transfer(ctx: Any, job: Claimed, progress: Progress) -> None:
         "frozen_layers": list(range(freeze)),
         "hidden_head": p["hidden_head"],
         "seed": spec.seed,
-        "data": _public(p["data"]),
+        "data": public_params(p["data"]),
         **{k: p[k] for k in train_options_keys()},
     }
     if src.encoding == "quantized":
         params["dequantized_from"] = {"version": src.version, "dtype": src.dtype}
     lineage = {"model": m.name, "version": src.version, "frozen": freeze, "copied_layers": copy}
+    blob = ctx.versions.store(net=net)
     with ctx.db.write() as s:
         try:
-            new = ctx.models.create(
+            new = ctx.models.add(
                 s,
                 spec,
+                blob,
+                operation="transfer",
+                params=params,
                 lineage=lineage,
-                first={"operation": "transfer", "net": net, "params": params, "metrics": metrics, "job_id": job.id},
+                metrics=metrics,
+                job_id=job.id,
             )
         except Conflict:
             raise JobError(f"a model named {spec.name!r} was created while this job ran") from None

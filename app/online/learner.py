@@ -67,9 +67,11 @@ from typing import Any
 
 import numpy as np
 import safetensors.numpy as stnp
-import sqlalchemy as sa
-from prometheus_client import Gauge
 
+from app.core.blobs import BlobStore
+from app.core.db import Database
+from app.core.metrics import Metrics
+from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
 from app.engine.nn.network import Network
 from app.engine.nn.online import LearnerConfig, OnlineLearner
@@ -77,6 +79,7 @@ from app.engine.nn.optim import OptimizerConfig
 from app.online.log import unpack_batch
 from app.online.repository import LearnerRepository, SampleRepository
 from app.registry.repository import ModelRepository, VersionRepository
+from app.registry.versions import VersionService
 
 log = logging.getLogger("steward.learner")
 
@@ -172,10 +175,21 @@ class LearnerRuntime:
     """Holds models' learners and applies their logs. ``run_once()`` for tests,
     :meth:`start` / :meth:`stop` for the background thread."""
 
-    def __init__(self, ctx: Any, *, owner: str | None = None) -> None:
-        self.ctx = ctx
-        self.db = ctx.db
-        self.settings = ctx.settings
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        blobs: BlobStore,
+        versions: VersionService,
+        metrics: Metrics,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.blobs = blobs
+        self.versions = versions
+        self.metrics = metrics
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held: dict[int, Held] = {}
         self.stopping = threading.Event()
@@ -183,7 +197,6 @@ class LearnerRuntime:
         self._last_claim = 0.0
         self._last_renew = 0.0
         self._lock = threading.Lock()
-        self.gauges = install_metrics(ctx)
 
     # ------------------------------------------------------------------ thread
     def start(self) -> LearnerRuntime:
@@ -305,27 +318,8 @@ class LearnerRuntime:
     def _controls(self) -> dict[int, Control]:
         if not self.held:
             return {}
-        ids = list(self.held)
-        latest = (
-            sa.select(sa.func.max(Version.version))
-            .where(Version.model_id == Model.id)
-            .correlate(Model)
-            .scalar_subquery()
-        )
         with self.db.read() as s:
-            rows = s.execute(
-                sa.select(
-                    Model.id,
-                    Model.status,
-                    Model.paused_offset,
-                    Model.next_offset,
-                    latest,
-                    Learner.owner,
-                    Learner.metrics,
-                )
-                .join(Learner, Learner.model_id == Model.id)
-                .where(Model.id.in_(ids))
-            ).all()
+            rows = LearnerRepository(s).controls(list(self.held))
         out = {}
         for mid, status, paused, nxt, lat, owner, metrics in rows:
             md = metrics or {}
@@ -345,7 +339,7 @@ class LearnerRuntime:
         """Start learning a just-claimed model from its newest version (see module doc)."""
         with self.db.read() as s:
             m = ModelRepository(s).get(model_id)
-            lr = s.get(Learner, model_id)
+            lr = LearnerRepository(s).get(model_id)
             v = VersionRepository(s).latest(model_id)
             if m is None or lr is None or v is None:
                 return
@@ -361,13 +355,13 @@ class LearnerRuntime:
 
     def _start_from(self, m: Model, v: Version, base: dict[str, Any] | None, published: int) -> Held:
         masked = is_masked(v)
-        learner = new_learner(m, self.ctx.versions.load(m, v), self.settings.learner_window, masked=masked)
+        learner = new_learner(m, self.versions.load(m, v), self.settings.learner_window, masked=masked)
         if v.operation == "online" and v.state_sha256:
-            load_state(learner, self.ctx.blobs.get(v.state_sha256))
+            load_state(learner, self.blobs.get(v.state_sha256))
             at = int(v.applied_through if v.applied_through is not None else published)
         elif base and base.get("version") == v.version:
             if base.get("state_sha256"):
-                load_state(learner, self.ctx.blobs.get(base["state_sha256"]))
+                load_state(learner, self.blobs.get(base["state_sha256"]))
             at = int(base["applied_through"])
         else:
             at = published
@@ -386,7 +380,7 @@ class LearnerRuntime:
         """New parameters (version ``v``) with a fresh optimizer state; the running
         prequential metrics carry on and the guard warms up again."""
         masked = is_masked(v)
-        learner = new_learner(m, self.ctx.versions.load(m, v), self.settings.learner_window, masked=masked)
+        learner = new_learner(m, self.versions.load(m, v), self.settings.learner_window, masked=masked)
         load_state(learner, state_bytes(h.learner), metrics_only=True)
         learner.resume()
         h.learner, h.masked, h.model = learner, masked, m
@@ -418,7 +412,7 @@ class LearnerRuntime:
         )
 
     def _record_base(self, h: Held) -> None:
-        sha, _ = self.ctx.blobs.put(state_bytes(h.learner))
+        sha, _ = self.blobs.put(state_bytes(h.learner))
         with self.db.write() as s:
             lr = self._own_row(s, h)
             md = dict(lr.metrics or {})
@@ -463,8 +457,8 @@ class LearnerRuntime:
                 h.since_version += n
                 applied += n
                 h.dirty = True
-                self.ctx.metrics.samples_applied.labels(h.name).inc(n)
-                self.ctx.metrics.learner_step_seconds.labels(h.name).observe(dt / n)
+                self.metrics.samples_applied.labels(h.name).inc(n)
+                self.metrics.learner_step_seconds.labels(h.name).observe(dt / n)
             if res.pause is not None:
                 self._pause(h, res.pause.offset, f"{res.pause.reason}: {res.pause.detail}")
                 limit = h.applied_through
@@ -474,7 +468,7 @@ class LearnerRuntime:
                 if self.held.get(mid) is not h:  # a newer version was adopted instead
                     return applied
         h.lag = max(ctl.accepted - 1 - h.applied_through, 0)
-        self.ctx.metrics.learner_lag.labels(h.name).set(h.lag)
+        self.metrics.learner_lag.labels(h.name).set(h.lag)
         if ctl.requests and resume is None:
             self._answer_requests(h, ctl.requests, reach=limit)
         if self.held.get(mid) is h:
@@ -541,8 +535,17 @@ class LearnerRuntime:
         requests ``answer`` with it); returns its number, or -1 when a newer version
         appeared first (then that one is adopted)."""
         net = h.learner.snapshot()  # a detached copy: the version cache must not see later steps
-        state = state_bytes(h.learner)
         pre = h.learner.metrics()
+        # the blob and state are written (fsynced) before the write transaction opens
+        blob = self.versions.store(net=net, state=state_bytes(h.learner))
+        params = {
+            "checkpoint": cause,
+            "from_version": h.parent,
+            "samples": h.since_version,
+            "optimizer": dict(h.model.optimizer),
+            **({"masked": True} if h.masked else {}),
+            **(extra or {}),
+        }
         try:
             with self.db.write() as s:
                 m = ModelRepository(s).get(h.model_id, for_update=True)
@@ -551,23 +554,15 @@ class LearnerRuntime:
                 lr = self._own_row(s, h)
                 if VersionRepository(s).latest_number(h.model_id) != h.version:
                     raise _Newer
-                v = self.ctx.versions.create(
+                v = self.versions.add(
                     s,
                     m,
+                    blob,
                     operation="online",
-                    net=net,
                     parent=h.parent,
-                    params={
-                        "checkpoint": cause,
-                        "from_version": h.parent,
-                        "samples": h.since_version,
-                        "optimizer": dict(m.optimizer),
-                        **({"masked": True} if h.masked else {}),
-                        **(extra or {}),
-                    },
+                    params=params,
                     metrics={"prequential": pre, "samples_since_parent": h.since_version},
                     applied_through=h.applied_through,
-                    state=state,
                 )
                 md = _answered(lr.metrics, answer or [], v.version, created=True)
                 md["prequential"] = pre
@@ -583,7 +578,7 @@ class LearnerRuntime:
             log.info("learner: model %s got a newer version while checkpointing; adopting it", h.name)
             self._adopt_newer(h)
             return -1
-        self.ctx.metrics.versions.labels("online").inc()
+        self.metrics.versions.labels("online").inc()
         h.version = h.parent = number
         h.since_version = 0
         if h.applied_through >= h.publish_floor:
@@ -673,36 +668,3 @@ def _answered(metrics: dict[str, Any] | None, rids: list[str], version: int, *, 
     md["checkpoint_requests"] = reqs
     md["checkpoint_replies"] = replies
     return md
-
-
-# --------------------------------------------------------------------------- metrics
-def install_metrics(ctx: Any) -> dict[str, Gauge]:
-    """Per-model gauges read from the database on every ``/metrics`` scrape (so any
-    process reports every model, whoever holds its learner)."""
-    got = ctx.extras.get("online_gauges")
-    if got is not None:
-        return got
-    r = ctx.metrics.registry
-    gauges = {
-        "accepted": Gauge("steward_model_samples_accepted", "Samples in the model's log", ["model"], registry=r),
-        "applied": Gauge("steward_model_samples_applied", "Samples the learner has applied", ["model"], registry=r),
-        "paused": Gauge("steward_model_paused", "1 while the model's learner is paused", ["model"], registry=r),
-    }
-    ctx.extras["online_gauges"] = gauges
-
-    def refresh() -> None:
-        with ctx.db.read() as s:
-            rows = s.execute(
-                sa.select(Model.name, Model.next_offset, Model.status, Learner.applied_through).outerjoin(
-                    Learner, Learner.model_id == Model.id
-                )
-            ).all()
-        for name, accepted, status, through in rows:
-            applied = int(through if through is not None else -1) + 1
-            gauges["accepted"].labels(name).set(accepted)
-            gauges["applied"].labels(name).set(applied)
-            gauges["paused"].labels(name).set(1 if status == "paused" else 0)
-            ctx.metrics.learner_lag.labels(name).set(max(int(accepted) - applied, 0))
-
-    ctx.extras["refresh_metrics"] = refresh
-    return gauges

@@ -11,7 +11,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.core.tables import IdempotencyKey, Learner, Model, SampleBatch, utcnow
+from app.core.tables import IdempotencyKey, Learner, Model, SampleBatch, Version, utcnow
 
 # --------------------------------------------------------------------------- online learning
 #: The append's statements, built once: they are executed on the session's Core
@@ -129,6 +129,48 @@ class LearnerRepository:
         if for_update:
             q = q.with_for_update()
         return self.s.scalars(q).one_or_none()
+
+    def with_model(self, model_id: int) -> tuple[Model, Learner | None] | None:
+        """The model row and its learner row (None: no such model)."""
+        row = self.s.execute(
+            sa.select(Model, Learner).outerjoin(Learner, Learner.model_id == Model.id).where(Model.id == model_id)
+        ).one_or_none()
+        return None if row is None else (row[0], row[1])
+
+    def controls(self, model_ids: list[int]) -> list[Any]:
+        """Per held model, what the learner reads once per turn: ``(id, status,
+        paused_offset, next_offset, latest version, lease owner, learner metrics)``."""
+        latest = (
+            sa.select(sa.func.max(Version.version))
+            .where(Version.model_id == Model.id)
+            .correlate(Model)
+            .scalar_subquery()
+        )
+        return list(
+            self.s.execute(
+                sa.select(
+                    Model.id,
+                    Model.status,
+                    Model.paused_offset,
+                    Model.next_offset,
+                    latest,
+                    Learner.owner,
+                    Learner.metrics,
+                )
+                .join(Learner, Learner.model_id == Model.id)
+                .where(Model.id.in_(model_ids))
+            ).all()
+        )
+
+    def progress_all(self) -> list[Any]:
+        """Every model's ``(name, next_offset, status, applied_through)`` (for /metrics)."""
+        return list(
+            self.s.execute(
+                sa.select(Model.name, Model.next_offset, Model.status, Learner.applied_through).outerjoin(
+                    Learner, Learner.model_id == Model.id
+                )
+            ).all()
+        )
 
     def ensure_rows(self) -> int:
         """Create missing ``learners`` rows (models made without one); returns how many."""

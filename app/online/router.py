@@ -8,11 +8,10 @@ the thread pool so the commit's fsync never blocks the loop.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
@@ -20,14 +19,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
 from app.core.body import read_body
-from app.core.errors import BadRequest, Forbidden, Invalid, NotFound, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from app.core.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, UnsupportedMediaType
 from app.core.schemas import problem_responses
 from app.deps import ModelMaintain, ModelNamePath, bearer
 from app.keys.service import Principal
-from app.online.ingest import NDJSONParser, parse_json
+from app.online.ingest import NDJSONParser, SampleSpec, parse_json
 from app.online.schemas import UPDATE_BODY, ResumeIn, UpdateOut
-from app.online.service import online_service
-from app.registry.router import version_out
 from app.registry.schemas import ModelOut, VersionOut
 
 router = APIRouter(tags=["online"])
@@ -63,15 +60,10 @@ async def ingest_key(
     ctx = _ctx(request)
     token = creds.credentials if creds is not None else None
 
-    def authenticate() -> Principal:
-        with ctx.db.read() as s:
-            return ctx.keys.authenticate(s, token)
-
-    p = ctx.keys.bootstrap(token) or await run_in_threadpool(authenticate)
+    p = ctx.keys.bootstrap(token) or await run_in_threadpool(ctx.keys.authenticate, token)
     if not p.has("ingest"):
         raise Forbidden(f"this needs a key with scope 'ingest'; this key has {p.scope!r}")
-    if not p.may_use(name):
-        raise Forbidden(f"this key is not allowed to use model {name!r}")
+    p.check_model(name)
     return p
 
 
@@ -80,12 +72,11 @@ def _json(body: Any, status: int) -> Response:
 
 
 async def _read_samples(
-    request: Request, ctx: AppContext, spec: Any, body_read: Callable[[], None] = lambda: None
-) -> tuple[Any, Any]:
+    request: Request, limit: int, spec: SampleSpec, body_read: Callable[[], None] = lambda: None
+) -> tuple[np.ndarray, np.ndarray]:
     """The request's samples; ``body_read()`` is called once the whole body has arrived
     (before the last of the parsing)."""
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    limit = ctx.settings.max_body_bytes
     if ctype in NDJSON_TYPES:
         cl = request.headers.get("content-length")
         if cl is not None and cl.isdigit() and int(cl) > limit:
@@ -147,53 +138,14 @@ async def update(
     ] = 30.0,
 ) -> Response:
     ctx = _ctx(request)
-    svc = online_service(ctx)
     if idempotency_key is not None and (not idempotency_key or not set(idempotency_key) <= KEY_CHARS):
         raise Invalid.at(["header", "Idempotency-Key"], "expected 1–255 printable ASCII characters without spaces")
-    target = svc.cached_target(name) or await run_in_threadpool(svc.target, name)
-    token: int | None = None
 
-    def body_read() -> None:  # from now on a commit may wait for this request's samples
-        nonlocal token
-        token = svc.announce()
+    async def read(spec: SampleSpec, body_read: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
+        return await _read_samples(request, ctx.settings.max_body_bytes, spec, body_read)
 
-    job = None
-    try:
-        X, Y = await _read_samples(request, ctx, target.spec, body_read)
-        job = svc.submit(target, X, Y, idempotency_key, token)  # on the loop: no thread needed to join
-        answer = await run_in_threadpool(svc.committed, job)
-    finally:
-        svc.withdraw(token)
-        if job is not None and not job.done:
-            svc.abandon(job)
-    if wait:
-        answer.update(await _wait_applied(ctx, target.model_id, answer["last_offset"], wait_s))
+    answer = await ctx.online.update(name, read, key=idempotency_key, wait=wait, wait_seconds=wait_s)
     return _json(answer, 202)
-
-
-async def _wait_applied(ctx: AppContext, model_id: int, last: int, wait_s: float) -> dict[str, Any]:
-    svc = online_service(ctx)
-    deadline = time.monotonic() + wait_s
-    delay = 0.002
-    while True:
-        p = await run_in_threadpool(svc.progress, model_id)
-        if p is None:
-            raise NotFound("the model was deleted while waiting")
-        done = p.applied_through >= last
-        blocked = p.status == "paused" and p.paused_offset is not None and p.paused_offset <= last
-        if done or blocked or time.monotonic() >= deadline:
-            out: dict[str, Any] = {
-                "applied": done,
-                "applied_through": p.applied_through if p.applied_through >= 0 else None,
-                "status": p.status,
-                "prequential": p.prequential,
-            }
-            if p.status == "paused":
-                out["status_reason"] = p.status_reason
-                out["paused_offset"] = p.paused_offset
-            return out
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.05)
 
 
 @router.post(
@@ -222,34 +174,8 @@ async def checkpoint(
         float, Query(alias="timeout", gt=0, le=600, description="Longest wait for the learner, seconds")
     ] = 60.0,
 ) -> Response:
-    ctx = _ctx(request)
-    svc = online_service(ctx)
-    model_id, rid, _target = await run_in_threadpool(svc.request_checkpoint, name)
-    start = time.monotonic()
-    deadline = start + wait_s
-    delay = 0.002
-    try:
-        while True:
-            reply = await run_in_threadpool(svc.checkpoint_reply, model_id, rid)
-            if reply is not None:
-                break
-            now = time.monotonic()
-            if now >= deadline:
-                raise Unavailable(f"the online learner of model {name!r} did not answer within {wait_s:g} s")
-            if now - start > ctx.settings.learner_lease_seconds:
-                p = await run_in_threadpool(svc.progress, model_id)
-                if p is not None and not p.lease_alive:
-                    raise Unavailable(f"no online learner is running for model {name!r}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
-    except BaseException:
-        await run_in_threadpool(svc.cancel_checkpoint, model_id, rid)
-        raise
-    m, v = await run_in_threadpool(svc.version, model_id, int(reply["version"]))
-    out = version_out(m, v)
-    return Response(
-        out.model_dump_json(), status_code=201 if reply.get("created") else 200, media_type="application/json"
-    )
+    out, created = await _ctx(request).online.checkpoint(name, wait_s)
+    return Response(out.model_dump_json(), status_code=201 if created else 200, media_type="application/json")
 
 
 @router.post(
@@ -265,5 +191,4 @@ async def checkpoint(
     operation_id="resume_model",
 )
 def resume(request: Request, name: ModelNamePath, _: ModelMaintain, body: ResumeIn | None = None) -> ModelOut:
-    ctx = _ctx(request)
-    return online_service(ctx).resume(name, body.from_version if body is not None else None)
+    return _ctx(request).online.resume(name, body.from_version if body is not None else None)

@@ -48,24 +48,34 @@ The learner keeps its own keys there too (``prequential``, ``base``, …; see
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
+from starlette.concurrency import run_in_threadpool
 
-from app.core.errors import Conflict, Invalid, NotFound
+from app.core.db import Database
+from app.core.errors import Conflict, Invalid, NotFound, Unavailable
+from app.core.metrics import Metrics
+from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
 from app.online.ingest import SampleSpec
 from app.online.repository import IdempotencyRepository, LearnerRepository, SampleRepository
-from app.registry.models import get_model
-from app.registry.repository import VersionRepository
-from app.registry.schemas import ModelOut
+from app.registry.models import ModelService, get_model
+from app.registry.repository import ModelRepository, VersionRepository
+from app.registry.schemas import ModelOut, VersionOut
+from app.registry.versions import version_out
+
+#: Reads and validates a request body for a model's sample shape: ``read(spec, body_read)``
+#: calls ``body_read()`` once the whole body has arrived, and returns (X, Y).
+SampleReader = Callable[["SampleSpec", Callable[[], None]], Awaitable[tuple[np.ndarray, np.ndarray]]]
 
 #: Largest number of samples in one ``sample_batches`` row.
 MAX_ROW_SAMPLES = 65_536
@@ -135,11 +145,13 @@ def request_hash(X: np.ndarray, Y: np.ndarray) -> str:
 
 
 class OnlineService:
-    """Request-side online learning; one per app (``online_service(ctx)``)."""
+    """Request-side online learning; one per app (``AppContext.online``)."""
 
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.db = ctx.db
+    def __init__(self, db: Database, settings: Settings, metrics: Metrics, models: ModelService) -> None:
+        self.db = db
+        self.settings = settings
+        self.metrics = metrics
+        self.models = models
         self._targets: dict[str, tuple[Target, float]] = {}
         self._lock = threading.Lock()
         self._queue: list[_Job] = []
@@ -148,7 +160,7 @@ class OnlineService:
         self._commit_lock = threading.Lock()
         self._announced: dict[int, None] = {}  # announcements still to join, oldest first
         self._seq = 0
-        self._group_wait = ctx.settings.ingest_group_wait_ms / 1000.0
+        self._group_wait = settings.ingest_group_wait_ms / 1000.0
         self._last_purge = 0.0
 
     # ------------------------------------------------------------------ append
@@ -255,7 +267,7 @@ class OnlineService:
         answer = job.answer
         assert answer is not None
         if not answer["duplicate"]:
-            self.ctx.metrics.samples_accepted.labels(t.name).inc(len(X))
+            self.metrics.samples_accepted.labels(t.name).inc(len(X))
         self._maybe_purge()
         return answer
 
@@ -293,7 +305,7 @@ class OnlineService:
 
     def _write(self, s: Any, batch: list[_Job]) -> list[tuple[_Job, dict[str, Any] | None, BaseException | None]]:
         samples, keys = SampleRepository(s), IdempotencyRepository(s)
-        fresh_after = utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
+        fresh_after = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
         models = samples.lock_models(sorted({j.t.model_id for j in batch}))
         nexts: dict[int, int] = {}
         seen: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
@@ -348,7 +360,7 @@ class OnlineService:
 
     def purge_keys(self) -> int:
         """Forget Idempotency-Keys older than the configured time; returns how many."""
-        before = utcnow() - timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
+        before = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
         with self.db.write() as s:
             return IdempotencyRepository(s).purge(before)
 
@@ -356,9 +368,7 @@ class OnlineService:
     def progress(self, model_id: int) -> Progress | None:
         """The learner's published progress and the model's status (None: model gone)."""
         with self.db.read() as s:
-            row = s.execute(
-                sa.select(Model, Learner).outerjoin(Learner, Learner.model_id == Model.id).where(Model.id == model_id)
-            ).one_or_none()
+            row = LearnerRepository(s).with_model(model_id)
             if row is None:
                 return None
             m, lr = row
@@ -395,7 +405,7 @@ class OnlineService:
     def checkpoint_reply(self, model_id: int, rid: str) -> dict[str, Any] | None:
         """The learner's answer to request ``rid`` (taken out of the row), or None yet."""
         with self.db.read() as s:
-            lr = s.get(Learner, model_id)
+            lr = LearnerRepository(s).get(model_id)
             if lr is None:
                 raise NotFound("the model was deleted")
             if rid not in (lr.metrics or {}).get("checkpoint_replies", {}):
@@ -425,7 +435,7 @@ class OnlineService:
 
     def version(self, model_id: int, number: int) -> tuple[Model, Version]:
         with self.db.read() as s:
-            m = s.get(Model, model_id)
+            m = ModelRepository(s).get(model_id)
             v = VersionRepository(s).get(model_id, number) if m is not None else None
             if m is None or v is None:
                 raise NotFound("the model or its version was deleted")
@@ -455,7 +465,93 @@ class OnlineService:
             m.paused_offset = None
             m.updated_at = utcnow()
             s.flush()
-            return self.ctx.models.view(s, m)
+            return self.models.view_in(s, m)
+
+    # ------------------------------------------------------------------ the request protocols
+    async def update(
+        self,
+        name: str,
+        read: SampleReader,
+        *,
+        key: str | None,
+        wait: bool,
+        wait_seconds: float,
+    ) -> dict[str, Any]:
+        """``/update``: read and validate the body (``read(spec, body_read)``, which calls
+        ``body_read()`` once the whole body has arrived), append it durably in a group
+        commit, and optionally wait until the learner applied it. Returns the 202 answer."""
+        target = self.cached_target(name) or await run_in_threadpool(self.target, name)
+        token: int | None = None
+
+        def body_read() -> None:  # from now on a commit may wait for this request's samples
+            nonlocal token
+            token = self.announce()
+
+        job = None
+        try:
+            X, Y = await read(target.spec, body_read)
+            job = self.submit(target, X, Y, key, token)  # on the loop: no thread needed to join
+            answer = await run_in_threadpool(self.committed, job)
+        finally:
+            self.withdraw(token)
+            if job is not None and not job.done:
+                self.abandon(job)
+        if wait:
+            answer.update(await self.wait_applied(target.model_id, answer["last_offset"], wait_seconds))
+        return answer
+
+    async def wait_applied(self, model_id: int, last: int, wait_seconds: float) -> dict[str, Any]:
+        """Wait until the learner applied offset ``last`` (or paused before it, or
+        ``wait_seconds`` passed); the ``?wait=true`` part of the answer."""
+        deadline = time.monotonic() + wait_seconds
+        delay = 0.002
+        while True:
+            p = await run_in_threadpool(self.progress, model_id)
+            if p is None:
+                raise NotFound("the model was deleted while waiting")
+            done = p.applied_through >= last
+            blocked = p.status == "paused" and p.paused_offset is not None and p.paused_offset <= last
+            if done or blocked or time.monotonic() >= deadline:
+                out: dict[str, Any] = {
+                    "applied": done,
+                    "applied_through": p.applied_through if p.applied_through >= 0 else None,
+                    "status": p.status,
+                    "prequential": p.prequential,
+                }
+                if p.status == "paused":
+                    out["status_reason"] = p.status_reason
+                    out["paused_offset"] = p.paused_offset
+                return out
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+
+    async def checkpoint(self, name: str, wait_seconds: float) -> tuple[VersionOut, bool]:
+        """``/checkpoint``: ask the learner for a version including every sample accepted
+        so far and wait for its answer: (the version, whether it was created now). 503
+        when no learner answers within ``wait_seconds`` (or none holds the model's lease)."""
+        model_id, rid, _target = await run_in_threadpool(self.request_checkpoint, name)
+        start = time.monotonic()
+        deadline = start + wait_seconds
+        delay = 0.002
+        try:
+            while True:
+                reply = await run_in_threadpool(self.checkpoint_reply, model_id, rid)
+                if reply is not None:
+                    break
+                now = time.monotonic()
+                if now >= deadline:
+                    raise Unavailable(f"the online learner of model {name!r} did not answer within {wait_seconds:g} s")
+                if now - start > self.settings.learner_lease_seconds:
+                    p = await run_in_threadpool(self.progress, model_id)
+                    if p is not None and not p.lease_alive:
+                        raise Unavailable(f"no online learner is running for model {name!r}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, 0.05)
+        except BaseException:
+            await run_in_threadpool(self.cancel_checkpoint, model_id, rid)
+            raise
+        m, v = await run_in_threadpool(self.version, model_id, int(reply["version"]))
+        return version_out(m, v), bool(reply.get("created"))
 
 
 def _learner_row(s: Any, model_id: int) -> Learner:
@@ -465,11 +561,3 @@ def _learner_row(s: Any, model_id: int) -> Learner:
         s.add(lr)
         s.flush()
     return lr
-
-
-def online_service(ctx: Any) -> OnlineService:
-    """The app's :class:`OnlineService` (made on first use, kept in ``ctx.extras``)."""
-    svc = ctx.extras.get("online")
-    if svc is None:
-        svc = ctx.extras.setdefault("online", OnlineService(ctx))
-    return svc

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.core.errors import NotFound, problem
+from app.core.errors import problem
 from app.deps import Ctx
 
 router = APIRouter(tags=["operations"])
@@ -23,20 +24,8 @@ def healthz() -> dict[str, str]:
     responses={503: {"description": "Not ready", "content": {"application/problem+json": {}}}},
 )
 def readyz(ctx: Ctx) -> Response:
-    checks: dict[str, str] = {}
-    try:
-        ctx.db.ping()
-        checks["database"] = "ok"
-    except Exception as e:
-        checks["database"] = f"error: {type(e).__name__}"
-    try:
-        ctx.blobs.check()
-        checks["blob_store"] = "ok"
-    except Exception as e:
-        checks["blob_store"] = f"error: {type(e).__name__}"
+    checks = ctx.operations.readiness()
     if all(v == "ok" for v in checks.values()):
-        import orjson
-
         return Response(orjson.dumps({"status": "ok", "checks": checks}), media_type="application/json")
     return problem(
         503,
@@ -58,7 +47,4 @@ def readyz(ctx: Ctx) -> Response:
     responses={200: {"content": {"text/plain": {}}}},
 )
 def metrics(ctx: Ctx) -> Response:
-    if not ctx.settings.metrics_enabled:
-        raise NotFound("metrics are disabled (STEWARD_METRICS_ENABLED=false)")
-    ctx.extras.get("refresh_metrics", lambda: None)()
-    return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(ctx.operations.metrics_text(), media_type=CONTENT_TYPE_LATEST)

@@ -19,8 +19,7 @@ router = APIRouter(tags=["predict"])
     operation_id="predict",
 )
 def predict(name: ModelNamePath, body: PredictIn, ctx: Ctx, _: ModelRead) -> PredictOut:
-    with ctx.db.read() as s:
-        return ctx.predict.predict(s, name, body.inputs, version=body.version, alias=body.alias)
+    return ctx.predict.predict(name, body.inputs, version=body.version, alias=body.alias)
 
 
 @router.post(
@@ -32,5 +31,4 @@ def predict(name: ModelNamePath, body: PredictIn, ctx: Ctx, _: ModelRead) -> Pre
 )
 def evaluate(name: ModelNamePath, body: EvaluateIn, ctx: Ctx, _: ModelRead) -> EvaluateOut:
     samples = [smp.model_dump() for smp in body.samples]
-    with ctx.db.read() as s:
-        return ctx.predict.evaluate(s, name, samples, version=body.version, alias=body.alias)
+    return ctx.predict.evaluate(name, samples, version=body.version, alias=body.alias)

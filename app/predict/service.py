@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy.orm import Session
 
+from app.core.db import Database
 from app.engine.nn import network
 from app.online.samples import check_matrix, parse_samples
 from app.predict.schemas import EvaluateOut, PredictOut
@@ -15,15 +15,15 @@ from app.registry.versions import VersionService
 
 
 class PredictService:
-    def __init__(self, versions: VersionService) -> None:
+    def __init__(self, db: Database, versions: VersionService) -> None:
+        self.db = db
         self.versions = versions
 
-    def predict(
-        self, s: Session, name: str, inputs: list[list[float]], *, version: int | None, alias: str | None
-    ) -> PredictOut:
-        m = get_model(s, name)
+    def predict(self, name: str, inputs: list[list[float]], *, version: int | None, alias: str | None) -> PredictOut:
+        with self.db.read() as s:
+            m = get_model(s, name)
+            v = self.versions.resolve(s, m, version=version, alias=alias)
         X = check_matrix(inputs, m.input_dim, ["body", "inputs"])
-        v = self.versions.resolve(s, m, version=version, alias=alias)
         net = self.versions.load(m, v)
         out = net.forward(X)
         lab = network.labels(m.task, out)
@@ -35,11 +35,12 @@ class PredictService:
         )
 
     def evaluate(
-        self, s: Session, name: str, samples: list[dict[str, Any]], *, version: int | None, alias: str | None
+        self, name: str, samples: list[dict[str, Any]], *, version: int | None, alias: str | None
     ) -> EvaluateOut:
-        m = get_model(s, name)
+        with self.db.read() as s:
+            m = get_model(s, name)
+            v = self.versions.resolve(s, m, version=version, alias=alias)
         X, Y = parse_samples(m.task, m.input_dim, m.output_dim, samples, ["body", "samples"])
-        v = self.versions.resolve(s, m, version=version, alias=alias)
         net = self.versions.load(m, v)
         out = net.forward(X)
         loss = float(network.per_sample_loss(m.task, out, Y).mean())

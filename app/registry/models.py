@@ -1,19 +1,24 @@
-"""Models: create (with version 1), list, get, delete, aliases, and their public view."""
+"""Models: create (with version 1), list, get, delete, aliases, versions, and their
+public view. :class:`ModelService` owns the transactions of these requests."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.core.db import Database
 from app.core.errors import Conflict, Invalid, NotFound
-from app.core.tables import Learner, Model, utcnow
+from app.core.tables import Learner, Model, Version, utcnow
 from app.engine.nn.network import init_network
 from app.registry.repository import AliasRepository, ModelRepository, VersionRepository
-from app.registry.schemas import AliasOut, ModelCreate, ModelOut, OnlineState, Prequential
-from app.registry.versions import VersionService
+from app.registry.schemas import AliasOut, ModelCreate, ModelOut, OnlineState, Prequential, VersionOut
+from app.registry.versions import StoredBlob, VersionService, version_out
+
+#: What the seeded initialisation of version 1 is (API.md: PyTorch's nn.Linear default).
+INIT = "U(±1/√fan_in) weights and biases (PyTorch nn.Linear default)"
 
 
 def get_model(s: Session, name: str, *, for_update: bool = False) -> Model:
@@ -62,36 +67,80 @@ def model_out(m: Model, latest: int, aliases: dict[str, int], learner: Learner |
     )
 
 
+def _alias_out(m: Model, name: str, version: int, updated_at: Any = None) -> AliasOut:
+    return AliasOut(model=m.name, alias=name, version=version, updated_at=updated_at)
+
+
 class ModelService:
-    def __init__(self, versions: VersionService, max_params: int) -> None:
+    """Models, aliases and versions as the registry's routes see them."""
+
+    def __init__(self, db: Database, versions: VersionService, max_params: int) -> None:
+        self.db = db
         self.versions = versions
         self.max_params = max_params
+        #: Called with a model's name after it was deleted (caches, the learner).
+        self.on_deleted: list[Callable[[str], None]] = []
 
-    def view(self, s: Session, m: Model) -> ModelOut:
+    # ---- views
+    def view_in(self, s: Session, m: Model) -> ModelOut:
         latest = VersionRepository(s).latest_number(m.id)
         aliases = {a.name: a.version for a in AliasRepository(s).all(m.id)}
-        return model_out(m, latest, aliases, s.get(Learner, m.id))
+        return model_out(m, latest, aliases, ModelRepository(s).learner(m.id))
 
-    def create(
+    def view(self, name: str) -> ModelOut:
+        with self.db.read() as s:
+            return self.view_in(s, get_model(s, name))
+
+    def page(
+        self, *, cursor: str | None, limit: int, allowed: tuple[str, ...] | None
+    ) -> tuple[list[ModelOut], str | None]:
+        with self.db.read() as s:
+            rows = ModelRepository(s).page(after=cursor, limit=limit + 1, names=allowed)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            ids = [m.id for m in rows]
+            latest = VersionRepository(s).latest_numbers(ids)
+            aliases = AliasRepository(s).for_models(ids)
+            learners = ModelRepository(s).learners(ids)
+        items = [model_out(m, latest.get(m.id, 0), aliases.get(m.id, {}), learners.get(m.id)) for m in rows]
+        return items, (rows[-1].name if more and rows else None)
+
+    # ---- create / delete
+    def check_spec(self, spec: ModelCreate, loc: str = "hidden") -> None:
+        if spec.n_params() > self.max_params:
+            raise Invalid.at(
+                ["body", loc],
+                f"the network would have {spec.n_params():,} parameters; the limit is {self.max_params:,}",
+            )
+
+    def create(self, spec: ModelCreate) -> ModelOut:
+        """``POST /models``: the model, its learner row and version 1 (the seeded
+        initialisation, stored before the transaction opens)."""
+        self.check_spec(spec)
+        with self.db.read() as s:
+            if ModelRepository(s).get_by_name(spec.name) is not None:
+                raise Conflict(f"a model named {spec.name!r} already exists")
+        net = init_network(spec.task, spec.activation, spec.input_dim, spec.output_dim, spec.hidden, spec.seed)
+        blob = self.versions.store(net=net)
+        with self.db.write() as s:
+            m = self.add(s, spec, blob, operation="init", params={"seed": spec.seed, "init": INIT})
+            return self.view_in(s, m)
+
+    def add(
         self,
         s: Session,
         spec: ModelCreate,
+        blob: StoredBlob,
         *,
+        operation: str,
+        params: dict[str, Any],
         lineage: dict[str, Any] | None = None,
-        first: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> Model:
-        """Add the model, its learner row and version 1 to ``s``'s transaction.
-
-        Version 1 is the seeded initialization unless ``first`` gives the keyword
-        arguments of :meth:`VersionService.create` for it (e.g. a transfer job's
-        ``operation``, ``net``, ``params``, ``metrics``, ``job_id``)."""
-        if spec.n_params() > self.max_params:
-            raise Invalid.at(
-                ["body", "hidden"],
-                f"the network would have {spec.n_params():,} parameters; the limit is {self.max_params:,}",
-            )
-        if ModelRepository(s).get_by_name(spec.name) is not None:
-            raise Conflict(f"a model named {spec.name!r} already exists")
+        """Add the model, its learner row and version 1 (``blob``, already stored) to ``s``'s
+        transaction (``POST /models``, and a transfer job's new model)."""
+        self.check_spec(spec)
         now = utcnow()
         m = Model(
             name=spec.name,
@@ -118,64 +167,76 @@ class ModelService:
         except IntegrityError:
             raise Conflict(f"a model named {spec.name!r} already exists") from None
         s.add(Learner(model_id=m.id, applied_through=-1, metrics={}, updated_at=now))
-        if first is None:
-            net = init_network(spec.task, spec.activation, spec.input_dim, spec.output_dim, spec.hidden, spec.seed)
-            first = {
-                "operation": "init",
-                "net": net,
-                "params": {"seed": spec.seed, "init": "he-normal (relu hidden) / glorot-uniform"},
-            }
-        self.versions.create(s, m, parent=None, **first)
+        self.versions.add(s, m, blob, operation=operation, parent=None, params=params, metrics=metrics, job_id=job_id)
         return m
 
-    def page(
-        self, s: Session, *, cursor: str | None, limit: int, allowed: list[str] | None
-    ) -> tuple[list[ModelOut], str | None]:
-        rows = ModelRepository(s).page(after=cursor, limit=limit + 1, names=allowed)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        ids = [m.id for m in rows]
-        latest = VersionRepository(s).latest_numbers(ids)
-        aliases = AliasRepository(s).for_models(ids)
-        learners = {x.model_id: x for x in s.scalars(sa.select(Learner).where(Learner.model_id.in_(ids)))}
-        items = [model_out(m, latest.get(m.id, 0), aliases.get(m.id, {}), learners.get(m.id)) for m in rows]
-        return items, (rows[-1].name if more and rows else None)
-
-    def delete(self, s: Session, name: str) -> None:
-        ModelRepository(s).delete(get_model(s, name, for_update=True))
+    def delete(self, name: str) -> None:
+        with self.db.write() as s:
+            ModelRepository(s).delete(get_model(s, name, for_update=True))
+        for fn in self.on_deleted:
+            fn(name)
 
     # ---- aliases
-    def put_alias(self, s: Session, name: str, alias: str, version: int) -> tuple[AliasOut, bool]:
+    def put_alias(self, name: str, alias: str, version: int) -> tuple[AliasOut, bool]:
         if alias == "latest":
             raise Invalid.at(["path", "alias"], "`latest` is implicit and cannot be set")
-        m = get_model(s, name, for_update=True)
-        self.versions.get(s, m, version)
-        a, created = AliasRepository(s).put(m.id, alias, version)
-        return AliasOut(model=m.name, alias=a.name, version=a.version, updated_at=a.updated_at), created
+        with self.db.write() as s:
+            m = get_model(s, name, for_update=True)
+            self.versions.get(s, m, version)
+            a, created = AliasRepository(s).put(m.id, alias, version)
+            return _alias_out(m, a.name, a.version, a.updated_at), created
 
-    def get_alias(self, s: Session, name: str, alias: str) -> AliasOut:
-        m = get_model(s, name)
-        if alias == "latest":
-            return AliasOut(model=m.name, alias="latest", version=VersionRepository(s).latest_number(m.id))
-        a = AliasRepository(s).get(m.id, alias)
-        if a is None:
-            raise NotFound(f"model {name!r} has no alias {alias!r}")
-        return AliasOut(model=m.name, alias=a.name, version=a.version, updated_at=a.updated_at)
+    def get_alias(self, name: str, alias: str) -> AliasOut:
+        with self.db.read() as s:
+            m = get_model(s, name)
+            if alias == "latest":
+                return _alias_out(m, "latest", VersionRepository(s).latest_number(m.id))
+            a = AliasRepository(s).get(m.id, alias)
+            if a is None:
+                raise NotFound(f"model {name!r} has no alias {alias!r}")
+            return _alias_out(m, a.name, a.version, a.updated_at)
 
-    def list_aliases(self, s: Session, name: str) -> list[AliasOut]:
-        m = get_model(s, name)
-        out = [
-            AliasOut(model=m.name, alias=a.name, version=a.version, updated_at=a.updated_at)
-            for a in AliasRepository(s).all(m.id)
-        ]
-        out.append(AliasOut(model=m.name, alias="latest", version=VersionRepository(s).latest_number(m.id)))
-        return out
+    def list_aliases(self, name: str) -> list[AliasOut]:
+        with self.db.read() as s:
+            m = get_model(s, name)
+            out = [_alias_out(m, a.name, a.version, a.updated_at) for a in AliasRepository(s).all(m.id)]
+            out.append(_alias_out(m, "latest", VersionRepository(s).latest_number(m.id)))
+            return out
 
-    def delete_alias(self, s: Session, name: str, alias: str) -> None:
+    def delete_alias(self, name: str, alias: str) -> None:
         if alias == "latest":
             raise Invalid.at(["path", "alias"], "`latest` is implicit and cannot be removed")
-        m = get_model(s, name, for_update=True)
-        a = AliasRepository(s).get(m.id, alias)
-        if a is None:
-            raise NotFound(f"model {name!r} has no alias {alias!r}")
-        AliasRepository(s).delete(a)
+        with self.db.write() as s:
+            m = get_model(s, name, for_update=True)
+            a = AliasRepository(s).get(m.id, alias)
+            if a is None:
+                raise NotFound(f"model {name!r} has no alias {alias!r}")
+            AliasRepository(s).delete(a)
+
+    # ---- versions
+    def list_versions(self, name: str, *, cursor: str | None, limit: int) -> tuple[list[VersionOut], str | None]:
+        after = None
+        if cursor is not None:
+            if not cursor.isdigit() or len(cursor) > 10:
+                raise Invalid.at(["query", "cursor"], "not a cursor from this list")
+            after = int(cursor)
+        with self.db.read() as s:
+            m = get_model(s, name)
+            rows = VersionRepository(s).page(m.id, after=after, limit=limit + 1, descending=True)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [version_out(m, v) for v in rows], (str(rows[-1].version) if more and rows else None)
+
+    def get_version(self, name: str, number: int) -> VersionOut:
+        with self.db.read() as s:
+            m = get_model(s, name)
+            v = self.versions.get(s, m, number)
+            return version_out(m, v, self.versions.exports(s, v))
+
+    def download(self, name: str, number: int) -> tuple[Model, Version, Iterator[bytes], int]:
+        """A version's safetensors download: (model, version, chunks, length)."""
+        with self.db.read() as s:
+            m = get_model(s, name)
+            v = self.versions.get(s, m, number)
+        chunks, length = self.versions.download(m, v)
+        return m, v, chunks, length

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.core.tables import Alias, Model, Version, utcnow
+from app.core.tables import Alias, Learner, Model, Version, utcnow
 
 
 class ModelRepository:
@@ -44,8 +44,11 @@ class ModelRepository:
         self.s.delete(model)
         self.s.flush()
 
-    def all_ids(self) -> list[tuple[int, str]]:
-        return [(r.id, r.name) for r in self.s.execute(sa.select(Model.id, Model.name))]
+    def learner(self, model_id: int) -> Learner | None:
+        return self.s.get(Learner, model_id)
+
+    def learners(self, model_ids: Sequence[int]) -> dict[int, Learner]:
+        return {x.model_id: x for x in self.s.scalars(sa.select(Learner).where(Learner.model_id.in_(list(model_ids))))}
 
 
 class VersionRepository:

@@ -7,9 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import StreamingResponse
 
-from app.core.errors import Forbidden, Invalid
 from app.core.schemas import NAME_PATTERN, Page, problem_responses
-from app.core.tables import Model, Version
 from app.deps import (
     Ctx,
     MaintainKey,
@@ -21,8 +19,6 @@ from app.deps import (
     ReadKey,
     VersionPath,
 )
-from app.registry.models import get_model as load_model
-from app.registry.repository import VersionRepository
 from app.registry.schemas import AliasList, AliasOut, AliasPut, ModelCreate, ModelOut, VersionOut
 
 router = APIRouter()
@@ -39,13 +35,10 @@ AliasPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, examples=["
     operation_id="create_model",
 )
 def create_model(body: ModelCreate, ctx: Ctx, p: MaintainKey, response: Response) -> ModelOut:
-    if not p.may_use(body.name):
-        raise Forbidden(f"this key is not allowed to use model {body.name!r}")
-    with ctx.db.write() as s:
-        m = ctx.models.create(s, body)
-        out = ctx.models.view(s, m)
+    p.check_model(body.name)
+    out = ctx.models.create(body)
     ctx.metrics.versions.labels("init").inc()
-    response.headers["Location"] = f"/v1/models/{m.name}"
+    response.headers["Location"] = f"/v1/models/{out.name}"
     return out
 
 
@@ -59,9 +52,7 @@ def create_model(body: ModelCreate, ctx: Ctx, p: MaintainKey, response: Response
 )
 def list_models(ctx: Ctx, p: ReadKey, page: PageParams) -> Page[ModelOut]:
     limit, cursor = page
-    allowed = list(p.models) if p.models is not None else None
-    with ctx.db.read() as s:
-        items, nxt = ctx.models.page(s, cursor=cursor, limit=limit, allowed=allowed)
+    items, nxt = ctx.models.page(cursor=cursor, limit=limit, allowed=p.models)
     return Page[ModelOut](items=items, next_cursor=nxt)
 
 
@@ -74,8 +65,7 @@ def list_models(ctx: Ctx, p: ReadKey, page: PageParams) -> Page[ModelOut]:
     operation_id="get_model",
 )
 def get_model(name: ModelNamePath, ctx: Ctx, _: ModelRead) -> ModelOut:
-    with ctx.db.read() as s:
-        return ctx.models.view(s, load_model(s, name))
+    return ctx.models.view(name)
 
 
 @router.delete(
@@ -87,9 +77,7 @@ def get_model(name: ModelNamePath, ctx: Ctx, _: ModelRead) -> ModelOut:
     operation_id="delete_model",
 )
 def delete_model(name: ModelNamePath, ctx: Ctx, _: ModelAdmin) -> Response:
-    with ctx.db.write() as s:
-        ctx.models.delete(s, name)
-    ctx.extras.get("on_model_deleted", lambda n: None)(name)
+    ctx.models.delete(name)
     return Response(status_code=204)
 
 
@@ -102,8 +90,7 @@ def delete_model(name: ModelNamePath, ctx: Ctx, _: ModelAdmin) -> Response:
     operation_id="list_aliases",
 )
 def list_aliases(name: ModelNamePath, ctx: Ctx, _: ModelRead) -> AliasList:
-    with ctx.db.read() as s:
-        return AliasList(items=ctx.models.list_aliases(s, name))
+    return AliasList(items=ctx.models.list_aliases(name))
 
 
 @router.get(
@@ -115,8 +102,7 @@ def list_aliases(name: ModelNamePath, ctx: Ctx, _: ModelRead) -> AliasList:
     operation_id="get_alias",
 )
 def get_alias(name: ModelNamePath, alias: AliasPath, ctx: Ctx, _: ModelRead) -> AliasOut:
-    with ctx.db.read() as s:
-        return ctx.models.get_alias(s, name, alias)
+    return ctx.models.get_alias(name, alias)
 
 
 @router.put(
@@ -133,8 +119,7 @@ def get_alias(name: ModelNamePath, alias: AliasPath, ctx: Ctx, _: ModelRead) -> 
 def put_alias(
     name: ModelNamePath, alias: AliasPath, body: AliasPut, ctx: Ctx, _: ModelMaintain, response: Response
 ) -> AliasOut:
-    with ctx.db.write() as s:
-        out, created = ctx.models.put_alias(s, name, alias, body.version)
+    out, created = ctx.models.put_alias(name, alias, body.version)
     response.status_code = 201 if created else 200
     return out
 
@@ -148,29 +133,8 @@ def put_alias(
     operation_id="delete_alias",
 )
 def delete_alias(name: ModelNamePath, alias: AliasPath, ctx: Ctx, _: ModelMaintain) -> Response:
-    with ctx.db.write() as s:
-        ctx.models.delete_alias(s, name, alias)
+    ctx.models.delete_alias(name, alias)
     return Response(status_code=204)
-
-
-def version_out(m: Model, v: Version, exports: list[dict] | None = None) -> VersionOut:
-    return VersionOut(
-        model=m.name,
-        version=v.version,
-        parent=v.parent,
-        operation=v.operation,  # type: ignore[arg-type]
-        params=v.params,
-        metrics=v.metrics,
-        sha256=v.blob_sha256,
-        size_bytes=v.size_bytes,
-        sparsity=v.sparsity,
-        dtype=v.dtype,
-        encoding=v.encoding,
-        architecture=list(v.architecture),
-        applied_through=v.applied_through,
-        exports=exports or [],
-        created_at=v.created_at,
-    )
 
 
 @router.get(
@@ -183,18 +147,8 @@ def version_out(m: Model, v: Version, exports: list[dict] | None = None) -> Vers
 )
 def list_versions(name: ModelNamePath, ctx: Ctx, _: ModelRead, page: PageParams) -> Page[VersionOut]:
     limit, cursor = page
-    after = None
-    if cursor is not None:
-        if not cursor.isdigit() or len(cursor) > 10:
-            raise Invalid.at(["query", "cursor"], "not a cursor from this list")
-        after = int(cursor)
-    with ctx.db.read() as s:
-        m = load_model(s, name)
-        rows = VersionRepository(s).page(m.id, after=after, limit=limit + 1, descending=True)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        items = [version_out(m, v) for v in rows]
-    return Page[VersionOut](items=items, next_cursor=str(rows[-1].version) if more and rows else None)
+    items, nxt = ctx.models.list_versions(name, cursor=cursor, limit=limit)
+    return Page[VersionOut](items=items, next_cursor=nxt)
 
 
 @router.get(
@@ -206,10 +160,7 @@ def list_versions(name: ModelNamePath, ctx: Ctx, _: ModelRead, page: PageParams)
     operation_id="get_version",
 )
 def get_version(name: ModelNamePath, version: VersionPath, ctx: Ctx, _: ModelRead) -> VersionOut:
-    with ctx.db.read() as s:
-        m = load_model(s, name)
-        v = ctx.versions.get(s, m, version)
-        return version_out(m, v, ctx.versions.exports(s, v))
+    return ctx.models.get_version(name, version)
 
 
 @router.get(
@@ -227,10 +178,7 @@ def get_version(name: ModelNamePath, version: VersionPath, ctx: Ctx, _: ModelRea
     operation_id="download_weights",
 )
 def download_weights(name: ModelNamePath, version: VersionPath, ctx: Ctx, _: ModelRead) -> StreamingResponse:
-    with ctx.db.read() as s:
-        m = load_model(s, name)
-        v = ctx.versions.get(s, m, version)
-        chunks, length = ctx.versions.download(m, v)
+    m, v, chunks, length = ctx.models.download(name, version)
     return StreamingResponse(
         chunks,
         media_type="application/octet-stream",

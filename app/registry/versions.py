@@ -18,13 +18,14 @@ import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.blobs import BlobStore
-from app.core.errors import Invalid, NotFound
+from app.core.errors import Invalid, Loc, NotFound
 from app.core.tables import Model, Version, utcnow
 from app.engine import codec
 from app.engine.nn.network import Network
@@ -39,6 +40,7 @@ from app.interop.safetensors import (
 )
 from app.migration.repository import ExportRepository
 from app.registry.repository import AliasRepository, VersionRepository
+from app.registry.schemas import VersionOut
 
 #: Blobs up to this size are built in memory (one copy of the parameters), larger ones
 #: are written straight from the arrays to the file.
@@ -66,6 +68,20 @@ def tensors_architecture(tensors: dict[str, np.ndarray]) -> list[int]:
 
 
 # --------------------------------------------------------------------------- cache
+@dataclass(frozen=True)
+class StoredBlob:
+    """A version's parameters, written to the blob store and not yet referenced by a row."""
+
+    sha256: str
+    size_bytes: int
+    encoding: str
+    dtype: str
+    sparsity: float
+    architecture: list[int]
+    state_sha256: str | None = None
+    net: Network | None = field(default=None, repr=False, compare=False)
+
+
 class NetworkCache:
     """Loaded, dequantized networks by blob sha256 (LRU bounded in bytes), so a
     quantized or sparse version is decoded once, not per request."""
@@ -105,34 +121,25 @@ class VersionService:
         self.cache = cache
         self.max_header = max_header
 
-    # ---- create
-    def create(
+    # ---- create: store() before the write transaction, add() inside it
+    def store(
         self,
-        s: Session,
-        model: Model,
         *,
-        operation: str,
         net: Network | None = None,
         tensors: dict[str, np.ndarray] | None = None,
         encoding: str = "dense",
-        parent: int | None,
-        params: dict[str, Any] | None = None,
-        metrics: dict[str, Any] | None = None,
-        applied_through: int | None = None,
         state: bytes | None = None,
-        job_id: str | None = None,
         dtype: str | None = None,
         sparsity: float | None = None,
-    ) -> Version:
-        """Write the blob (fsynced) and add the next version row, in ``s``'s transaction.
+    ) -> StoredBlob:
+        """Write a version's blob (and optimizer state) to the blob store, fsynced, before
+        any write transaction opens: the CPU work and the fsyncs never hold the write lock.
 
         Give ``net`` (stored dense float32) or already-encoded ``tensors`` plus
-        ``encoding`` (quantized / sparse forms made by the engine), or both (then
-        ``net`` is what ``tensors`` decode to, and is cached). The blob is written
-        straight from the arrays (no copy of the model in memory). Tensors given
-        without ``net`` are stored as made (not decoded, not cached: the first load
-        decodes them). The caller must hold the model row lock (services lock it with
-        ``for_update``).
+        ``encoding`` (quantized / sparse forms made by the engine), or both (then ``net``
+        is what ``tensors`` decode to, and is cached by :meth:`add`). The blob is written
+        straight from the arrays (no copy of the model in memory). A blob whose row never
+        commits is unreferenced garbage, never a half-made version.
         """
         if tensors is None:
             assert net is not None
@@ -145,6 +152,32 @@ class VersionService:
             sha, size = self.blobs.put_file(lambda path: encode_to(path, tensors, encoding))
         state_sha = self.blobs.put(state)[0] if state is not None else None
         d, sp = codec.describe(tensors)
+        return StoredBlob(
+            sha256=sha,
+            size_bytes=size,
+            encoding=encoding,
+            dtype=dtype or d,
+            sparsity=float(sparsity if sparsity is not None else sp),
+            architecture=architecture(net) if net is not None else tensors_architecture(tensors),
+            state_sha256=state_sha,
+            net=net,
+        )
+
+    def add(
+        self,
+        s: Session,
+        model: Model,
+        blob: StoredBlob,
+        *,
+        operation: str,
+        parent: int | None,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        applied_through: int | None = None,
+        job_id: str | None = None,
+    ) -> Version:
+        """Add the next version row for a stored blob to ``s``'s transaction (milliseconds:
+        no CPU work, no blob I/O). The caller holds the model row lock (``for_update``)."""
         repo = VersionRepository(s)
         number = repo.latest_number(model.id) + 1
         row = Version(
@@ -154,21 +187,21 @@ class VersionService:
             operation=operation,
             params=params or {},
             metrics=metrics or {},
-            blob_sha256=sha,
-            size_bytes=size,
-            dtype=dtype or d,
-            sparsity=float(sparsity if sparsity is not None else sp),
-            encoding=encoding,
-            architecture=architecture(net) if net is not None else tensors_architecture(tensors),
+            blob_sha256=blob.sha256,
+            size_bytes=blob.size_bytes,
+            dtype=blob.dtype,
+            sparsity=blob.sparsity,
+            encoding=blob.encoding,
+            architecture=blob.architecture,
             applied_through=applied_through,
-            state_sha256=state_sha,
+            state_sha256=blob.state_sha256,
             job_id=job_id,
             created_at=utcnow(),
         )
         repo.add(row)
         model.updated_at = utcnow()
-        if net is not None:
-            self.cache.put(sha, net)
+        if blob.net is not None:
+            self.cache.put(blob.sha256, blob.net)
         return row
 
     # ---- read
@@ -239,6 +272,18 @@ class VersionService:
             return self.get(s, model, ref)
         return self.resolve(s, model, version=None, alias=ref)
 
+    def resolve_from(
+        self, s: Session, model: Model, ref: int | str | None, loc: Loc = ("body", "from")
+    ) -> tuple[Version, dict[str, Any]]:
+        """A job body's ``from`` (number, alias, or None for latest): the version, and the
+        job params that record it (``from`` as given, ``"latest"`` by default, and the
+        resolved ``from_version``). An unknown one is a 422 at ``loc``."""
+        try:
+            v = self.resolve_ref(s, model, ref)
+        except NotFound as e:
+            raise Invalid.at(list(loc), e.detail) from None
+        return v, {"from": ref if ref is not None else "latest", "from_version": v.version}
+
     def exports(self, s: Session, v: Version) -> list[dict[str, Any]]:
         return [
             {
@@ -299,8 +344,8 @@ class VersionService:
         return chunks(), 8 + len(new_head) + body_len
 
     # ---- import
-    def import_safetensors(self, s: Session, model: Model, data: bytes) -> Version:
-        """Create an ``import`` version from an uploaded safetensors file."""
+    def decode_safetensors(self, model: Model, data: bytes) -> StoredBlob:
+        """Check an uploaded safetensors file against ``model`` and store it (no transaction)."""
         tensors = decode_upload(data, max_header=self.max_header)
         if not tensors:
             raise Invalid.at(["body"], "the file holds no tensors")
@@ -309,15 +354,26 @@ class VersionService:
         except codec.TensorError as e:
             raise Invalid.at(["body", e.loc], e.msg) from None
         quantized = any(t.dtype != np.float32 for t in tensors.values())
-        latest = VersionRepository(s).latest_number(model.id)
         stored = {k: np.ascontiguousarray(t) for k, t in tensors.items()}
-        return self.create(
-            s,
-            model,
-            operation="import",
-            net=net,
-            tensors=stored,
-            encoding="quantized" if quantized else "dense",
-            parent=latest or None,
-            params={"format": "safetensors", "bytes": len(data)},
-        )
+        return self.store(net=net, tensors=stored, encoding="quantized" if quantized else "dense")
+
+
+def version_out(m: Model, v: Version, exports: list[dict[str, Any]] | None = None) -> VersionOut:
+    """The one mapping of a version row to its public answer."""
+    return VersionOut(
+        model=m.name,
+        version=v.version,
+        parent=v.parent,
+        operation=v.operation,  # type: ignore[arg-type]
+        params=v.params,
+        metrics=v.metrics,
+        sha256=v.blob_sha256,
+        size_bytes=v.size_bytes,
+        sparsity=v.sparsity,
+        dtype=v.dtype,
+        encoding=v.encoding,
+        architecture=list(v.architecture),
+        applied_through=v.applied_through,
+        exports=exports or [],
+        created_at=v.created_at,
+    )

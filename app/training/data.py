@@ -1,6 +1,7 @@
 """Training / evaluation data for jobs: given in the request body (packed into a
-blob at request time, so the job row stays small and the job is reproducible) or a
-range of the model's sample log (read when the job runs; the log is append-only)."""
+blob at request time, before the submitting transaction, so the job row stays small
+and the job is reproducible) or a range of the model's sample log (checked in the
+submitting transaction, read when the job runs; the log is append-only)."""
 
 from __future__ import annotations
 
@@ -17,28 +18,29 @@ from app.online.log import read_log
 from app.online.samples import parse_samples
 
 
-def prepare(
-    s: Session,
+def pack_samples(
     blobs: BlobStore,
     model: Model,
-    *,
     samples: list[dict[str, Any]] | None,
-    log: Any | None,
     loc: list[str | int],
+    *,
     min_samples: int = 1,
-) -> dict[str, Any]:
-    """Validate a data source at request time; return its job-params description.
+    field: str = "samples",
+) -> dict[str, Any] | None:
+    """Body samples as a job's data source: parsed (errors at ``[*loc, field, i, "x"]``)
+    and stored as a blob, before the submitting transaction opens. None without samples."""
+    if samples is None:
+        return None
+    X, Y = parse_samples(model.task, model.input_dim, model.output_dim, samples, [*loc, field])
+    if len(X) < min_samples:
+        raise Invalid.at([*loc, field], f"need at least {min_samples} samples, got {len(X)}")
+    sha, _ = blobs.put(stnp.save({"x": X, "y": Y}))
+    return {"source": "samples", "n": len(X), "_blob": sha}
 
-    Body samples are parsed (errors at ``[*loc, "samples", i, "x"]``) and stored
-    as a blob; a log range is checked against what the log holds.
-    """
-    if samples is not None:
-        X, Y = parse_samples(model.task, model.input_dim, model.output_dim, samples, [*loc, "samples"])
-        if len(X) < min_samples:
-            raise Invalid.at([*loc, "samples"], f"need at least {min_samples} samples, got {len(X)}")
-        sha, _ = blobs.put(stnp.save({"x": X, "y": Y}))
-        return {"source": "samples", "n": len(X), "_blob": sha}
-    assert log is not None
+
+def log_range(model: Model, log: Any, loc: list[str | int], *, min_samples: int = 1) -> dict[str, Any]:
+    """A range of the model's sample log as a job's data source, checked against what the
+    log holds (``model`` read in the submitting transaction)."""
     accepted = model.next_offset
     if accepted == 0:
         raise Invalid.at([*loc, "log"], "the model's sample log is empty")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.core.schemas import problem_responses
 from app.deps import Ctx, ModelMaintain, ModelNamePath
@@ -29,7 +30,5 @@ async def batch_update(
     response: Response,
     prefer: PreferHeader = None,
 ) -> JobOut:
-    from starlette.concurrency import run_in_threadpool
-
-    job_id = await run_in_threadpool(ctx.batch.submit, name, body)
-    return await job_answer(ctx, job_id, prefer, response)
+    job_id = await run_in_threadpool(ctx.training.submit, name, body)
+    return await job_answer(ctx.jobs, job_id, prefer, response)

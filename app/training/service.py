@@ -18,24 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from app.core.errors import Invalid, NotFound
+from app.core.blobs import BlobStore
+from app.core.db import Database
+from app.core.errors import Invalid
+from app.core.metrics import Metrics
 from app.core.tables import Model
 from app.engine.nn import network
 from app.engine.nn.network import Network
-from app.jobs.queue import Claimed
-from app.jobs.runner import JobError, Progress
+from app.jobs.contract import Handlers, Job, JobError, Progress
+from app.jobs.service import JobService
+from app.jobs.service import public_params as public
 from app.registry.models import get_model
 from app.registry.repository import AliasRepository
+from app.registry.versions import VersionService
 from app.training import data
 from app.training.schemas import BatchUpdateIn, TrainOptions
-
-
-def resolve_from(ctx: Any, s: Any, m: Model, ref: int | str | None, loc: list[str | int]) -> int:
-    """A ``from`` reference → a version number, or 422 naming ``loc``."""
-    try:
-        return ctx.versions.resolve_ref(s, m, ref).version
-    except NotFound as e:
-        raise Invalid.at(loc, e.detail) from None
 
 
 def train_options(body: TrainOptions) -> dict[str, Any]:
@@ -59,8 +56,7 @@ def evaluate(net: Network, X: np.ndarray, Y: np.ndarray) -> dict[str, Any]:
 
 
 def fit(
-    ctx: Any,
-    m: Model,
+    optimizer: dict[str, Any],
     net: Network,
     X: np.ndarray,
     Y: np.ndarray,
@@ -75,7 +71,7 @@ def fit(
     from app.engine.nn.optim import Optimizer, OptimizerConfig
     from app.engine.nn.train import Diverged, train
 
-    spec = dict(m.optimizer)
+    spec = dict(optimizer)
     if opts.get("learning_rate") is not None:
         spec["learning_rate"] = opts["learning_rate"]
     cfg = OptimizerConfig.from_dict({k: v for k, v in spec.items() if k in OptimizerConfig.__dataclass_fields__})
@@ -111,91 +107,112 @@ def fit(
     return net, metrics, (X[va], Y[va])
 
 
-class BatchService:
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
+class TrainingService:
+    """``batch-update``: request time (:meth:`submit`) and run time (:meth:`run`, the
+    ``batch_update`` job handler)."""
+
+    def __init__(
+        self, db: Database, blobs: BlobStore, versions: VersionService, jobs: JobService, metrics: Metrics
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.versions = versions
+        self.jobs = jobs
+        self.metrics = metrics
+
+    def register(self, handlers: Handlers) -> None:
+        handlers.register("batch_update", self.run)
 
     def submit(self, name: str, body: BatchUpdateIn) -> str:
-        ctx = self.ctx
-        with ctx.db.write() as s:
+        if body.promote == "latest":
+            raise Invalid.at(["body", "promote"], "`latest` is implicit and cannot be moved")
+        data_blob = data.pack_samples(self.blobs, self._spec(name), body.samples, ["body"], min_samples=2)
+        with self.db.write() as s:
             m = get_model(s, name, for_update=True)
-            if body.promote == "latest":
-                raise Invalid.at(["body", "promote"], "`latest` is implicit and cannot be moved")
-            frm = resolve_from(ctx, s, m, body.from_, ["body", "from"])
-            src = data.prepare(s, ctx.blobs, m, samples=body.samples, log=body.log, loc=["body"], min_samples=2)
+            _src, frm = self.versions.resolve_from(s, m, body.from_)
+            src = data_blob or data.log_range(m, body.log, ["body"], min_samples=2)
             params = {
-                "from": body.from_ if body.from_ is not None else "latest",
-                "from_version": frm,
+                **frm,
                 "data": src,
                 **train_options(body),
                 "promote": body.promote,
                 "keep_sparsity": body.keep_sparsity,
             }
-            return ctx.jobs.enqueue(s, "batch_update", m, params).id
+            return self.jobs.enqueue(s, "batch_update", m, params).id
 
+    def _spec(self, name: str) -> Model:
+        with self.db.read() as s:
+            return get_model(s, name)
 
-def run_batch_update(ctx: Any, job: Claimed, progress: Progress) -> None:
-    p = job.params
-    with ctx.db.read() as s:
-        m = get_model(s, job.model_name)
-        src = ctx.versions.get(s, m, int(p["from_version"]))
-        X, Y = data.load(s, ctx.blobs, m, p["data"])
-    base = ctx.versions.load(m, src)
-    masks = None
-    if p.get("keep_sparsity", True) and src.sparsity > 0:
-        masks = [w != 0 for w in base.weights]
-    progress(0.0, force=True)
-    net, metrics, (Xv, Yv) = fit(ctx, m, base, X, Y, p, progress, masks=masks)
-    notes: dict[str, Any] = {}
-    if src.encoding == "quantized":
-        notes["dequantized_from"] = {"version": src.version, "dtype": src.dtype}
-    promote = p.get("promote")
-    promoted, reason, current = False, None, None
-    with ctx.db.write() as s:
-        m = get_model(s, job.model_name, for_update=True)
-        if promote:
-            a = AliasRepository(s).get(m.id, promote)
-            if a is None:
-                promoted, reason = True, f"alias {promote!r} did not exist; created"
-            else:
-                current = a.version
-                cur_net = ctx.versions.load(m, ctx.versions.get(s, m, a.version))
-                cur_loss = evaluate(cur_net, Xv, Yv)["loss"]
-                new_loss = metrics["validation"]["loss"]
-                promoted = new_loss <= cur_loss
-                reason = (
-                    f"validation loss {new_loss:.6g} {'≤' if promoted else '>'} {cur_loss:.6g} "
-                    f"of version {a.version} on the same {len(Xv)} validation samples"
+    def run(self, job: Job, progress: Progress) -> None:
+        p = job.params
+        with self.db.read() as s:
+            m = get_model(s, job.model_name)
+            src = self.versions.get(s, m, int(p["from_version"]))
+            X, Y = data.load(s, self.blobs, m, p["data"])
+        base = self.versions.load(m, src)
+        masks = None
+        if p.get("keep_sparsity", True) and src.sparsity > 0:
+            masks = [w != 0 for w in base.weights]
+        progress(0.0, force=True)
+        net, metrics, (Xv, Yv) = fit(m.optimizer, base, X, Y, p, progress, masks=masks)
+        notes: dict[str, Any] = {}
+        if src.encoding == "quantized":
+            notes["dequantized_from"] = {"version": src.version, "dtype": src.dtype}
+        promote = p.get("promote")
+        blob = self.versions.store(net=net)
+        params = {k: val for k, val in p.items() if k not in ("data",)} | {"data": public(p["data"])} | notes
+        # The guard's evaluation runs before the write transaction; the transaction
+        # re-checks that the alias still points where it did, and evaluates again if not.
+        seen: dict[int | None, float] = {}
+        while True:
+            with self.db.read() as s:
+                m = get_model(s, job.model_name)
+                a = AliasRepository(s).get(m.id, promote) if promote else None
+                current = a.version if a is not None else None
+                cur_v = self.versions.get(s, m, current) if current is not None else None
+            if cur_v is not None and current not in seen:
+                seen[current] = evaluate(self.versions.load(m, cur_v), Xv, Yv)["loss"]
+            with self.db.write() as s:
+                m = get_model(s, job.model_name, for_update=True)
+                a = AliasRepository(s).get(m.id, promote) if promote else None
+                if (a.version if a is not None else None) != current:
+                    continue  # the alias moved meanwhile: evaluate its new version
+                promoted, reason = False, None
+                if promote and current is None:
+                    promoted, reason = True, f"alias {promote!r} did not exist; created"
+                elif promote:
+                    cur_loss = seen[current]
+                    new_loss = metrics["validation"]["loss"]
+                    promoted = new_loss <= cur_loss
+                    reason = (
+                        f"validation loss {new_loss:.6g} {'≤' if promoted else '>'} {cur_loss:.6g} "
+                        f"of version {current} on the same {len(Xv)} validation samples"
+                    )
+                    metrics["validation"]["alias_loss"] = cur_loss
+                v = self.versions.add(
+                    s, m, blob, operation="batch", parent=src.version, params=params, metrics=metrics, job_id=job.id
                 )
-                metrics["validation"]["alias_loss"] = cur_loss
-        v = ctx.versions.create(
-            s,
-            m,
-            operation="batch",
-            net=net,
-            parent=src.version,
-            params={k: val for k, val in p.items() if k not in ("data",)} | {"data": _public(p["data"])} | notes,
-            metrics=metrics,
-            job_id=job.id,
-        )
-        if promote and promoted:
-            AliasRepository(s).put(m.id, promote, v.version)
-        result: dict[str, Any] = {
-            "version": v.version,
-            "from_version": src.version,
-            "train": metrics["train"],
-            "validation": metrics["validation"],
-            "epochs_run": metrics["epochs_run"],
-            "best_epoch": metrics["best_epoch"],
-            **notes,
-        }
-        if promote:
-            result.update(
-                {"promote": promote, "promoted": promoted, "promotion_reason": reason, "previous_version": current}
-            )
-        ctx.jobs.queue.finish_in(s, job.id, job.owner, result)
-    ctx.metrics.versions.labels("batch").inc()
-
-
-def _public(desc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in desc.items() if not k.startswith("_")}
+                if promote and promoted:
+                    AliasRepository(s).put(m.id, promote, v.version)
+                result: dict[str, Any] = {
+                    "version": v.version,
+                    "from_version": src.version,
+                    "train": metrics["train"],
+                    "validation": metrics["validation"],
+                    "epochs_run": metrics["epochs_run"],
+                    "best_epoch": metrics["best_epoch"],
+                    **notes,
+                }
+                if promote:
+                    result.update(
+                        {
+                            "promote": promote,
+                            "promoted": promoted,
+                            "promotion_reason": reason,
+                            "previous_version": current,
+                        }
+                    )
+                self.jobs.queue.finish_in(s, job.id, job.owner, result)
+                break
+        self.metrics.versions.labels("batch").inc()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import safetensors.numpy as stnp
 
+from app.background import make_worker
 from app.compression import common as compress
 from app.compression import prune as prune_service
-from app.compression import quantize as quantize_service
 from app.compression.schemas import PruneIn, QuantizeIn
 from app.context import AppContext
 from app.core.migrations import upgrade
@@ -21,14 +21,12 @@ from app.engine.compress.prune import prune_magnitude, prune_neurons
 from app.engine.compress.quantize import quantize_network
 from app.engine.nn.network import F32, init_network
 from app.interop.safetensors import encode, read_tensors
-from app.jobs.queue import Canceled
+from app.jobs.contract import Canceled, Progress
 from app.jobs.runner import Worker
-from app.jobs.service import job_out
 from app.registry.models import get_model
 from app.registry.repository import VersionRepository
 from app.registry.schemas import ModelCreate
 from app.registry.versions import tensors_architecture
-from app.worker.handlers import HANDLERS
 
 
 @pytest.fixture
@@ -36,8 +34,7 @@ def ctx(make_settings):
     settings = make_settings(run_worker=False)
     upgrade(settings.url)
     c = AppContext.build(settings)
-    with c.db.write() as s:
-        c.models.create(s, ModelCreate(name="m", task="multiclass", input_dim=12, output_dim=3, hidden=[16, 8], seed=3))
+    c.models.create(ModelCreate(name="m", task="multiclass", input_dim=12, output_dim=3, hidden=[16, 8], seed=3))
     yield c
     c.close()
 
@@ -50,9 +47,10 @@ def versions(ctx):
 
 def store(ctx, tensors, encoding):
     """A version of model m made of ``tensors`` (as the jobs store them); returns the row."""
+    blob = ctx.versions.store(tensors=tensors, encoding=encoding)
     with ctx.db.write() as s:
         m = get_model(s, "m", for_update=True)
-        v = ctx.versions.create(s, m, operation="import", tensors=tensors, encoding=encoding, parent=1)
+        v = ctx.versions.add(s, m, blob, operation="import", parent=1)
         return v.version, v
 
 
@@ -132,7 +130,7 @@ def test_source_weights_read_every_form_one_layer_at_a_time(ctx, form):
     number, row = store(ctx, tensors, encoding)
     assert row.architecture == [12, 16, 8, 3] == tensors_architecture(tensors)
     expected = net_of(ctx, number).weights  # the decoded (dequantized, densified) network
-    got = list(compress.source_weights(ctx, row))
+    got = list(compress.source_weights(ctx.blobs, row))
     assert len(got) == 3
     for a, b in zip(got, expected, strict=True):
         assert a.dtype == np.float32
@@ -199,29 +197,28 @@ def test_loaded_float32_weights_are_not_copied(ctx):
 
 # --------------------------------------------------------------------------- jobs
 def test_canceled_prune_leaves_no_version_and_a_retry_makes_exactly_one(ctx):
-    job_id = prune_service.submit(ctx, "m", PruneIn(sparsity=0.6, scope="global"))
+    job_id = ctx.compression.submit_prune("m", PruneIn(sparsity=0.6, scope="global"))
     calls = []
 
-    def cancel_at_third(c, job, progress):
-        def p(fraction, **kw):
+    class CancelAtThird(Progress):
+        def __call__(self, fraction, **kw):
             calls.append(fraction)
             if len(calls) == 3:
-                raise Canceled(job.id)
-            progress(fraction, **kw)
+                raise Canceled(self.job.id)
+            super().__call__(fraction, **kw)
 
-        return prune_service.run_prune(c, job, p)
+    def cancel_at_third(job, progress):
+        return prune_service.run(ctx.compression, job, CancelAtThird(progress.heartbeat, job, progress.stopping))
 
-    Worker(ctx, {"prune": cancel_at_third}).run_once()
-    with ctx.db.read() as s:
-        assert ctx.jobs.get(s, job_id).status == "canceled"
+    Worker(ctx.jobs.queue, {"prune": cancel_at_third}, poll_seconds=0.01).run_once()
+    assert ctx.jobs.get(job_id).status == "canceled"
     assert [v.version for v in versions(ctx)] == [1]
     # the same work as a fresh job runs through and stores one version, linked to its job
-    job_id = prune_service.submit(ctx, "m", PruneIn(sparsity=0.6, scope="global"))
-    assert Worker(ctx, HANDLERS).run_once() == job_id
+    job_id = ctx.compression.submit_prune("m", PruneIn(sparsity=0.6, scope="global"))
+    assert make_worker(ctx).run_once() == job_id
     rows = versions(ctx)
     assert [v.version for v in rows] == [1, 2] and rows[1].job_id == job_id
-    with ctx.db.read() as s:
-        j = ctx.jobs.get(s, job_id)
+    j = ctx.jobs.get(job_id)
     assert j.status == "succeeded" and j.result["version"] == 2
 
 
@@ -231,10 +228,9 @@ def test_quantize_failure_in_the_engine_is_a_job_error(ctx):
     big = codec.to_tensors(net_of(ctx, 1))
     big["layers.1.weight"][0, 0] = 1e6
     store(ctx, big, "dense")
-    job_id = quantize_service.submit(ctx, "m", QuantizeIn(dtype="float16"))
-    Worker(ctx, HANDLERS).run_once()
-    with ctx.db.read() as s:
-        j = ctx.jobs.get(s, job_id)
+    job_id = ctx.compression.submit_quantize("m", QuantizeIn(dtype="float16"))
+    make_worker(ctx).run_once()
+    j = ctx.jobs.get(job_id)
     assert j.status == "failed" and j.attempts == 1
     assert j.error["type"] == "job_error" and "layers.1.weight" in j.error["message"]
     assert len(versions(ctx)) == 2
@@ -245,7 +241,7 @@ def test_fine_tune_gets_the_mask_and_the_mask_stays_fixed(ctx, monkeypatch):
     pruned weights is undone, its metrics are reported; in a search, those of the chosen point."""
     seen = []
 
-    def fake_fit(c, m, net, X, Y, opts, progress, *, masks=None, frozen=None):
+    def fake_fit(optimizer, net, X, Y, opts, progress, *, masks=None, frozen=None):
         seen.append((masks, len(X), opts["epochs"]))
         net = net.copy()
         for W in net.weights:
@@ -257,16 +253,15 @@ def test_fine_tune_gets_the_mask_and_the_mask_stays_fixed(ctx, monkeypatch):
     monkeypatch.setattr(prune_service, "fit", fake_fit)
     smp = [{"x": [0.1 * j for j in range(12)], "y": j % 3} for j in range(20)]
     body = PruneIn(sparsity=0.6, scope="global", fine_tune={"samples": smp, "epochs": 3})
-    job_id = prune_service.submit(ctx, "m", body)
-    Worker(ctx, HANDLERS).run_once()
-    with ctx.db.read() as s:
-        j = ctx.jobs.get(s, job_id)
+    job_id = ctx.compression.submit_prune("m", body)
+    make_worker(ctx).run_once()
+    j = ctx.jobs.get(job_id)
     assert j.status == "succeeded", j.error
     (masks, n, epochs), *_ = seen
     assert n == 20 and epochs == 3 and [M.shape for M in masks] == [(16, 12), (8, 16), (3, 8)]
     assert j.result["fine_tune"] == {"train": {"loss": 1.0, "n": 20}, "validation": {"loss": 2.0}, "epochs_run": 7}
     assert j.result["sparsity"] == 206 / 344  # ⌊0.6 · 344⌋ of the 344 weights
-    public = job_out(j).params  # what GET /jobs/{id} shows
+    public = j.params  # what GET /jobs/{id} shows
     assert "_blob" not in str(public) and public["fine_tune_data"] == {"source": "samples", "n": 20}
     tuned = net_of(ctx, j.result["version"])
     for W, M in zip(tuned.weights, masks, strict=True):
@@ -274,10 +269,9 @@ def test_fine_tune_gets_the_mask_and_the_mask_stays_fixed(ctx, monkeypatch):
     # in a search every probe is fine-tuned; the result reports the chosen probe's training
     seen.clear()
     body = PruneIn(scope="global", max_loss_increase=100.0, eval_samples=smp, fine_tune={"samples": smp})
-    job_id = prune_service.submit(ctx, "m", body)
-    Worker(ctx, HANDLERS).run_once()
-    with ctx.db.read() as s:
-        j = ctx.jobs.get(s, job_id)
+    job_id = ctx.compression.submit_prune("m", body)
+    make_worker(ctx).run_once()
+    j = ctx.jobs.get(job_id)
     assert j.status == "succeeded", j.error
     assert len(seen) == len(j.result["search"]["curve"]) >= 2
     assert j.result["fine_tune"]["epochs_run"] == 7 and j.result["search"]["sparsity"] == 0.99

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from datetime import timedelta
@@ -12,9 +13,13 @@ import sqlalchemy as sa
 from app.context import AppContext
 from app.core.migrations import upgrade
 from app.core.tables import Job, utcnow
+from app.jobs import runner
+from app.jobs.contract import JobError, Progress
 from app.jobs.queue import Queue, backoff_seconds
-from app.jobs.runner import JobError, Progress, Worker
+from app.jobs.repository import JobRepository
 from app.registry.schemas import ModelCreate
+
+KINDS = ("batch_update",)
 
 
 @pytest.fixture
@@ -22,8 +27,7 @@ def ctx(make_settings):
     settings = make_settings(job_lease_seconds=0.6, job_max_attempts=3, worker_poll_seconds=0.01)
     upgrade(settings.url)
     c = AppContext.build(settings)
-    with c.db.write() as s:
-        c.models.create(s, ModelCreate(name="m", task="binary", input_dim=2))
+    c.models.create(ModelCreate(name="m", task="binary", input_dim=2))
     yield c
     c.close()
 
@@ -41,7 +45,12 @@ def enqueue(ctx, n=1, kind="batch_update", params=None):
 
 def job(ctx, job_id) -> Job:
     with ctx.db.read() as s:
-        return ctx.jobs.get(s, job_id)
+        return JobRepository(s).get(job_id)
+
+
+def Worker(ctx, handlers, **kw):
+    bound = {kind: functools.partial(fn, ctx) for kind, fn in handlers.items()}
+    return runner.Worker(ctx.jobs.queue, bound, poll_seconds=ctx.settings.worker_poll_seconds, **kw)
 
 
 def test_lifecycle_success(ctx):
@@ -100,8 +109,7 @@ def test_job_error_is_not_retried(ctx):
 
 def test_cancel_queued_and_running(ctx):
     a, b = enqueue(ctx, 2)
-    with ctx.db.write() as s:
-        assert ctx.jobs.cancel(s, a).status == "canceled"
+    assert ctx.jobs.cancel(a).status == "canceled"
     started = threading.Event()
 
     def slow(c, j, progress):
@@ -114,9 +122,8 @@ def test_cancel_queued_and_running(ctx):
     t = threading.Thread(target=w.run_once)
     t.start()
     assert started.wait(5)
-    with ctx.db.write() as s:
-        j = ctx.jobs.cancel(s, b)
-        assert j.status == "running" and j.cancel_requested
+    j = ctx.jobs.cancel(b)
+    assert j.status == "running" and j.cancel_requested
     t.join(10)
     assert not t.is_alive()
     assert job(ctx, b).status == "canceled"
@@ -126,11 +133,11 @@ def test_cancel_queued_and_running(ctx):
 def test_expired_lease_is_reclaimed_and_old_owner_cannot_finish(ctx):
     (jid,) = enqueue(ctx)
     q: Queue = ctx.jobs.queue
-    first = q.claim("dead-worker")
+    first = q.claim("dead-worker", KINDS)
     assert first is not None and first.id == jid
-    assert q.claim("other") is None  # lease still held
+    assert q.claim("other", KINDS) is None  # lease still held
     time.sleep(0.8)  # lease 0.6 s expires: the worker "died"
-    second = q.claim("other")
+    second = q.claim("other", KINDS)
     assert second is not None and second.id == jid and second.attempts == 2
     from app.jobs.queue import LeaseLost
 
@@ -145,9 +152,9 @@ def test_worker_lost_every_attempt_fails(ctx):
     (jid,) = enqueue(ctx)
     q: Queue = ctx.jobs.queue
     for i in range(3):
-        assert q.claim(f"w{i}") is not None
+        assert q.claim(f"w{i}", KINDS) is not None
         time.sleep(0.7)
-    assert q.claim("w-last") is None
+    assert q.claim("w-last", KINDS) is None
     j = job(ctx, jid)
     assert j.status == "failed" and j.error["type"] == "worker_lost"
 

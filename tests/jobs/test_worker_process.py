@@ -22,7 +22,7 @@ from app.training.schemas import BatchUpdateIn
 from tests.conftest import ADMIN
 
 WORKER = (
-    "from app.core.settings import Settings; from app.jobs.runner import run_worker_process; "
+    "from app.core.settings import Settings; from app.background import run_worker_process; "
     "run_worker_process(Settings())"
 )
 
@@ -46,8 +46,7 @@ def ctx(make_settings):
     settings = make_settings(run_worker=False, run_learner=False)
     upgrade(settings.url)
     c = AppContext.build(settings)
-    with c.db.write() as s:
-        c.models.create(s, ModelCreate(name="m", task="regression", input_dim=8, hidden=[32]))
+    c.models.create(ModelCreate(name="m", task="regression", input_dim=8, hidden=[32]))
     yield c
     c.close()
 
@@ -58,12 +57,11 @@ def submit(ctx, n: int, epochs: int, batch_size: int = 16) -> str:
     body = BatchUpdateIn.model_validate(
         {"samples": [{"x": list(r), "y": float(r.sum())} for r in X], "epochs": epochs, "batch_size": batch_size}
     )
-    return ctx.batch.submit("m", body)
+    return ctx.training.submit("m", body)
 
 
 def job(ctx, jid) -> Job:
-    with ctx.db.read() as s:
-        return ctx.jobs.get(s, jid)
+    return ctx.jobs.get(jid)
 
 
 def wait_until(pred, timeout: float, what: str) -> None:
@@ -118,7 +116,7 @@ def test_two_worker_processes_never_run_the_same_job(ctx):
         for p in procs:
             stop(p)
     with ctx.db.read() as s:
-        jobs = [ctx.jobs.get(s, j) for j in ids]
+        jobs = [ctx.jobs.get(j) for j in ids]
         n_versions = s.scalar(sa.select(sa.func.count()).select_from(Version).where(Version.job_id.is_not(None)))
     assert all(j.attempts == 1 for j in jobs)
     assert n_versions == len(ids)

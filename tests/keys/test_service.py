@@ -39,59 +39,54 @@ def test_hash_is_sha256_hex():
 
 
 def test_create_authenticate_revoke(db):
-    svc = KeyService(None)
+    svc = KeyService(db, None)
     with db.write() as s:
-        made = svc.create(s, KeyCreate(name="app", scope="ingest", models=["b", "a", "a"]))
+        made = svc.create(KeyCreate(name="app", scope="ingest", models=["b", "a", "a"]))
     assert made.key.startswith("stw_") and len(made.key) > 40
     assert made.models == ["a", "b"]
     with db.read() as s:
         row = s.get(ApiKey, made.id)
         assert row.key_hash == hash_key(made.key) and made.key not in (row.key_hash, row.prefix, row.name)
-        p = svc.authenticate(s, made.key)
+        p = svc.authenticate(made.key)
     assert p == Principal(id=made.id, name="app", scope="ingest", models=("a", "b"))
     with db.write() as s:
-        svc.revoke(s, made.id)
+        svc.revoke(made.id)
     with db.read() as s, pytest.raises(Unauthorized):
-        svc.authenticate(s, made.key)
+        svc.authenticate(made.key)
     with db.write() as s, pytest.raises(NotFound):
-        svc.revoke(s, made.id)
+        svc.revoke(made.id)
 
 
 @pytest.mark.parametrize("token", [None, "", "stw_unknown"])
 def test_unknown_tokens_are_unauthorized(db, token):
-    with db.read() as s, pytest.raises(Unauthorized) as e:
-        KeyService(None).authenticate(s, token)
+    with pytest.raises(Unauthorized) as e:
+        KeyService(db, None).authenticate(token)
     assert e.value.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_bootstrap_key_is_admin_and_suppresses_generation(db):
-    svc = KeyService("boot-secret-123")
+    svc = KeyService(db, "boot-secret-123")
     with db.write() as s:
-        assert svc.ensure_admin(s) is None
+        assert svc.ensure_admin() is None
     with db.read() as s:
-        assert svc.authenticate(s, "boot-secret-123").scope == "admin"
+        assert svc.authenticate("boot-secret-123").scope == "admin"
         assert s.query(ApiKey).count() == 0
 
 
 def test_generated_admin_key_only_once(db):
-    svc = KeyService(None)
-    with db.write() as s:
-        secret = svc.ensure_admin(s)
+    svc = KeyService(db, None)
+    secret = svc.ensure_admin()
     assert secret
-    with db.write() as s:
-        assert svc.ensure_admin(s) is None
-    with db.read() as s:
-        assert svc.authenticate(s, secret).scope == "admin"
+    assert svc.ensure_admin() is None
+    assert svc.authenticate(secret).scope == "admin"
 
 
 def test_pages_skip_revoked_keys(db):
-    svc = KeyService(None)
-    with db.write() as s:
-        ids = [svc.create(s, KeyCreate(name=f"k{i}", scope="read")).id for i in range(5)]
-        svc.revoke(s, ids[2])
-    with db.read() as s:
-        first, cursor = svc.page(s, cursor=None, limit=3)
-        rest, end = svc.page(s, cursor=cursor, limit=3)
+    svc = KeyService(db, None)
+    ids = [svc.create(KeyCreate(name=f"k{i}", scope="read")).id for i in range(5)]
+    svc.revoke(ids[2])
+    first, cursor = svc.page(cursor=None, limit=3)
+    rest, end = svc.page(cursor=cursor, limit=3)
     assert end is None and cursor is not None
     listed = [k.id for k in first + rest]
     assert sorted(listed) == sorted(set(ids) - {ids[2]}) and listed == sorted(listed)

@@ -6,18 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.background import make_worker
 from app.context import AppContext
 from app.core.migrations import upgrade
 from app.core.tables import Job, SampleBatch, utcnow
 from app.interop.export import ExportVerificationError, to_npz, to_torch_state
 from app.interop.export_verify import verify_npz, verify_torch_state
-from app.jobs.runner import Worker
 from app.migration.repository import ExportRepository
 from app.migration.schemas import MigrateIn
 from app.migration.service import N_REAL_PROBES, recent_inputs
 from app.registry.models import get_model
 from app.registry.schemas import ModelCreate
-from app.worker.handlers import HANDLERS
 from tests.interop.test_export import make_net
 
 
@@ -26,8 +25,7 @@ def ctx(make_settings):
     settings = make_settings(run_worker=False)
     upgrade(settings.url)
     c = AppContext.build(settings)
-    with c.db.write() as s:
-        c.models.create(s, ModelCreate(name="m", task="binary", input_dim=3, hidden=[4]))
+    c.models.create(ModelCreate(name="m", task="binary", input_dim=3, hidden=[4]))
     yield c
     c.close()
 
@@ -50,12 +48,11 @@ def append_log(ctx, X: np.ndarray, y: np.ndarray) -> None:
 
 
 def submit(ctx, **body) -> str:
-    return ctx.migrate.submit("m", MigrateIn.model_validate(body))
+    return ctx.migration.submit("m", MigrateIn.model_validate(body))
 
 
 def job(ctx, jid) -> Job:
-    with ctx.db.read() as s:
-        return ctx.jobs.get(s, jid)
+    return ctx.jobs.get(jid)
 
 
 def test_probes_include_the_newest_log_samples(ctx):
@@ -67,7 +64,7 @@ def test_probes_include_the_newest_log_samples(ctx):
         got = recent_inputs(s, get_model(s, "m"))
     np.testing.assert_array_equal(got, np.concatenate([X1, X2])[-N_REAL_PROBES:].astype(np.float32))
     jid = submit(ctx, target="onnx")
-    assert Worker(ctx, HANDLERS).run_once() == jid
+    assert make_worker(ctx).run_once() == jid
     j = job(ctx, jid)
     assert j.status == "succeeded", j.error
     assert j.result["verification"]["n_probes"] == 64 + N_REAL_PROBES
@@ -80,7 +77,7 @@ def test_probes_include_the_newest_log_samples(ctx):
 
 def test_duplicate_jobs_build_once(ctx):
     first, second = submit(ctx, target="npz"), submit(ctx, target="npz")
-    w = Worker(ctx, HANDLERS)
+    w = make_worker(ctx)
     assert w.run_once() == first and w.run_once() == second
     a, b = job(ctx, first), job(ctx, second)
     assert a.result["reused"] is False and b.result["reused"] is True
@@ -92,7 +89,7 @@ def test_duplicate_jobs_build_once(ctx):
 
 def test_a_lost_blob_is_rebuilt(ctx):
     jid = submit(ctx, target="torch")
-    w = Worker(ctx, HANDLERS)
+    w = make_worker(ctx)
     w.run_once()
     sha = job(ctx, jid).result["sha256"]
     ctx.blobs.path(sha).unlink()
@@ -152,7 +149,7 @@ def transfer_body(**kw) -> dict:
 
 def test_transfer_retry_after_commit_reports_the_same_version(ctx):
     jid = submit(ctx, **transfer_body())
-    w = Worker(ctx, HANDLERS)
+    w = make_worker(ctx)
     assert w.run_once() == jid
     first = job(ctx, jid)
     assert first.status == "succeeded", first.error
@@ -175,8 +172,8 @@ def test_transfer_retry_after_commit_reports_the_same_version(ctx):
 def test_transfer_to_a_name_taken_meanwhile_fails_cleanly(ctx):
     jid = submit(ctx, **transfer_body())
     with ctx.db.write() as s:
-        ctx.models.create(s, ModelCreate(name="child", task="regression", input_dim=1))
-    Worker(ctx, HANDLERS).run_once()
+        ctx.models.create(ModelCreate(name="child", task="regression", input_dim=1))
+    make_worker(ctx).run_once()
     j = job(ctx, jid)
     assert j.status == "failed" and j.attempts == 1 and "child" in j.error["message"]
     with ctx.db.read() as s:
@@ -188,14 +185,12 @@ def test_transfer_from_a_pruned_version_keeps_its_zeros_when_trained(ctx):
 
     net = make_net("binary", "relu", hidden=[4], input_dim=3)
     net.weights[0][:, :2] = 0  # half of the first layer pruned
-    with ctx.db.write() as s:
-        m = get_model(s, "m", for_update=True)
-        tensors = {f"layers.{i}.{p}": t for i, (W, b) in enumerate(zip(net.weights, net.biases, strict=True))
-                   for p, t in (("weight", W), ("bias", b))}  # fmt: skip
-        v = ctx.versions.import_safetensors(s, m, stnp.save(tensors))
-        assert v.sparsity > 0
+    tensors = {f"layers.{i}.{p}": t for i, (W, b) in enumerate(zip(net.weights, net.biases, strict=True))
+               for p, t in (("weight", W), ("bias", b))}  # fmt: skip
+    v = ctx.migration.import_version("m", stnp.save(tensors), onnx_file=False)
+    assert v.sparsity > 0
     jid = submit(ctx, **transfer_body(freeze=0, epochs=5, learning_rate=0.1), **{"from": 2})
-    Worker(ctx, HANDLERS).run_once()
+    make_worker(ctx).run_once()
     j = job(ctx, jid)
     assert j.status == "succeeded", j.error
     with ctx.db.read() as s:
@@ -213,7 +208,7 @@ def test_transfer_trained_on_the_source_log(ctx):
     del body["samples"]
     jid = submit(ctx, **body)
     assert job(ctx, jid).params["data"] == {"source": "log", "from_offset": 10, "to_offset": 59, "n": 50}
-    Worker(ctx, HANDLERS).run_once()
+    make_worker(ctx).run_once()
     j = job(ctx, jid)
     assert j.status == "succeeded", j.error
     assert j.result["train"]["n"] + j.result["validation"]["n"] == 50

@@ -407,8 +407,8 @@ def test_restart_replays_to_the_same_parameters_and_leases_are_exclusive(make_se
         create(c, "m", **spec)
         X, Y = data("multiclass", 400, 4)
         send(c, "m", X[:340], Y[:340], wait=False)
-        a = LearnerRuntime(ctx, owner="A")
-        b = LearnerRuntime(ctx, owner="B")
+        a = LearnerRuntime(ctx.db, ctx.settings, ctx.blobs, ctx.versions, ctx.metrics, owner="A")
+        b = LearnerRuntime(ctx.db, ctx.settings, ctx.blobs, ctx.versions, ctx.metrics, owner="B")
         a.run_once()  # A claims the model and applies the log (checkpoints at 149 and 299)
         assert set(a.held) == {1}
         b.run_once()

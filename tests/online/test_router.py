@@ -286,7 +286,7 @@ def test_idempotency_key_retry_conflict_and_expiry(ic):
     r = ic.post("/v1/models/m/update", json=body, headers={"Idempotency-Key": "x" * 256})
     assert r.status_code == 422
     # expiry: an old key is unknown again, and the purge forgets it
-    svc = ctx.extras["online"]
+    svc = ctx.online
     old = ctx.settings.idempotency_ttl_seconds
     ctx.settings.idempotency_ttl_seconds = 1
     try:
@@ -395,7 +395,6 @@ def test_a_request_announces_its_append_only_once_its_body_has_arrived(ctype):
     """A slow upload must not make concurrent commits wait for it: the group-commit
     announcement comes after the last body chunk."""
     import asyncio
-    from types import SimpleNamespace
 
     from starlette.requests import Request
 
@@ -413,9 +412,8 @@ def test_a_request_announces_its_append_only_once_its_body_has_arrived(ctype):
         return {"type": "http.request", "body": chunks[k], "more_body": k + 1 < len(chunks)}
 
     scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-type", ctype.encode())]}
-    ctx = SimpleNamespace(settings=SimpleNamespace(max_body_bytes=1 << 20))
     X, _ = asyncio.run(
-        _read_samples(Request(scope, receive), ctx, SampleSpec("binary", 2, 1), lambda: events.append("read"))
+        _read_samples(Request(scope, receive), 1 << 20, SampleSpec("binary", 2, 1), lambda: events.append("read"))
     )
     assert len(X) == 6
     assert events == ["chunk"] * len(chunks) + ["read"]

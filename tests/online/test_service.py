@@ -10,8 +10,7 @@ import pytest
 
 from app.context import AppContext
 from app.core.migrations import upgrade
-from app.online.ingest import SampleSpec
-from app.online.service import OnlineService, Target, online_service
+from app.online.service import OnlineService, Target
 from app.registry.schemas import ModelCreate
 
 WAIT_MS = 400.0
@@ -28,14 +27,13 @@ def ctx(make_settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def svc(ctx) -> OnlineService:  # type: ignore[no-untyped-def]
-    return online_service(ctx)
+    return ctx.online
 
 
 @pytest.fixture
 def target(ctx) -> Target:  # type: ignore[no-untyped-def]
-    with ctx.db.write() as s:
-        m = ctx.models.create(s, ModelCreate(name="g", task="binary", input_dim=3))
-        return Target(m.id, "g", SampleSpec("binary", 3, 1))
+    ctx.models.create(ModelCreate(name="g", task="binary", input_dim=3))
+    return ctx.online.target("g")
 
 
 def samples(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

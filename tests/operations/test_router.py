@@ -29,32 +29,34 @@ def test_readyz_checks_database_and_blob_store(anon):
 
 def test_readyz_fails_when_the_database_is_unreachable(anon):
     ctx = anon.app.state.ctx
-    good = ctx.db
-    ctx.db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    ops = ctx.operations
+    good = ops.db
+    ops.db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
     try:
         body = assert_problem(anon.get("/readyz"), 503)
         assert body["checks"]["database"].startswith("error") and body["checks"]["blob_store"] == "ok"
         assert anon.get("/healthz").status_code == 200  # alive, just not ready
     finally:
-        ctx.db.dispose()
-        ctx.db = good
+        ops.db.dispose()
+        ops.db = good
     assert anon.get("/readyz").status_code == 200
 
 
 def test_readyz_fails_when_the_blob_store_is_unusable(anon, tmp_path: Path):
     ctx = anon.app.state.ctx
-    good = ctx.blobs
+    ops = ctx.operations
+    good = ops.blobs
     blocker = tmp_path / "not-a-dir"
     blocker.write_bytes(b"")
     bad = BlobStore.__new__(BlobStore)
     bad.root = blocker / "blobs"
-    ctx.blobs = bad
+    ops.blobs = bad
     try:
         body = assert_problem(anon.get("/readyz"), 503)
         assert body["checks"] == {"database": "ok", "blob_store": body["checks"]["blob_store"]}
         assert body["checks"]["blob_store"].startswith("error")
     finally:
-        ctx.blobs = good
+        ops.blobs = good
 
 
 def test_metrics_are_prometheus_text_and_count_requests(client):

@@ -18,7 +18,7 @@ from app.core.tables import Alias, Learner, Version
 from app.engine.nn.network import init_network
 from app.interop.safetensors import decode_upload, encode, read_header
 from app.registry.models import ModelService, get_model
-from app.registry.repository import AliasRepository
+from app.registry.repository import AliasRepository, VersionRepository
 from app.registry.schemas import ModelCreate
 from app.registry.versions import NetworkCache, VersionService
 
@@ -112,8 +112,20 @@ def svc(db_url, tmp_path):
     upgrade(db_url)
     db = Database(db_url)
     versions = VersionService(BlobStore(tmp_path / "blobs"), NetworkCache(), 1 << 20)
-    yield db, versions, ModelService(versions, max_params=10_000)
+    yield db, versions, ModelService(db, versions, max_params=10_000)
     db.dispose()
+
+
+def import_st(db, versions, data: bytes):
+    """A safetensors import as the import service makes it: decoded and stored first, the
+    row added under the model lock."""
+    with db.read() as s:
+        m = get_model(s, "m")
+    blob = versions.decode_safetensors(m, data)
+    with db.write() as s:
+        m = get_model(s, "m", for_update=True)
+        latest = VersionRepository(s).latest_number(m.id)
+        return versions.add(s, m, blob, operation="import", parent=latest or None, params={"format": "safetensors"})
 
 
 def spec(**kw) -> ModelCreate:
@@ -122,8 +134,7 @@ def spec(**kw) -> ModelCreate:
 
 def test_create_makes_version_1_blob_and_learner_row(svc):
     db, versions, models = svc
-    with db.write() as s:
-        m = models.create(s, spec(seed=9))
+    models.create(spec(seed=9))
     with db.read() as s:
         m = get_model(s, "m")
         v = versions.get(s, m, 1)
@@ -139,21 +150,21 @@ def test_create_makes_version_1_blob_and_learner_row(svc):
 
 def test_create_refuses_duplicates_and_oversized_networks(svc):
     db, _, models = svc
-    with db.write() as s:
-        models.create(s, spec())
-    with pytest.raises(Conflict), db.write() as s:
-        models.create(s, spec())
-    with pytest.raises(Invalid) as e, db.write() as s:
-        models.create(s, spec(name="big", input_dim=1000, hidden=[100]))
+    models.create(spec())
+    with pytest.raises(Conflict):
+        models.create(spec())
+    with pytest.raises(Invalid) as e:
+        models.create(spec(name="big", input_dim=1000, hidden=[100]))
     assert e.value.errors[0]["loc"] == ["body", "hidden"]
     with db.read() as s, pytest.raises(NotFound):
         get_model(s, "big")
 
 
 def test_failed_unit_of_work_leaves_nothing(svc):
-    db, _, models = svc
+    db, versions, models = svc
+    blob = versions.store(net=init_network("regression", "relu", 3, 1, [4], 0))
     with pytest.raises(RuntimeError), db.write() as s:
-        models.create(s, spec())
+        models.add(s, spec(), blob, operation="init", params={})
         raise RuntimeError("after the version was added")
     with db.read() as s:
         assert s.query(Version).count() == 0
@@ -163,10 +174,9 @@ def test_failed_unit_of_work_leaves_nothing(svc):
 
 def test_resolve_version_alias_and_default(svc):
     db, versions, models = svc
-    with db.write() as s:
-        m = models.create(s, spec())
-        versions.import_safetensors(s, m, stnp.save(tensors(1)))
-        versions.import_safetensors(s, m, stnp.save(tensors(2)))
+    models.create(spec())
+    import_st(db, versions, stnp.save(tensors(1)))
+    import_st(db, versions, stnp.save(tensors(2)))
     with db.write() as s:
         m = get_model(s, "m")
         assert versions.resolve(s, m, version=None, alias=None).version == 3
@@ -188,10 +198,9 @@ def test_resolve_version_alias_and_default(svc):
 
 def test_import_records_lineage_and_reuses_identical_blobs(svc):
     db, versions, models = svc
-    with db.write() as s:
-        m = models.create(s, spec())
-        a = versions.import_safetensors(s, m, stnp.save(tensors(1)))
-        b = versions.import_safetensors(s, m, stnp.save(tensors(1), metadata={"other": "metadata"}))
+    models.create(spec())
+    a = import_st(db, versions, stnp.save(tensors(1)))
+    b = import_st(db, versions, stnp.save(tensors(1), metadata={"other": "metadata"}))
     assert (a.version, a.parent, b.version, b.parent) == (2, 1, 3, 2)
     assert a.blob_sha256 == b.blob_sha256 and a.params["format"] == "safetensors"
     files = [p for p in versions.blobs.root.rglob("*") if p.is_file()]
@@ -200,10 +209,9 @@ def test_import_records_lineage_and_reuses_identical_blobs(svc):
 
 def test_delete_cascades_to_versions_and_aliases(svc):
     db, _, models = svc
+    models.create(spec())
     with db.write() as s:
-        m = models.create(s, spec())
-        AliasRepository(s).put(m.id, "production", 1)
-    with db.write() as s:
-        models.delete(s, "m")
+        AliasRepository(s).put(get_model(s, "m").id, "production", 1)
+    models.delete("m")
     with db.read() as s:
         assert s.query(Version).count() == 0 and s.query(Alias).count() == 0 and s.query(Learner).count() == 0

@@ -1,0 +1,33 @@
+"""Prometheus metrics in a registry of the app's own (tests build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """Prometheus metrics in a registry of this app's own (tests build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("steward_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
+        self.latency = Histogram(
+            "steward_http_request_seconds", "HTTP request latency", ["method", "route"], registry=r
+        )
+        self.samples_accepted = Counter(
+            "steward_samples_accepted", "Samples accepted into the log", ["model"], registry=r
+        )
+        self.samples_applied = Counter(
+            "steward_samples_applied", "Samples applied by the online learner", ["model"], registry=r
+        )
+        self.learner_lag = Gauge("steward_learner_lag", "Accepted but not yet applied samples", ["model"], registry=r)
+        self.learner_step_seconds = Histogram(
+            "steward_learner_step_seconds",
+            "Mean seconds per learner step, observed per applied chunk",
+            ["model"],
+            buckets=(1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2),
+            registry=r,
+        )
+        self.jobs = Counter("steward_jobs_finished", "Jobs finished", ["kind", "status"], registry=r)
+        self.versions = Counter("steward_versions_created", "Versions created", ["operation"], registry=r)
