@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -35,7 +36,7 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:  # a sqlite3.Connection
             dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -45,7 +46,7 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _on_begin(conn):  # type: ignore[no-untyped-def]
+        def _on_begin(conn: sa.Connection) -> None:
             immediate = conn.get_execution_options().get("sqlite_immediate", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 

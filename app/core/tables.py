@@ -23,7 +23,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on both databases (SQLite drops the zone)."""
 
     impl = sa.DateTime(timezone=True)
