@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -47,18 +48,22 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def _softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise softmax of ``z`` [N, K]: exp(z − max) / Σ exp(z − max)."""
     e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
 
 
 def activate(name: str, z: np.ndarray) -> np.ndarray:
     """Hidden activation ``a = f(z)`` for ``name`` in :data:`ACTIVATIONS`."""
+    a: np.ndarray
     if name == "relu":
-        return np.maximum(z, 0, dtype=z.dtype)
-    if name == "tanh":
-        return np.tanh(z)
-    if name == "sigmoid":
-        return _sigmoid(z)
-    raise ValueError(f"unknown activation {name!r}")
+        a = np.maximum(z, 0, dtype=z.dtype)
+    elif name == "tanh":
+        a = np.tanh(z)
+    elif name == "sigmoid":
+        a = _sigmoid(z)
+    else:
+        raise ValueError(f"unknown activation {name!r}")
+    return a
 
 
 def activation_grad(name: str, a: np.ndarray) -> np.ndarray:
@@ -66,13 +71,16 @@ def activation_grad(name: str, a: np.ndarray) -> np.ndarray:
 
     relu: 1[a > 0]; tanh: 1 − a²; sigmoid: a (1 − a).
     """
+    g: np.ndarray
     if name == "relu":
-        return (a > 0).astype(a.dtype)
-    if name == "tanh":
-        return 1.0 - a * a
-    if name == "sigmoid":
-        return a * (1.0 - a)
-    raise ValueError(f"unknown activation {name!r}")
+        g = (a > 0).astype(a.dtype)
+    elif name == "tanh":
+        g = 1.0 - a * a
+    elif name == "sigmoid":
+        g = a * (1.0 - a)
+    else:
+        raise ValueError(f"unknown activation {name!r}")
+    return g
 
 
 def output_link(task: str, z: np.ndarray) -> np.ndarray:
@@ -98,7 +106,7 @@ class Network:
     activation: str
     weights: list[np.ndarray]
     biases: list[np.ndarray]
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_dim(self) -> int:
@@ -152,25 +160,29 @@ def labels(task: str, outputs: np.ndarray) -> np.ndarray | None:
     if task == "binary":
         return (outputs[:, 0] >= 0.5).astype(np.int64)
     if task == "multiclass":
-        return outputs.argmax(axis=1).astype(np.int64)
+        lab: np.ndarray = outputs.argmax(axis=1).astype(np.int64)
+        return lab
     return None
 
 
 def per_sample_loss(task: str, outputs: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """Loss of each sample, shape [N] float64 (see the module table)."""
     out = outputs.astype(np.float64)
+    loss: np.ndarray
     if task == "regression":
         y = np.asarray(Y, dtype=np.float64).reshape(out.shape)
-        return 0.5 * ((out - y) ** 2).sum(axis=1)
-    if task == "binary":
+        loss = 0.5 * ((out - y) ** 2).sum(axis=1)
+    elif task == "binary":
         p = np.clip(out[:, 0], _EPS, 1 - _EPS)
-        y = np.asarray(Y, dtype=np.float64).reshape(-1)
-        return -(y * np.log(p) + (1 - y) * np.log1p(-p))
-    if task == "multiclass":
+        y1 = np.asarray(Y, dtype=np.float64).reshape(-1)
+        loss = -(y1 * np.log(p) + (1 - y1) * np.log1p(-p))
+    elif task == "multiclass":
         idx = np.asarray(Y, dtype=np.int64).reshape(-1)
         p = np.clip(out[np.arange(out.shape[0]), idx], _EPS, 1.0)
-        return -np.log(p)
-    raise ValueError(f"unknown task {task!r}")
+        loss = -np.log(p)
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    return loss
 
 
 def accuracy(task: str, outputs: np.ndarray, Y: np.ndarray) -> float | None:
@@ -210,14 +222,15 @@ def gradients(net: Network, X: np.ndarray, Y: np.ndarray) -> tuple[list[np.ndarr
     if n != 1:
         delta /= F32(n)
     ones = np.ones(n, dtype=delta.dtype)
-    L = len(net.weights)
-    dW: list[np.ndarray] = [None] * L  # type: ignore[list-item]
-    db: list[np.ndarray] = [None] * L  # type: ignore[list-item]
-    for i in range(L - 1, -1, -1):
-        dW[i] = delta.T @ acts[i]
-        db[i] = ones @ delta
+    dW: list[np.ndarray] = []  # filled from the output layer down, reversed at the end
+    db: list[np.ndarray] = []
+    for i in range(len(net.weights) - 1, -1, -1):
+        dW.append(delta.T @ acts[i])
+        db.append(ones @ delta)
         if i:
             delta = (delta @ net.weights[i]) * activation_grad(net.activation, acts[i])
+    dW.reverse()
+    db.reverse()
     return dW, db, acts[-1]
 
 

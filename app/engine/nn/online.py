@@ -48,13 +48,14 @@ the same result).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from app.engine.nn.network import ACTIVATIONS, F32, Network, labels, per_sample_loss
-from app.engine.nn.optim import Optimizer, OptimizerConfig, param_layout
+from app.engine.nn.optim import MaskSpec, Optimizer, OptimizerConfig, param_layout
 
 BLOCK = 4096  # samples per block (bounds buffers and the replay cost of a trip)
 
@@ -126,17 +127,15 @@ class _Metrics:
     win_correct: int = 0
     guard_count: int = 0
     baseline: float = math.nan
-    ring_loss: np.ndarray = field(default=None)  # type: ignore[assignment]
-    ring_correct: np.ndarray = field(default=None)  # type: ignore[assignment]
+    ring_loss: np.ndarray = field(init=False)
+    ring_correct: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.ring_loss is None:
-            self.ring_loss = np.zeros(self.window, np.float64)
-        if self.ring_correct is None:
-            self.ring_correct = np.zeros(self.window, np.int8)
+        self.ring_loss = np.zeros(self.window, np.float64)
+        self.ring_correct = np.zeros(self.window, np.int8)
 
     def copy(self) -> _Metrics:
-        c = _Metrics(**{k: getattr(self, k) for k in self.__dataclass_fields__})
+        c = replace(self)
         c.ring_loss = self.ring_loss.copy()
         c.ring_correct = self.ring_correct.copy()
         return c
@@ -165,7 +164,7 @@ class _Metrics:
             S = np.add.accumulate(np.concatenate(([self.win_loss_sum], diffs)))[1:]
             trip = None
             if cfg.guard_factor is not None:
-                trip = self._guard(S, ln, cfg)
+                trip = self._guard(S, ln, cfg, cfg.guard_factor)
             take = ln if trip is None else trip
             if take:
                 self._commit(seg[:take], None if correct is None else correct[i : i + take], pos, S, cfg.warmup)
@@ -176,7 +175,7 @@ class _Metrics:
             return nf, NON_FINITE_LOSS
         return None, None
 
-    def _guard(self, S: np.ndarray, ln: int, cfg: LearnerConfig) -> int | None:
+    def _guard(self, S: np.ndarray, ln: int, cfg: LearnerConfig, factor: float) -> int | None:
         W, U = self.window, cfg.warmup
         j = np.arange(ln)
         means = S / np.minimum(self.count + 1 + j, W)
@@ -189,7 +188,7 @@ class _Metrics:
             if k >= ln:
                 return None
             base = float(means[k])
-        thr = cfg.guard_factor * max(base, cfg.guard_min_loss)
+        thr = factor * max(base, cfg.guard_min_loss)
         hit = (g_after > U) & ~(means <= thr)
         return int(hit.argmax()) if hit.any() else None
 
@@ -214,7 +213,7 @@ class _Metrics:
         if self.count % W == 0:
             self.win_loss_sum = math.fsum(self.ring_loss.tolist())
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         c = min(self.count, self.window)
         acc = self.classify
         return {
@@ -262,6 +261,14 @@ class _Metrics:
 
 # --------------------------------------------------------------------------- learner
 _ACT = {name: k for k, name in enumerate(ACTIVATIONS)}  # relu 0, tanh 1, sigmoid 2
+#: What :meth:`OnlineLearner._save` keeps: flat parameters, optimizer moments (None when the
+#: optimizer has none) and the step count.
+_Snapshot = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, int]
+
+
+def _no_update() -> None:
+    """The learner's update under plain sgd, which steps by hand and never calls it."""
+    raise RuntimeError("plain sgd has no bound optimizer update")
 
 
 class OnlineLearner:
@@ -280,7 +287,7 @@ class OnlineLearner:
         *,
         config: LearnerConfig | None = None,
         frozen: Iterable[int] | None = None,
-        masks: Sequence[np.ndarray | None] | dict | None = None,
+        masks: MaskSpec | None = None,
     ) -> None:
         self.config = config or LearnerConfig()
         self.task = net.task
@@ -289,7 +296,8 @@ class OnlineLearner:
             raise ValueError(f"unknown activation {self.activation!r}")
         layout = param_layout(net)
         self._P = np.empty(layout[-1][2], F32)
-        Ws, bs = [], []
+        Ws: list[np.ndarray] = []
+        bs: list[np.ndarray] = []
         for (ws, bst, end), W, b in zip(layout, net.weights, net.biases, strict=True):
             self._P[ws:bst] = np.asarray(W, F32).reshape(-1)
             self._P[bst:end] = np.asarray(b, F32)
@@ -337,12 +345,12 @@ class OnlineLearner:
                 }
             )
 
-    def metrics(self) -> dict:
+    def metrics(self) -> dict[str, Any]:
         """Prequential metrics: ``{"count", "loss", "accuracy", "window": {"size", "count",
         "loss", "accuracy"}}`` (means; accuracy None for regression or before any sample)."""
         return self._metrics.as_dict()
 
-    def guard_status(self) -> dict:
+    def guard_status(self) -> dict[str, Any]:
         """``{"warmup_remaining": int, "baseline": float | None, "threshold": float | None}``."""
         m, cfg = self._metrics, self.config
         base = None if math.isnan(m.baseline) else m.baseline
@@ -445,7 +453,7 @@ class OnlineLearner:
         v = self._opt._v
         return v is None or bool(np.isfinite(v).all())
 
-    def _save(self) -> tuple:
+    def _save(self) -> _Snapshot:
         o = self._opt
         return (
             self._P.copy(),
@@ -454,13 +462,15 @@ class OnlineLearner:
             o.t,
         )
 
-    def _restore(self, snap: tuple) -> None:
+    def _restore(self, snap: _Snapshot) -> None:
         P, m, v, t = snap
         o = self._opt
         self._P[...] = P
         if m is not None:
+            assert o._m is not None, "saved from this optimizer"
             o._m[...] = m
         if v is not None:
+            assert o._v is not None, "saved from this optimizer"
             o._v[...] = v
         o.t = t
 
@@ -525,7 +535,8 @@ class OnlineLearner:
         self._trainable = bool(segs)
         mv = self._maskvec
         self._segs = [(P[s:e], G[s:e], None if mv is None else mv[s:e]) for s, e in segs]
-        self._update = opt.bind_flat(P, G) if not self._plain else None
+        # plain sgd steps by hand (no bound update: it would allocate a scratch vector)
+        self._update = opt.bind_flat(P, G) if not self._plain else _no_update
         train = opt.trainable
         self._lo = min(train) if train else L
         layout = param_layout(net)
@@ -778,7 +789,7 @@ class OnlineLearner:
         train, plain, update = self._trainable, self._plain, self._update
         nlr = self._nlr
         X3 = X[:, None, :]
-        a2_last = self._H2[-1] if L > 1 else None
+        a2_last = self._H2[-1] if L > 1 else None  # set exactly when there are hidden layers
         for i in range(X.shape[0]):
             x = X[i]
             a = fwd(x) if L > 1 else x
@@ -803,7 +814,7 @@ class OnlineLearner:
                 sub(o, Y[i], out=D_out)
             if plain:
                 mul(D_out, nlr, out=D_out)
-            self._Dc[-1].dot(a2_last if L > 1 else X3[i], out=self._GW[-1])
+            self._Dc[-1].dot(a2_last if a2_last is not None else X3[i], out=self._GW[-1])
             if self._lo <= L - 2:
                 D_out.dot(W_out, out=self._D[L - 2])
                 self._backward_hidden(L - 2, X3[i])

@@ -32,12 +32,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from app.engine.nn.network import F32, Network
 
 KINDS = ("sgd", "adam")
+#: Per-layer masks as accepted by :func:`normalize_masks`: a sequence with one entry per
+#: layer, or a dict ``{layer: mask}`` (missing layers are unmasked).
+MaskSpec = Sequence[np.ndarray | None] | dict[int, np.ndarray | None]
 CLIP_EPS = 1e-6  # added to the global norm before dividing (torch's clip_grad_norm_ convention)
 
 
@@ -89,15 +93,15 @@ class OptimizerConfig:
         """True when a step is exactly θ ← θ − η ∇ℓ (sgd, no momentum, no l2, no clipping)."""
         return self.kind == "sgd" and self.momentum == 0 and self.l2 == 0 and self.clip_norm is None
 
-    def replace(self, **changes: object) -> OptimizerConfig:
+    def replace(self, **changes: Any) -> OptimizerConfig:
         """A copy with some fields changed (validated again)."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, **changes)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> OptimizerConfig:
+    def from_dict(cls, d: dict[str, Any]) -> OptimizerConfig:
         """Build from a mapping; unknown keys are an error."""
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
@@ -129,7 +133,7 @@ def _layer_views(flat: np.ndarray, net: Network) -> tuple[list[np.ndarray], list
     return Ws, bs
 
 
-def normalize_masks(net: Network, masks: Sequence[np.ndarray | None] | dict | None) -> list[np.ndarray | None]:
+def normalize_masks(net: Network, masks: MaskSpec | None) -> list[np.ndarray | None]:
     """Masks as a list of length ``L`` of bool ``[out_i, in_i]`` arrays or None (checked)."""
     L = len(net.weights)
     if masks is None:
@@ -199,12 +203,14 @@ def _apply(
     if kind == "sgd":
         src = g
         if momentum:
+            assert m is not None, "momentum needs its buffer"
             np.multiply(m, c.momentum, out=m)
             np.add(m, g, out=m)
             src = m
         np.multiply(src, c.lr, out=tmp)
         np.subtract(p, tmp, out=p)
         return
+    assert m is not None and v is not None, "adam needs both moments"
     np.subtract(g, m, out=tmp)
     np.multiply(tmp, c.one_minus_b1, out=tmp)
     np.add(m, tmp, out=m)
@@ -240,7 +246,7 @@ class Optimizer:
         net: Network,
         *,
         frozen: Iterable[int] | None = None,
-        masks: Sequence[np.ndarray | None] | dict | None = None,
+        masks: MaskSpec | None = None,
     ) -> None:
         self.config = config
         self.shapes = [(tuple(W.shape), tuple(b.shape)) for W, b in zip(net.weights, net.biases, strict=True)]
@@ -265,7 +271,7 @@ class Optimizer:
         self,
         *,
         frozen: Iterable[int] | None = None,
-        masks: Sequence[np.ndarray | None] | dict | None = None,
+        masks: MaskSpec | None = None,
         net: Network,
     ) -> None:
         """Replace the frozen set and masks (validated against ``net``)."""
@@ -300,8 +306,9 @@ class Optimizer:
             W, b = net.weights[i], net.biases[i]
             gW = np.asarray(dW[i], dtype=F32)
             gW = gW + c.l2 * W if cfg.l2 else gW.copy()
-            if self.masks[i] is not None:
-                gW *= self.masks[i]
+            mask = self.masks[i]
+            if mask is not None:
+                gW *= mask
             gb = np.array(db[i], dtype=F32)
             items.append((W, gW, *self._state(i, 0)))
             items.append((b, gb, *self._state(i, 1)))
@@ -318,8 +325,9 @@ class Optimizer:
         for p, g, m, v in items:
             _apply(cfg.kind, mom, c, p, g, m, v, np.empty_like(p))
         for i in train:
-            if self.masks[i] is not None:
-                net.weights[i] *= self.masks[i]
+            mask = self.masks[i]
+            if mask is not None:
+                net.weights[i] *= mask
 
     # ---------------------------------------------------------------- flat API
     def trainable_segments(self) -> list[tuple[int, int]]:
@@ -380,16 +388,16 @@ class Optimizer:
             p, g, tmp, m, v, l2v, mk = segs[0]
             if kind == "sgd" and not mom and l2v is not None and mk is None:
 
-                def update() -> None:
+                def update_sgd_l2() -> None:
                     self.t += 1
                     mul(l2v, p, out=tmp)
                     add(g, tmp, out=g)
                     mul(g, c.lr, out=tmp)
                     np.subtract(p, tmp, out=p)
 
-                return update
+                return update_sgd_l2
 
-            def update() -> None:
+            def update_segment() -> None:
                 self.t += 1
                 if l2v is not None:
                     mul(l2v, p, out=tmp)
@@ -402,7 +410,7 @@ class Optimizer:
                 if mk is not None:
                     mul(p, mk, out=p)
 
-            return update
+            return update_segment
 
         def update() -> None:
             self.t += 1
@@ -434,8 +442,9 @@ class Optimizer:
     # ---------------------------------------------------------------- state
     def _names(self) -> list[tuple[str, np.ndarray]]:
         out: list[tuple[str, np.ndarray]] = []
-        groups = []
+        groups: list[tuple[str, tuple[list[np.ndarray], list[np.ndarray]]]] = []
         if self.config.kind == "adam":
+            assert self._m_views is not None and self._v_views is not None, "adam keeps both moments"
             groups = [("exp_avg", self._m_views), ("exp_avg_sq", self._v_views)]
         elif self._m_views is not None:
             groups = [("momentum", self._m_views)]

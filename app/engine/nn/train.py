@@ -16,14 +16,14 @@ best epoch are restored at the end.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from app.engine.nn.network import F32, Network, accuracy, activate, per_sample_loss
-from app.engine.nn.optim import Optimizer, param_layout
+from app.engine.nn.optim import MaskSpec, Optimizer, param_layout
 
 EVAL_CHUNK = 65536  # rows per forward pass in evaluate()
 PERMUTE_MAX_BYTES = 1 << 28  # training rows are gathered once per epoch up to this size, else per batch
@@ -76,7 +76,7 @@ class TrainResult:
     history: list[EpochStats] = field(default_factory=list)
     val_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (without ``val_indices``)."""
         d = asdict(self)
         d.pop("val_indices")
@@ -109,7 +109,7 @@ def split_indices(
     return np.flatnonzero(train), val, rng
 
 
-def evaluate(net: Network, X: np.ndarray, Y: np.ndarray) -> dict:
+def evaluate(net: Network, X: np.ndarray, Y: np.ndarray) -> dict[str, Any]:
     """``{"loss": mean per-sample loss, "accuracy": share correct (classification only), "n": N}``.
 
     ``X`` [N, input_dim]; ``Y`` as in ``network.py``. Runs in chunks of :data:`EVAL_CHUNK` rows.
@@ -128,18 +128,26 @@ def evaluate(net: Network, X: np.ndarray, Y: np.ndarray) -> dict:
             total += math.fsum(per_sample_loss(net.task, out, yb).tolist())
             if classify:
                 correct += accuracy(net.task, out, yb) * out.shape[0]
-    res: dict = {"loss": total / n}
+    res: dict[str, Any] = {"loss": total / n}
     if classify:
         res["accuracy"] = correct / n
     res["n"] = n
     return res
 
 
+#: Forward work of one layer: (W_iᵀ, b_i, Z_i, M_i or None for the output layer).
+_Fwd = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+#: What δ_{i−1} needs: (W_i, k = 1 (an outer product), D_{i−1}, M_{i−1}, Z_{i−1}).
+_Down = tuple[np.ndarray, bool, np.ndarray, np.ndarray, np.ndarray]
+#: Backward work of one trained layer: (dW_i, db_i, a_{i−1} or None for the input, down or None).
+_Bwd = tuple[np.ndarray, np.ndarray, np.ndarray | None, _Down | None]
+
+
 class _Plan(NamedTuple):
     """Views of :class:`_BatchKernel`'s buffers for batches of ``n`` rows, and the per-layer work."""
 
-    fwd: list  # per layer: (W_iᵀ, b_i, Z_i, M_i or None for the output layer)
-    bwd: list  # per trained layer, top down: (dW_i, db_i, a_{i−1} or None for the input, down or None)
+    fwd: list[_Fwd]  # per layer
+    bwd: list[_Bwd]  # per trained layer, top down
     delta: np.ndarray  # DL [n, out]
     dflat: np.ndarray  # DL flat [n · out]
     e: np.ndarray  # [n, 1]
@@ -180,7 +188,10 @@ class _BatchKernel:
         self.task, self.act = net.task, net.activation
         self.P = np.empty(layout[-1][2], F32)
         self.G = np.zeros_like(self.P)
-        Ws, bs, self.GW, self.Gb = [], [], [], []
+        Ws: list[np.ndarray] = []
+        bs: list[np.ndarray] = []
+        self.GW: list[np.ndarray] = []
+        self.Gb: list[np.ndarray] = []
         for (ws, bst, end), W, b in zip(layout, net.weights, net.biases, strict=True):
             self.P[ws:bst] = W.reshape(-1)
             self.P[bst:end] = b
@@ -206,7 +217,7 @@ class _BatchKernel:
         self.Xb = np.empty((batch_size, net.input_dim), F32)
         self.ones = np.ones(batch_size, F32)
         self.track = np.empty(n_train if net.task == "multiclass" else (n_train, out), F32)
-        self._plans: dict[int, tuple] = {}
+        self._plans: dict[int, _Plan] = {}
         self.update = optimizer.bind_flat(self.P, self.G)
 
     def _plan(self, n: int) -> _Plan:
@@ -215,10 +226,10 @@ class _BatchKernel:
         if plan is not None:
             return plan
         Z, M, D = [z[:n] for z in self.Z], [m[:n] for m in self.M], [d[:n] for d in self.D]
-        fwd = list(zip(self.WT, self.bs_, Z, [*M, None], strict=True))
-        bwd = []  # (dW_i, db_i, a_{i−1} (None: the input batch), what δ_{i−1} needs or None)
+        fwd: list[_Fwd] = list(zip(self.WT, self.bs_, Z, [*M, None], strict=True))
+        bwd: list[_Bwd] = []  # (dW_i, db_i, a_{i−1} (None: the input batch), what δ_{i−1} needs or None)
         for i in range(self.L - 1, self.lo - 1, -1):
-            down = None
+            down: _Down | None = None
             if i > self.lo:
                 outer = self.Ws[i].shape[0] == 1  # k = 1: δ W is one product per entry, as the matmul gives
                 down = (self.Ws[i], outer, D[i - 1], M[i - 1], Z[i - 1])
@@ -333,7 +344,7 @@ def train(
     early_stopping_patience: int | None = None,
     progress_cb: Callable[[float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    masks: Sequence[np.ndarray | None] | dict | None = None,
+    masks: MaskSpec | None = None,
     frozen: Iterable[int] | None = None,
 ) -> TrainResult:
     """Train ``net`` in place by mini-batch gradient descent; see the module docstring.
@@ -382,7 +393,8 @@ def train(
     Xbuf = np.empty((n_tr, X.shape[1]), F32) if rng is not None and n_tr * row_bytes <= PERMUTE_MAX_BYTES else None
     try:
         history: list[EpochStats] = []
-        best = (math.inf, 0, None, None)  # (val loss, epoch, flat params, optimizer state)
+        # (val loss, epoch, flat params, optimizer state)
+        best: tuple[float, int, np.ndarray | None, dict[str, np.ndarray] | None] = (math.inf, 0, None, None)
         bad_epochs, steps, stopped = 0, 0, False
         with np.errstate(all="ignore"):
             for epoch in range(1, epochs + 1):
@@ -400,6 +412,7 @@ def train(
                     if Xo is not None:
                         xb = Xo[s:e]
                     else:
+                        assert rows is not None, "without a gathered Xo the rows are permuted"
                         idx = rows[s:e]
                         xb = np.take(X, idx, axis=0, out=kernel.Xb[: idx.size], mode="clip")
                     kernel.step(xb, Yo[s:e], s)
@@ -414,6 +427,7 @@ def train(
                     stats.val_loss, stats.val_accuracy = ev["loss"], ev.get("accuracy")
                 history.append(stats)
                 if n_val and early_stopping_patience is not None:
+                    assert stats.val_loss is not None, "set above when there is validation data"
                     if stats.val_loss < best[0]:
                         best = (stats.val_loss, epoch, kernel.P.copy(), optimizer.state_dict())
                         bad_epochs = 0
@@ -423,10 +437,12 @@ def train(
                             stopped = epoch < epochs
                             break
         best_epoch = len(history)
-        if best[2] is not None and best[1] != len(history):
-            kernel.P[...] = best[2]
-            optimizer.load_state_dict(best[3])
-            best_epoch = best[1]
+        _, best_ep, best_params, best_state = best
+        if best_params is not None and best_ep != len(history):
+            assert best_state is not None, "kept together with the parameters"
+            kernel.P[...] = best_params
+            optimizer.load_state_dict(best_state)
+            best_epoch = best_ep
         kept = history[best_epoch - 1]
         if progress_cb is not None:
             progress_cb(1.0)
