@@ -55,6 +55,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -148,7 +149,7 @@ def _row_block(cols: int) -> int:
     return max(1, _BLOCK_ELEMS // max(1, cols))
 
 
-def _count(a: np.ndarray, fn: Callable, t: np.float32) -> int:
+def _count(a: np.ndarray, fn: Callable[[np.ndarray, np.float32], np.ndarray], t: np.float32) -> int:
     """``np.count_nonzero(fn(a, t))`` in chunks (no temporary as large as ``a``)."""
     c = 0
     for o in range(0, a.size, _COUNT_CHUNK):
@@ -264,7 +265,11 @@ def _apply_cut(
         for r0 in range(0, W.shape[0], rows):
             blk = W[r0 : r0 + rows].reshape(-1)
             oblk = Wout[r0 : r0 + rows].reshape(-1)
-            keep = keep_buf[: blk.size] if masks is None else masks[idx][r0 : r0 + rows].reshape(-1)
+            if masks is None:
+                assert keep_buf is not None, "allocated when no masks are given"
+                keep = keep_buf[: blk.size]
+            else:
+                keep = masks[idx][r0 : r0 + rows].reshape(-1)
             a = a_buf[: blk.size]
             np.abs(blk, out=a)
             if cut.all_ties:
@@ -312,9 +317,9 @@ class PruneResult:
         """Hidden widths of the pruned network."""
         return self.network.hidden
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         """JSON-ready summary (no arrays except the hidden widths)."""
-        out: dict = {
+        out: dict[str, Any] = {
             "structure": self.structure,
             "scope": self.scope,
             "requested_sparsity": self.requested_sparsity,
@@ -553,7 +558,7 @@ class SearchResult:
     loss: float | None = None
     result: PruneResult | None = None
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         return {
             "base_loss": self.base_loss,
             "max_loss_increase": self.max_loss_increase,

@@ -44,8 +44,10 @@ Everything here is pure numpy: no I/O, no imports from the web or database layer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -166,7 +168,8 @@ class QuantizedTensor:
             zp = None if zp is None else zp[:, None]
         if zp is not None:
             qf -= zp
-        return qf * s
+        W: np.ndarray = qf * s
+        return W
 
 
 def _row_ranges(n: int, parts: int) -> list[tuple[int, int]]:
@@ -209,6 +212,8 @@ class _Job:
         colv = np.empty((br, 1), dtype=F32)
         zcol = np.empty((br, 1), dtype=F32)
         per_channel = sch.granularity == "per_channel"
+        s_col: np.ndarray
+        z_col: np.ndarray | np.float32 | None
         for a in range(r0, r1, br):
             b = min(r1, a + br)
             m = b - a
@@ -235,6 +240,7 @@ class _Job:
                 else:
                     z_col = None
             else:
+                assert self.tensor_scale is not None, "the per-tensor scale is set before run"
                 s_col = self.tensor_scale
                 z_col = None if self.tensor_zp is None else F32(self.tensor_zp)
             # q = clip(round(W / s) + zp, qmin, qmax) = r + zp with r = clip(round(W / s), qmin − zp, qmax − zp)
@@ -242,6 +248,7 @@ class _Job:
             r = rr if self.report else bb
             np.rint(bb, out=r)
             if sch.asymmetric:
+                assert z_col is not None, "asymmetric schemes have a zero point"
                 np.clip(r, sch.qmin - z_col, sch.qmax - z_col, out=r)
             if self.report:
                 np.subtract(bb, r, out=bb)  # (W − dequant(q)) / scale, exact in float32
@@ -258,6 +265,7 @@ class _Job:
 
     def errors(self) -> tuple[float, float]:
         """(max, mean) of |W − dequant(q)| over the tensor (after every row was run)."""
+        s: np.ndarray | np.float64
         if self.sch.is_float:
             s = np.float64(1.0)
         elif self.sch.granularity == "per_channel":
@@ -295,7 +303,7 @@ def quantize_tensor(
     pool = ThreadPoolExecutor(len(ranges)) if len(ranges) > 1 else None
     try:
 
-        def each(fn, *args):
+        def each(fn: Callable[..., None], *args: Any) -> None:
             if pool is None:
                 for r in ranges:
                     fn(*r, *args)
@@ -314,6 +322,8 @@ def quantize_tensor(
         if pool is not None:
             pool.shutdown()
 
+    scale: np.ndarray | None
+    zero_point: np.ndarray | None
     if sch.is_float:
         scale = zero_point = None
     elif sch.granularity == "per_channel":
@@ -349,7 +359,7 @@ class QuantizeResult:
     dtype: str
     scheme: str
     granularity: str
-    layers: list[dict] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def max_abs_error(self) -> float | None:
@@ -364,7 +374,7 @@ class QuantizeResult:
         n = sum(d["size"] for d in self.layers)
         return sum(d["mean_abs_error"] * d["size"] for d in self.layers) / n if n else 0.0
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         return {
             "dtype": self.dtype,
             "scheme": self.scheme,

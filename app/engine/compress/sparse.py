@@ -75,7 +75,7 @@ def count_kept(W: np.ndarray, fill: np.ndarray | int = 0) -> int:
 def sparse_nbytes(W: np.ndarray, nnz: int) -> int:
     """Bytes of the encoded tensors (data only) for ``W`` [out, in] with ``nnz`` kept values."""
     out, cols = W.shape
-    return out * ((cols + 7) // 8) + nnz * W.dtype.itemsize + 16
+    return int(out * ((cols + 7) // 8) + nnz * W.dtype.itemsize + 16)
 
 
 def encode_weight(W: np.ndarray, fill: np.ndarray | int = 0) -> dict[str, np.ndarray]:
@@ -130,7 +130,7 @@ def encode(tensors: dict[str, np.ndarray], *, min_saving: int = MIN_SAVING) -> d
 
 
 def decode_weight(
-    shape: np.ndarray, mask: np.ndarray, values: np.ndarray, fill=0, *, loc: str = "weight"
+    shape: np.ndarray, mask: np.ndarray, values: np.ndarray, fill: np.ndarray | int = 0, *, loc: str = "weight"
 ) -> np.ndarray:
     """The dense matrix [out, in] of one encoded weight (see the module docstring); checks
     every invariant and raises :class:`~app.engine.codec.TensorError` naming ``loc``."""
