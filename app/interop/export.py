@@ -106,7 +106,7 @@ class ExportError(Exception):
 class OpsetError(ExportError, ValueError):
     """The requested opset is outside :data:`SUPPORTED_OPSETS`."""
 
-    def __init__(self, opset: int) -> None:
+    def __init__(self, opset: object) -> None:
         super().__init__(f"opset {opset} is not supported; choose one in {MIN_OPSET}..{MAX_OPSET}")
         self.opset = opset
 
@@ -145,7 +145,7 @@ class ExportVerificationError(ExportError):
 def check_opset(opset: int) -> int:
     """Return ``opset`` if it is in :data:`SUPPORTED_OPSETS`, else raise :class:`OpsetError`."""
     if isinstance(opset, bool) or not isinstance(opset, int | np.integer) or opset not in SUPPORTED_OPSETS:
-        raise OpsetError(opset)  # type: ignore[arg-type]
+        raise OpsetError(opset)
     return int(opset)
 
 
@@ -238,7 +238,7 @@ def to_onnx(
                 numpy_helper.from_array(np.ascontiguousarray(scale), f"layers.{i}.weight_scale"),
                 numpy_helper.from_array(np.ascontiguousarray(zp), f"layers.{i}.weight_zero_point"),
             ]
-            attrs = {"axis": 0} if scale.ndim == 1 else {}
+            attrs: dict[str, Any] = {"axis": 0} if scale.ndim == 1 else {}
             nodes.append(
                 helper.make_node(
                     "DequantizeLinear",
@@ -301,7 +301,8 @@ def to_onnx(
         **dict(metadata or {}),
     }
     helper.set_model_props(model, {k: str(v) for k, v in props.items()})
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def probe_inputs(input_dim: int, rng: np.random.Generator, n: int = 64, real: np.ndarray | None = None) -> np.ndarray:
@@ -512,5 +513,8 @@ def to_npz(net: Network) -> bytes:
         arrays[f"layers.{i}.bias"] = np.ascontiguousarray(b, dtype=F32)
     arrays["architecture"] = np.array(json.dumps(architecture(net), sort_keys=True))
     buf = io.BytesIO()
+    # numpy's stub types savez's allow_pickle: bool next to **kwds, so mypy checks the arrays
+    # against bool too; passing allow_pickle= instead is no fix: older numpy releases (the
+    # project allows 1.26) have no such parameter and would store it as an array
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()

@@ -105,7 +105,9 @@ def _check_arch(arch: Any, net: Network) -> list[dict[str, Any]]:
     return modules
 
 
-def _report(got: np.ndarray, net: Network, probes: np.ndarray, atol: float, rtol: float, runtime: str) -> dict:
+def _report(
+    got: np.ndarray, net: Network, probes: np.ndarray, atol: float, rtol: float, runtime: str
+) -> dict[str, Any]:
     ok, evidence = compare_outputs(got, net.forward(probes), atol=atol, rtol=rtol)
     if not ok:
         raise ExportVerificationError(

@@ -385,6 +385,14 @@ def _load(model_bytes: bytes, max_bytes: int) -> onnx.ModelProto:
     return model
 
 
+def _static_dims(shape: list[int | None] | None) -> list[int] | None:
+    """``shape`` when it is given and every dimension is known, else None."""
+    if shape is None:
+        return None
+    known = [d for d in shape if d is not None]
+    return known if len(known) == len(shape) else None
+
+
 def _broadcast_bias(c: np.ndarray, out: int, where: str) -> np.ndarray:
     """A constant added to ``[N, out]`` as a ``[out]`` vector (shapes [], [1], [out], [1, out])."""
     c = np.asarray(c)
@@ -481,7 +489,6 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
         if op != "Add" and node.input[0] != stream:
             raise _unsupported(node, index, "the computed tensor must be the first input")
         cur = layers[-1] if layers else None
-        open_layer = cur is not None and cur["act"] is None
         if op in ("Identity", "Cast"):
             pass
         elif op == "Flatten":
@@ -489,14 +496,16 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
             if axis != 1:
                 raise _unsupported(node, index, f"only Flatten(axis=1) is accepted, got axis={axis}")
             if not flat:
-                if not feature_shape or any(d is None for d in feature_shape):
+                static = _static_dims(feature_shape)
+                if not static:
                     raise _unsupported(node, index, "the input's feature dimensions must be static")
-                width = int(np.prod(feature_shape))  # type: ignore[arg-type]
+                width = int(np.prod(static))
                 flat = True
         elif op == "Reshape":
             target = [int(v) for v in np.asarray(const(node, index, 1)).reshape(-1)]
-            if not flat and feature_shape and all(d is not None for d in feature_shape):
-                width = int(np.prod(feature_shape))  # type: ignore[arg-type]
+            static = _static_dims(feature_shape)
+            if not flat and static:
+                width = int(np.prod(static))
             if width is None and len(target) == 2 and target[1] > 0:
                 width = target[1]  # no static input shape: the reshape tells the width
             batch_ok = len(target) == 2 and (target[0] in (-1, 0) or target[0] == fixed_batch)
@@ -539,20 +548,20 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
             others = [n for n in node.input if n != stream]
             if len(node.input) != 2 or len(others) != 1:
                 raise _unsupported(node, index, "Add must add a constant to the computed tensor")
-            if not open_layer:
+            if cur is None or cur["act"] is not None:  # not an open layer
                 raise _unsupported(
                     node, index, "Add of a constant is only accepted right after Gemm / MatMul (as its bias)"
                 )
             c = const(node, index, list(node.input).index(others[0]))
-            cur["b"] = cur["b"] + _broadcast_bias(c, cur["W"].shape[0], f"node {label!r}")  # type: ignore[index]
+            cur["b"] = cur["b"] + _broadcast_bias(c, cur["W"].shape[0], f"node {label!r}")
         else:  # Relu / Tanh / Sigmoid / Softmax
-            if not open_layer:
+            if cur is None or cur["act"] is not None:  # not an open layer
                 raise _unsupported(node, index, f"{op} must directly follow a dense layer (Gemm / MatMul)")
             if op == "Softmax":
                 axis = a.get("axis", -1 if opset >= 13 else 1)
                 if axis not in (1, -1):
                     raise _unsupported(node, index, f"Softmax must be over the features (axis 1), got {axis}")
-            cur["act"] = _ACTIVATION_OPS[op]  # type: ignore[index]
+            cur["act"] = _ACTIVATION_OPS[op]
         core.add(index)
         stream = node.output[0]
 
@@ -596,7 +605,7 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
             raise OnnxImportError(f"layer {i} (node {layer['node']!r}) has NaN or infinite parameters")
         weights.append(np.ascontiguousarray(W))
         biases.append(np.ascontiguousarray(b))
-    input_shape = [int(d) for d in feature_shape] if feature_shape and None not in feature_shape else []
+    input_shape = [int(d) for d in _static_dims(feature_shape) or []]
     if not input_shape:
         input_shape = [int(weights[0].shape[1])]
     return ImportedNetwork(
@@ -624,7 +633,8 @@ def _sigmoid64(z: np.ndarray) -> np.ndarray:
 
 def _softmax64(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
 
 
 _TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -647,7 +657,7 @@ def run_followed(model_bytes: bytes, imported: ImportedNetwork, probes: np.ndarr
 
     model = onnx.load_model_from_string(bytes(model_bytes))
     del model.graph.output[:]
-    elem = TensorProto.FLOAT
+    elem: int = TensorProto.FLOAT
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
         for vi in [*inferred.graph.value_info, *inferred.graph.input]:

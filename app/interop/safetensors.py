@@ -15,7 +15,7 @@ import io
 import json
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import safetensors.numpy as stnp
@@ -71,12 +71,12 @@ def safetensors_parts(tensors: dict[str, np.ndarray], metadata: dict[str, str]) 
 
 def array_chunks(arrays: list[np.ndarray]) -> Iterator[memoryview]:
     for a in arrays:
-        mv = memoryview(a.reshape(-1)).cast("B")
+        mv = a.reshape(-1).data.cast("B")
         for o in range(0, len(mv), _CHUNK):
             yield mv[o : o + _CHUNK]
 
 
-def write_safetensors(f: Any, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> int:
+def write_safetensors(f: BinaryIO, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> int:
     """Write the safetensors file of ``tensors`` to the binary file ``f`` straight from the
     arrays (no copy of the tensors); returns the number of bytes written."""
     head, arrays = safetensors_parts(tensors, metadata)
