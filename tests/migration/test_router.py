@@ -362,6 +362,23 @@ def test_migrate_not_found_conflict_and_scopes(client):
     assert r.status_code == 200 and r.content == data
 
 
+def test_a_model_restricted_key_cannot_create_a_model_outside_its_list_by_transfer(client):
+    """Every model a request names is checked against the key's models: the path's, and a
+    transfer's ``new_model`` (which the job would create)."""
+    create_model(client, "s", "binary", "relu", [3])
+    key = client.post("/v1/keys", json={"name": "ops", "scope": "maintain", "models": ["s"]}).json()["key"]
+    body = {"mode": "transfer", "task": "binary", "samples": [{"x": [0.0] * 9, "y": k % 2} for k in range(4)]}
+    r = client.post("/v1/models/s/migrate", json={**body, "new_model": "elsewhere"}, headers=auth(key))
+    assert r.status_code == 403 and "elsewhere" in r.json()["detail"]
+    assert n_jobs(client) == 0
+    assert client.get("/v1/models/elsewhere").status_code == 404
+    # the same key may export its own model, and an unrestricted key may transfer anywhere
+    assert client.post("/v1/models/s/migrate", json={"target": "npz"}, headers=auth(key)).status_code in (201, 202)
+    r = client.post("/v1/models/s/migrate", json={**body, "new_model": "elsewhere", "epochs": 1}, headers=WAIT)
+    assert r.status_code == 201 and r.json()["status"] == "succeeded", r.text
+    assert client.get("/v1/models/elsewhere").status_code == 200
+
+
 # --------------------------------------------------------------------------- ONNX import
 def _fit(model, X, y):
     from sklearn.exceptions import ConvergenceWarning
