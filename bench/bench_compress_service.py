@@ -86,11 +86,9 @@ def setup(workdir: Path, width: int, layers: int) -> dict:
     upgrade(s.url)
     ctx = AppContext.build(s)
     t0 = time.perf_counter()
-    with ctx.db.write() as sess:
-        ctx.models.create(
-            sess,
-            ModelCreate(name="big", task="multiclass", input_dim=width, output_dim=10, hidden=[width] * layers, seed=0),
-        )
+    ctx.models.create(
+        ModelCreate(name="big", task="multiclass", input_dim=width, output_dim=10, hidden=[width] * layers, seed=0)
+    )
     with ctx.db.read() as sess:
         from app.registry.models import get_model
 
@@ -140,10 +138,9 @@ def child(op: str, workdir: Path) -> dict:
         result = {"size": {"ratio": 1.0, "encoding": "dense"}}
     else:
         assert worker.run_once() == job_id
-        with ctx.db.read() as sess:
-            j = ctx.jobs.get(job_id)
-            assert j.status == "succeeded", (j.status, j.error)
-            result = j.result
+        j = ctx.jobs.get(job_id)
+        assert j.status == "succeeded", (j.status, j.error)
+        result = j.result
     seconds = time.perf_counter() - t0
     peak = _status("VmHWM") - baseline
     del worker

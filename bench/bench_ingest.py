@@ -313,9 +313,7 @@ def learner_section(tmp: Path, pin: bool) -> None:
     from app.engine.nn.network import init_network
     from app.engine.nn.online import LearnerConfig, OnlineLearner
     from app.engine.nn.optim import OptimizerConfig
-    from app.online.ingest import SampleSpec
     from app.online.learner import LearnerRuntime
-    from app.online.service import Target
     from app.registry.schemas import ModelCreate
 
     if pin:
@@ -339,20 +337,17 @@ def learner_section(tmp: Path, pin: bool) -> None:
     try:
         for k, (label, hidden, every) in enumerate(cases):
             name = f"learn-{k}"
-            with ctx.db.write() as s:
-                m = ctx.models.create(
-                    s,
-                    ModelCreate(
-                        name=name,
-                        task="binary",
-                        input_dim=DIM,
-                        hidden=hidden,
-                        checkpoint_every=every,
-                        guard={"enabled": False},
-                    ),
+            ctx.models.create(
+                ModelCreate(
+                    name=name,
+                    task="binary",
+                    input_dim=DIM,
+                    hidden=hidden,
+                    checkpoint_every=every,
+                    guard={"enabled": False},
                 )
-                mid = m.id
-            t = Target(mid, name, SampleSpec("binary", DIM, 1))
+            )
+            t = svc.target(name)
             for lo in range(0, n, 10_000):
                 svc.append(t, X[lo : lo + 10_000], Y[lo : lo + 10_000].astype(np.float32))
             rt = LearnerRuntime(ctx.db, ctx.settings, ctx.blobs, ctx.versions, ctx.metrics, owner=f"bench-{k}")
