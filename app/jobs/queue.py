@@ -29,11 +29,9 @@ from sqlalchemy.orm import Session
 
 from app.core.db import Database
 from app.core.tables import Job, utcnow
-from app.jobs.contract import Canceled, LeaseLost, Released
-from app.jobs.contract import Job as Claimed
+from app.jobs import contract
+from app.jobs.contract import LeaseLost
 from app.jobs.repository import JobRepository
-
-__all__ = ["Canceled", "Claimed", "LeaseLost", "Queue", "Released", "backoff_seconds", "new_job"]
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELED)
@@ -72,7 +70,7 @@ class Queue:
         self.db = db
         self.lease = timedelta(seconds=lease_seconds)
 
-    def claim(self, owner: str, kinds: tuple[str, ...]) -> Claimed | None:
+    def claim(self, owner: str, kinds: tuple[str, ...]) -> contract.Job | None:
         """Take the oldest runnable job (queued and due, or running with an expired lease)."""
         now = utcnow()
         with self.db.write() as s:
@@ -101,7 +99,7 @@ class Queue:
             job.lease_expires_at = now + self.lease
             job.started_at = job.started_at or now
             job.updated_at = now
-            return Claimed(job.id, job.kind, job.model_id, job.model_name, dict(job.params), job.attempts, owner)
+            return contract.Job(job.id, job.kind, job.model_id, job.model_name, dict(job.params), job.attempts, owner)
 
     def _held(self, s: Session, job_id: str, owner: str) -> Job:
         job = JobRepository(s).get(job_id, for_update=True)

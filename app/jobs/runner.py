@@ -14,8 +14,8 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping
 
-from app.jobs.contract import Canceled, Handler, JobError, LeaseLost, Progress, Released
-from app.jobs.queue import Claimed, Queue
+from app.jobs.contract import Canceled, Handler, Job, JobError, LeaseLost, Progress, Released
+from app.jobs.queue import Queue
 
 log = logging.getLogger("steward.worker")
 
@@ -53,7 +53,7 @@ class Worker:
         self._run(job)
         return job.id
 
-    def _run(self, job: Claimed) -> None:
+    def _run(self, job: Job) -> None:
         progress = Progress(self.queue.heartbeat, job, self.stopping)
         beat_stop = threading.Event()
 

@@ -139,7 +139,7 @@ def test_expired_lease_is_reclaimed_and_old_owner_cannot_finish(ctx):
     time.sleep(0.8)  # lease 0.6 s expires: the worker "died"
     second = q.claim("other", KINDS)
     assert second is not None and second.id == jid and second.attempts == 2
-    from app.jobs.queue import LeaseLost
+    from app.jobs.contract import LeaseLost
 
     with pytest.raises(LeaseLost), ctx.db.write() as s:
         q.finish_in(s, jid, "dead-worker", {"late": True})
