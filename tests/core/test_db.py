@@ -6,11 +6,13 @@ unit of work commits on success and rolls back on error."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 
 import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
 
 from app.core.db import Database
 from app.core.migrations import upgrade
@@ -93,8 +95,26 @@ def test_unique_constraints_hold(db):
         s.add(dup)
 
 
-def test_ping(db):
-    db.ping()
+def test_ping_reaches_the_database_and_raises_when_it_cannot(db, db_url, tmp_path):
+    """/readyz relies on this: ``ping`` returns on a live database, hands its connection
+    back, and raises when no connection can be made."""
+    for _ in range(3):
+        assert db.ping() is None
+        assert db.engine.pool.checkedout() == 0  # the connection went back to the pool
+    with socket.socket() as sock:  # bound, never listening: connections to it are refused
+        sock.bind(("127.0.0.1", 0))
+        if db.is_sqlite:
+            blocker = tmp_path / "a-directory"
+            blocker.mkdir()
+            dead = f"sqlite:///{blocker}"  # a directory is no database file
+        else:
+            dead = make_url(db_url).set(port=sock.getsockname()[1]).render_as_string(hide_password=False)
+        unreachable = Database(dead)
+        try:
+            with pytest.raises(sa.exc.OperationalError):
+                unreachable.ping()
+        finally:
+            unreachable.dispose()
 
 
 def test_settings_database_url(tmp_path, monkeypatch):
