@@ -80,19 +80,22 @@ def ref_linear(W, b, X, Y, task: str, lr: float, l2: float = 0.0):
     """Independent float64 numpy per-sample SGD for a network without hidden layers.
 
     θ ← θ − η (∇ℓ + l2·W) with ∂ℓ/∂z = ŷ − y (identity, sigmoid + BCE, softmax + CE).
-    Returns (W, b, prequential losses scored before each step)."""
+    Returns (W, b, prequential losses, prequential hits), both scored before each step; a hit
+    is a predicted label (p > ½, the largest probability) equal to y (regression: none)."""
     W, b = W.astype(np.float64), b.astype(np.float64)
-    losses = []
+    losses, hits = [], []
     for x, y in zip(X.astype(np.float64), Y, strict=True):
         z = W @ x + b
         if task == "binary":
             p = 1 / (1 + np.exp(-z))
             losses.append(float(-(y * np.log(p[0]) + (1 - y) * np.log(1 - p[0]))))
+            hits.append(int(p[0] > 0.5) == int(y))
             d = p - y
         elif task == "multiclass":
             e = np.exp(z - z.max())
             p = e / e.sum()
             losses.append(float(-np.log(p[int(y)])))
+            hits.append(int(np.argmax(p)) == int(y))
             d = p.copy()
             d[int(y)] -= 1
         else:
@@ -100,7 +103,7 @@ def ref_linear(W, b, X, Y, task: str, lr: float, l2: float = 0.0):
             losses.append(float(0.5 * (d**2).sum()))
         W = W - lr * (np.outer(d, x) + l2 * W)
         b = b - lr * d
-    return W, b, np.array(losses)
+    return W, b, np.array(losses), np.array(hits, dtype=bool)
 
 
 def ref_torch(Ws, bs, X, Y, task: str, act: str, opt: dict):
@@ -175,7 +178,7 @@ def test_online_sgd_equals_numpy_reference(lc, task, spec, l2):
     assert a["applied_through"] == 299 and a["status"] == "active"
     v = checkpoint(lc, "m")
     assert v["operation"] == "online" and v["parent"] == 1 and v["applied_through"] == 299
-    Wr, br, losses = ref_linear(W0[0], b0[0], X, Y, task, lr, l2)
+    Wr, br, losses, hits = ref_linear(W0[0], b0[0], X, Y, task, lr, l2)
     Ws, bs = weights(lc, "m", v["version"])
     close([Ws[0], bs[0]], [Wr, br])
     # prequential: every sample scored with the parameters before its own step
@@ -183,8 +186,14 @@ def test_online_sgd_equals_numpy_reference(lc, task, spec, l2):
     assert pre["loss"] == pytest.approx(losses.mean(), rel=1e-4)
     assert pre["window"]["loss"] == pytest.approx(losses[-300:].mean(), rel=1e-4)
     assert v["metrics"]["prequential"]["loss"] == pytest.approx(losses.mean(), rel=1e-4)
-    if task != "regression":
-        assert 0 <= pre["accuracy"] <= 1
+    if task == "regression":
+        assert pre["accuracy"] is None and pre["window"]["accuracy"] is None
+    else:
+        # the share of samples whose label, predicted before their own step, was right
+        assert 0.5 < hits.mean() < 1  # an informative stream: neither all wrong nor all right
+        assert pre["accuracy"] == hits.sum() / len(hits)
+        assert pre["window"]["accuracy"] == hits[-300:].sum() / len(hits[-300:])
+        assert v["metrics"]["prequential"]["accuracy"] == pre["accuracy"]
 
 
 @pytest.mark.parametrize(
@@ -228,7 +237,7 @@ def test_checkpoints_every_n_and_on_request(lc):
     # versions are real: their weights load, and the chain continues exactly
     W4, b4 = weights(lc, "m", 4)
     W1, b1 = weights(lc, "m", 1)
-    Wr, br, _ = ref_linear(W1[0], b1[0], X, Y, "binary", 0.01)
+    Wr, br, _, _ = ref_linear(W1[0], b1[0], X, Y, "binary", 0.01)
     close([W4[0], b4[0]], [Wr, br])
     # a checkpoint of a model whose log is empty is the current version
     create(lc, "empty", task="binary", input_dim=4)
@@ -279,7 +288,7 @@ def test_guard_pauses_keeps_accepting_and_resume_skips(lc):
     # the last good parameters stay: a checkpoint while paused holds offsets 0..19
     v = checkpoint(lc, "g")
     assert v["applied_through"] == 19
-    Wr, br, _ = ref_linear(W0[0], b0[0], X[:20], Y[:20], "regression", 0.1)
+    Wr, br, _, _ = ref_linear(W0[0], b0[0], X[:20], Y[:20], "regression", 0.1)
     close(list(weights(lc, "g", v["version"])), [[Wr], [br]])
     # resume: the offending sample is skipped, the rest applied
     r = lc.post("/v1/models/g/resume")
@@ -293,7 +302,7 @@ def test_guard_pauses_keeps_accepting_and_resume_skips(lc):
     assert len(resumed) == 1 and resumed[0]["applied_through"] == 20
     assert resumed[0]["params"]["resumed"]["skipped_offset"] == 20
     v = checkpoint(lc, "g")
-    Wr, br, _ = ref_linear(W0[0], b0[0], X, Y, "regression", 0.1)  # X holds every sample but the bad one
+    Wr, br, _, _ = ref_linear(W0[0], b0[0], X, Y, "regression", 0.1)  # X holds every sample but the bad one
     close(list(weights(lc, "g", v["version"])), [[Wr], [br]])
 
 
@@ -325,7 +334,7 @@ def test_loss_blowup_guard_and_resume_from_version(make_settings):
         assert [w.tolist() for w in weights(c, "g", res["version"])[0]] == [w.tolist() for w in W1]
         a = send(c, "g", X[40:], Y[40:])
         v = checkpoint(c, "g")
-        Wr, br, _ = ref_linear(W1[0], b1[0], np.concatenate([X[p + 1 : 40], X[40:]]),
+        Wr, br, _, _ = ref_linear(W1[0], b1[0], np.concatenate([X[p + 1 : 40], X[40:]]),
                                np.concatenate([Yb[p + 1 - 30 :], Y[40:]]), "regression", 0.01)  # fmt: skip
         # those bad labels after p may trip the guard again; compare only if they did not
         if a["status"] == "active":
@@ -373,7 +382,7 @@ def test_learning_continues_from_a_newer_version_of_another_operation(lc):
     send(lc, "m", X[100:], Y[100:])
     v = checkpoint(lc, "m")
     assert v["parent"] == 2 and v["applied_through"] == 199 and v["params"]["samples"] == 100
-    Wr, br, _ = ref_linear(Wi, bi, X[100:], Y[100:], "binary", 0.05)
+    Wr, br, _, _ = ref_linear(Wi, bi, X[100:], Y[100:], "binary", 0.05)
     close(list(weights(lc, "m", v["version"])), [[Wr], [br]])
     assert lc.get("/v1/models/m").json()["online"]["prequential"]["count"] == 200  # metrics carried on
 
