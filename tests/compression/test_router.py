@@ -5,7 +5,6 @@ mask fixed, derived versions that stay usable, and bad input that queues nothing
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import numpy as np
@@ -16,8 +15,6 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
 WAIT = {"Prefer": "wait=120"}
-HAS_TRAINER = importlib.util.find_spec("app.engine.nn.train") is not None
-needs_trainer = pytest.mark.skipif(not HAS_TRAINER, reason="the batch trainer (app.engine.nn.train) is not there yet")
 
 
 def samples(X, y):
@@ -328,7 +325,6 @@ def test_search_uses_the_newest_log_samples_by_default(client, digits):
     assert res["evaluation"]["data"]["default"] is True and res["evaluation"]["n"] == 200
 
 
-@needs_trainer
 def test_80_percent_with_fine_tuning_keeps_accuracy(client, digits):
     _, Xtr, ytr, Xte, yte = digits
     parent = make_model(client, digits)
@@ -401,7 +397,6 @@ def test_derived_versions_stay_usable(client, digits):
     assert version(client, pp["version"])["sparsity"] == pytest.approx(0.9, abs=1e-4)
 
 
-@needs_trainer
 def test_batch_update_from_quantized_and_sparse_versions(client, digits):
     _, Xtr, ytr, _, _ = digits
     parent = make_model(client, digits)
