@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 import numpy as np
 import pytest
+import safetensors.numpy as stnp
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -13,7 +15,7 @@ from tests.api_helpers import assert_problem, create_model, model_spec, weights
 from tests.conftest import auth
 
 
-def test_create_answers_the_model_with_version_1(client):
+def test_create_answers_the_model_with_version_1(client, settings):
     spec = model_spec(
         "churn",
         task="binary",
@@ -46,7 +48,14 @@ def test_create_answers_the_model_with_version_1(client):
     v = client.get("/v1/models/churn/versions/1").json()
     assert v["version"] == 1 and v["parent"] is None and v["operation"] == "init"
     assert v["params"]["seed"] == 7
-    assert len(v["sha256"]) == 64 and v["size_bytes"] > 0
+    # sha256 and size_bytes describe the stored blob, which holds the parameters served
+    blob = (settings.blob_dir / v["sha256"][:2] / v["sha256"]).read_bytes()
+    assert hashlib.sha256(blob).hexdigest() == v["sha256"] and len(blob) == v["size_bytes"]
+    served = stnp.load(client.get("/v1/models/churn/versions/1/weights").content)
+    stored = stnp.load(blob)
+    assert set(served) == {f"layers.{i}.{p}" for i in range(3) for p in ("weight", "bias")} <= set(stored)
+    for k, t in served.items():
+        np.testing.assert_array_equal(stored[k], t)
     assert v["dtype"] == "float32" and v["sparsity"] == 0.0 and v["encoding"] == "dense"
     assert v["architecture"] == [30, 64, 32, 1]
     assert datetime.fromisoformat(v["created_at"]).utcoffset().total_seconds() == 0
