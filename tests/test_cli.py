@@ -14,7 +14,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import safetensors.numpy as stnp
 
 from app.cli import build_parser, main
 from app.core.db import Database
@@ -171,7 +173,10 @@ def test_serve_runs_the_api_on_sqlite_and_generates_an_admin_key(tmp_path):
         r = httpx.post(f"{base}/v1/models", json=spec, headers=auth(secret))
         assert r.status_code == 201, r.text
         r = httpx.post(f"{base}/v1/models/m/predict", json={"inputs": [[1, 2]]}, headers=auth(secret))
-        assert r.status_code == 200 and r.json()["labels"] in ([0], [1])
+        assert r.status_code == 200, r.text
+        t = stnp.load(httpx.get(f"{base}/v1/models/m/versions/1/weights", headers=auth(secret)).content)
+        z = t["layers.0.weight"].astype(np.float64) @ [1.0, 2.0] + t["layers.0.bias"]  # a logistic unit
+        assert r.json()["labels"] == [int(z[0] > 0)]
     finally:
         code, err = stop(proc)
     assert code == 0 and "shown ONCE" not in err
