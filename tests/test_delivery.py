@@ -263,10 +263,10 @@ def test_compose_admin_key_comes_from_the_environment_only_when_set(clean_env):
     assert names <= set(SETTING_VARS), f"compose reads variables that are no setting: {names - set(SETTING_VARS)}"
     assert set(env) <= set(SETTING_VARS), f"compose sets variables that are no setting: {set(env) - set(SETTING_VARS)}"
     [var] = [n for n in names if SETTING_VARS[n] == "admin_key"]
-    unset = KeyService(Settings(admin_key=env[var]).admin_key)
+    unset = KeyService(None, Settings(admin_key=env[var]).admin_key)  # type: ignore[arg-type]  # bootstrap() needs no database
     assert unset.bootstrap(env[var]) is None and unset.bootstrap(ADMIN) is None  # a key is generated instead
     env, _ = compose_env("steward", {var: ADMIN})
-    given = KeyService(Settings(admin_key=env[var]).admin_key)
+    given = KeyService(None, Settings(admin_key=env[var]).admin_key)  # type: ignore[arg-type]
     assert given.bootstrap(ADMIN).scope == "admin" and given.bootstrap("stw_other") is None
 
 
