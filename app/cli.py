@@ -9,7 +9,7 @@
     steward keys list [--json]
     steward keys revoke ID
 
-Configuration comes from ``STEWARD_*`` variables and ``.env`` (see ``app/settings.py``);
+Configuration comes from ``STEWARD_*`` variables and ``.env`` (see ``app/core/settings.py``);
 ``--data-dir`` and ``--database-url`` override the two most common ones. The ``db``
 and ``keys`` commands work on the database directly, through the same services the
 API uses; ``keys`` brings the schema to the newest revision first, as start-up does.
