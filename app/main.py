@@ -170,12 +170,20 @@ def _announce_admin_key(secret: str) -> None:
     sys.stderr.flush()
 
 
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Operations sent with a writing method that store nothing (so never answer 507).
+READ_ONLY_OPERATIONS = frozenset({"predict", "evaluate"})
+
+
 def _document_common_errors(app: FastAPI) -> None:
     """Make the OpenAPI document tell the truth about errors, for every route alike.
 
     * Every operation that takes a body can answer 400 (malformed JSON / unreadable
       upload) and 413 (body over the limit): the middleware and the one error handler
       do that for all routes, so the document says so for all of them.
+    * Every operation that writes (POST, PUT, PATCH, DELETE but :data:`READ_ONLY_OPERATIONS`)
+      can answer 507 when the data directory or the database is full (the ``StorageFull``
+      middleware, for all routes alike).
     * Error answers are ``application/problem+json`` with the ``Problem`` schema
       (FastAPI files a ``responses=`` model, and its own 422, under ``application/json``).
     """
@@ -190,13 +198,15 @@ def _document_common_errors(app: FastAPI) -> None:
             {"$ref": "#/components/schemas/Problem"} if "Problem" in components else {"type": "object"}
         )
         for operations in schema.get("paths", {}).values():
-            for op in operations.values():
+            for method, op in operations.items():
                 if not isinstance(op, dict):
                     continue
                 responses = op.setdefault("responses", {})
-                if "requestBody" in op:
-                    for code, resp in problem_responses(400, 413).items():
-                        responses.setdefault(str(code), {"description": resp["description"]})
+                codes: tuple[int, ...] = (400, 413) if "requestBody" in op else ()
+                if method.upper() in WRITE_METHODS and op.get("operationId") not in READ_ONLY_OPERATIONS:
+                    codes += (507,)
+                for code, resp in problem_responses(*codes).items():
+                    responses.setdefault(str(code), {"description": resp["description"]})
                 for code, resp in responses.items():
                     if not code.startswith(("4", "5")):
                         continue

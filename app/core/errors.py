@@ -10,15 +10,30 @@
     ├── Conflict            409  name exists; state does not allow the operation
     ├── PayloadTooLarge     413  body over STEWARD_MAX_BODY_BYTES
     ├── Invalid             422  well-formed but invalid (shape, dtype, non-finite…)
-    └── Unavailable         503  a needed component (e.g. the online learner) is not answering
+    ├── Unavailable         503  a needed component (e.g. the online learner) is not answering
+    └── InsufficientStorage 507  the data directory or the database is full; nothing of
+                                 the request was stored
 
 Services raise these; :func:`install` registers the one handler that renders
 them, plus FastAPI's own validation errors and Starlette's HTTP errors.
+
+**A full disk** is not raised by services: it surfaces as whatever the layer that
+hit it raises — ``OSError`` ``ENOSPC`` from a blob write, fsync or temporary file,
+SQLite's ``database or disk is full``, PostgreSQL's SQLSTATE 53100 ``disk_full`` —
+from any route, on the event loop or in a worker thread (``run_in_threadpool``,
+the group commit of ``/update``). :func:`insufficient_storage` recognises those
+(anywhere in the exception's cause / context chain) and :class:`StorageFull`, the
+innermost middleware, answers them 507 for every route. Each write path stores
+nothing it does not commit (a blob is renamed into place only when complete and
+fsynced; a transaction that fails is rolled back), so a 507 means nothing of the
+request was stored, and a 2xx still means durable.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 from typing import Any
 
 import orjson
@@ -26,6 +41,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("steward")
 
@@ -118,6 +134,76 @@ class Unavailable(StewardError):
     status, title, slug = 503, "Service Unavailable", "unavailable"
 
 
+class InsufficientStorage(StewardError):
+    """507: a write found no space; ``storage`` names what is full (``data_directory``:
+    the blob store's file system; ``database``)."""
+
+    status, title, slug = 507, "Insufficient Storage", "insufficient-storage"
+
+
+#: errno values that mean "the file system has no room for this write".
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: PostgreSQL's disk_full SQLSTATE (class 53, insufficient resources; 53200 out of
+#: memory and 53300 too many connections are not about storage).
+_PG_DISK_FULL = "53100"
+_PG_NO_SPACE_TEXT = ("no space left on device", "could not extend file")
+_SQLITE_FULL_TEXT = "database or disk is full"
+_RETRY = "nothing of this request was stored; free space and retry"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything it came from: ``__cause__``, ``__context__``, a DB-API
+    error wrapped by SQLAlchemy (``.orig``), the members of an exception group."""
+    out: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if any(e is seen for seen in out):
+            continue
+        out.append(e)
+        todo += [x for x in (e.__cause__, e.__context__, getattr(e, "orig", None)) if isinstance(x, BaseException)]
+        if isinstance(e, BaseExceptionGroup):
+            todo += list(e.exceptions)
+    return out
+
+
+def insufficient_storage(exc: BaseException) -> InsufficientStorage | None:
+    """The 507 for ``exc`` when it (or what it came from) means a full disk, else None.
+
+    * ``OSError`` with ``ENOSPC`` / ``EDQUOT`` (blob writes, fsync, temporary files):
+      the data directory is full;
+    * SQLite ``SQLITE_FULL`` (``database or disk is full``): the database is full;
+    * PostgreSQL SQLSTATE 53100 ``disk_full``, or a server error saying ``No space left
+      on device`` / ``could not extend file``: the database is full.
+    """
+    for e in _causes(exc):
+        err = _no_space(e)
+        if err is not None:
+            err.__cause__ = e  # what the storage layer said, for the log
+            return err
+    return None
+
+
+def _no_space(e: BaseException) -> InsufficientStorage | None:
+    if isinstance(e, OSError) and e.errno in _NO_SPACE_ERRNOS:
+        why = "disk quota exceeded" if e.errno == errno.EDQUOT else "no space left on device"
+        return InsufficientStorage(f"the data directory is full ({why}): {_RETRY}", storage="data_directory")
+    if isinstance(e, sqlite3.Error):
+        code = getattr(e, "sqlite_errorcode", None)
+        if (isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL) or _SQLITE_FULL_TEXT in str(e):
+            return InsufficientStorage(f"the database is full ({_SQLITE_FULL_TEXT}): {_RETRY}", storage="database")
+        return None
+    state = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)  # psycopg 3 / psycopg2
+    if isinstance(state, str) and len(state) == 5:
+        text = str(e).lower()
+        if state == _PG_DISK_FULL or any(t in text for t in _PG_NO_SPACE_TEXT):
+            return InsufficientStorage(
+                f"the database is full (the database server has no space left, SQLSTATE {state}): {_RETRY}",
+                storage="database",
+            )
+    return None
+
+
 def problem(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
 
@@ -207,9 +293,43 @@ async def _unhandled(request: Request, exc: Exception) -> Response:
     )
 
 
+class StorageFull:
+    """Pure ASGI middleware, innermost: an exception that escapes a route (whatever
+    raised it: the handler, a worker thread, the group commit) and means a full disk
+    (:func:`insufficient_storage`) is answered 507; anything else goes on to the
+    handler of unexpected errors (500). Nothing can be answered once a response has
+    started: then the exception goes on too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(msg: Message) -> None:
+            nonlocal started
+            started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            err = insufficient_storage(exc)
+            if err is None or started:
+                raise
+            why = err.__cause__
+            log.error("%s %s failed: %s (%s: %s)", scope["method"], scope["path"], err.detail, type(why).__name__, why)
+            await _render(err)(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
-    """Register the problem+json handlers on ``app``."""
+    """Register the problem+json handlers on ``app`` (and the middleware answering a
+    full disk; add it before any other middleware, so it is the innermost)."""
     app.add_exception_handler(StewardError, _steward_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(Exception, _unhandled)
+    app.add_middleware(StorageFull)

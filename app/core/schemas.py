@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,6 +47,9 @@ class Problem(BaseModel):
     status: int = Field(examples=[422])
     detail: str = Field(examples=["body.samples.17.x: expected 32 values, got 31"])
     errors: list[ErrorItem] | None = None
+    storage: Literal["data_directory", "database"] | None = Field(
+        None, description="507 only: what is full (the data directory's file system, or the database)."
+    )
 
 
 class Page(BaseModel, Generic[T]):
@@ -65,6 +68,7 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "Body larger than the configured limit",
         415: "Unsupported media type",
         422: "Well-formed but invalid input",
+        507: "The data directory or the database is full; nothing of the request was stored",
     }
     return {
         c: {

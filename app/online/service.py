@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
 import uuid
@@ -356,7 +357,10 @@ class OnlineService:
         if now - self._last_purge < PURGE_EVERY_SECONDS:
             return
         self._last_purge = now
-        self.purge_keys()
+        try:
+            self.purge_keys()
+        except Exception:  # housekeeping (a full disk, a busy lock): the committed append stands
+            logging.getLogger("steward").warning("purging expired Idempotency-Keys failed", exc_info=True)
 
     def purge_keys(self) -> int:
         """Forget Idempotency-Keys older than the configured time; returns how many."""

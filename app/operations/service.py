@@ -6,7 +6,7 @@ from prometheus_client import generate_latest
 
 from app.core.blobs import BlobStore
 from app.core.db import Database
-from app.core.errors import NotFound
+from app.core.errors import NotFound, insufficient_storage
 from app.core.metrics import Metrics
 from app.online.metrics import OnlineGauges
 
@@ -33,7 +33,8 @@ class OperationsService:
             self.blobs.check()
             checks["blob_store"] = "ok"
         except Exception as e:
-            checks["blob_store"] = f"error: {type(e).__name__}"
+            full = " (the data directory is full)" if insufficient_storage(e) is not None else ""
+            checks["blob_store"] = f"error: {type(e).__name__}{full}"
         return checks
 
     def metrics_text(self) -> bytes:
