@@ -105,8 +105,10 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".ready-")
         try:
-            os.write(fd, b"ok")
-            os.close(fd)
+            try:
+                os.write(fd, b"ok")
+            finally:  # also when the write fails (a full disk): no descriptor leaks per probe
+                os.close(fd)
             if Path(tmp).read_bytes() != b"ok":
                 raise OSError("blob store read back different bytes")
         finally:

@@ -3,6 +3,7 @@ fsync), nothing left behind by a failed write."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -117,3 +118,25 @@ def test_check_reads_back_and_cleans_up(tmp_path):
     broken.root = blocker / "blobs"
     with pytest.raises(OSError):
         broken.check()
+
+
+def test_check_on_a_full_disk_raises_and_leaks_no_descriptor(tmp_path, monkeypatch):
+    """/readyz probes the store every few seconds; when the write fails (ENOSPC) the
+    temporary file is removed and its descriptor closed, or a full disk would pile up
+    open (deleted) files until the process runs out of descriptors."""
+    store = BlobStore(tmp_path / "blobs")
+    real_write = os.write
+
+    def no_space(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    fds = sorted(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    monkeypatch.setattr(os, "write", no_space)
+    for _ in range(5):
+        with pytest.raises(OSError) as e:
+            store.check()
+        assert e.value.errno == errno.ENOSPC
+    monkeypatch.setattr(os, "write", real_write)
+    assert files(tmp_path) == []
+    if fds is not None:
+        assert sorted(os.listdir("/proc/self/fd")) == fds
