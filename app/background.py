@@ -27,6 +27,15 @@ def make_worker(ctx: AppContext) -> Worker:
     )
 
 
+def remove_leftovers(ctx: AppContext) -> int:
+    """Start-up housekeeping: remove the blob store's temporary files that writes killed
+    mid-way left behind (older than ``STEWARD_BLOB_TMP_GRACE_SECONDS``). Returns how many."""
+    n = ctx.blobs.remove_stale_temporaries(ctx.settings.blob_tmp_grace_seconds)
+    if n:
+        log.info("removed %d stale temporary file(s) from the blob store %s", n, ctx.blobs.root)
+    return n
+
+
 def start_background(ctx: AppContext) -> Callable[[], None]:
     """Start what the settings ask for; return a function that stops it all gracefully."""
     stops: list[Callable[[], None]] = []
@@ -48,6 +57,7 @@ def run_worker_process(settings: Settings, concurrency: int = 1) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     upgrade(settings.url)
     ctx = AppContext.build(settings)
+    remove_leftovers(ctx)
     workers = [make_worker(ctx).start() for _ in range(max(concurrency, 1))]
     done = threading.Event()
 

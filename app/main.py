@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.background import start_background
+from app.background import remove_leftovers, start_background
 from app.compression import router as compression
 from app.context import AppContext
 from app.core import errors
@@ -229,6 +229,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(cfg.url)
         ctx = AppContext.build(cfg)
+        remove_leftovers(ctx)
         secret = ctx.keys.ensure_admin()
         if secret:
             _announce_admin_key(secret)

@@ -5,6 +5,12 @@ file in the same directory, fsyncs it, renames it into place and fsyncs the
 directory, so a blob is durable before the database row pointing to it
 commits. Rewriting an existing blob is a no-op (same bytes, same name). An
 unreferenced blob is garbage, never a half-made version.
+
+Temporary files are named ``.tmp-*`` (blob writes) and ``.ready-*`` (the
+readiness probe). A write that fails removes its own; a process killed while
+writing leaves it behind, and start-up removes those older than a grace period
+(:meth:`BlobStore.remove_stale_temporaries`): younger ones may belong to a write in
+flight in another process sharing the directory.
 """
 
 from __future__ import annotations
@@ -12,10 +18,14 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CHUNK = 1 << 20
+#: Name prefixes of the store's temporary files (see :meth:`BlobStore.remove_stale_temporaries`).
+TEMP_PREFIXES = (".tmp-", ".ready-")
+HEX = frozenset("0123456789abcdef")
 
 
 class BlobStore:
@@ -88,6 +98,37 @@ class BlobStore:
             finally:
                 os.close(dfd)
         return sha, size
+
+    def remove_stale_temporaries(self, grace_seconds: float) -> int:
+        """Remove temporary files that crashed writes left behind: files named like the
+        store's temporaries (:data:`TEMP_PREFIXES`) in the root or a shard directory,
+        last modified more than ``grace_seconds`` ago (a younger one may be a write in
+        flight in another process). Blobs are never touched. Returns how many were removed.
+
+        Even a slow writer whose file went stale loses nothing acknowledged: its rename
+        then fails, so its write fails and nothing points to a missing blob."""
+        cutoff = time.time() - grace_seconds
+        removed = 0
+        try:
+            shards = [e.path for e in os.scandir(self.root) if len(e.name) == 2 and set(e.name) <= HEX and e.is_dir()]
+        except FileNotFoundError:
+            return 0
+        for d in [str(self.root), *shards]:
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                if not e.name.startswith(TEMP_PREFIXES):
+                    continue
+                try:
+                    if not e.is_file(follow_symlinks=False) or e.stat(follow_symlinks=False).st_mtime >= cutoff:
+                        continue
+                    os.unlink(e.path)
+                    removed += 1
+                except FileNotFoundError:  # finished, or removed by another process, meanwhile
+                    continue
+        return removed
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
         description="How long a sample append waits for concurrent /update requests still reading "
         "their bodies, to commit (fsync) them together; 0 commits at once.",
     )
+    blob_tmp_grace_seconds: float = Field(
+        600.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="At start-up (serve and worker), temporary files of the blob store older than this are "
+        "removed: leftovers of writes killed mid-way. Younger ones may be a write in flight in another process.",
+    )
     max_params: int = Field(100_000_000, ge=1, description="Largest network (parameters) a client may create")
     page_limit_max: int = Field(500, ge=1)
     access_log: bool = Field(False)

@@ -6,6 +6,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,3 +144,67 @@ def test_check_on_a_full_disk_raises_and_leaks_no_descriptor(tmp_path, monkeypat
     assert files(tmp_path) == []
     if fds is not None:
         assert sorted(os.listdir("/proc/self/fd")) == fds
+
+
+def _age(p: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(p, (t, t))
+
+
+def test_remove_stale_temporaries_takes_only_old_temporaries(tmp_path):
+    store = BlobStore(tmp_path / "blobs")
+    sha, _ = store.put(b"a real blob")
+    old_blob = store.path(sha)
+    _age(old_blob, 3600)  # old, but a blob
+    shard = old_blob.parent
+    stale = [shard / ".tmp-abc123", store.root / ".tmp-def456", store.root / ".ready-x1"]
+    fresh = [shard / ".tmp-fresh1", store.root / ".tmp-fresh2"]
+    others = [store.root / "notes.txt", shard / "tmp-no-dot"]
+    for p in stale + fresh + others:
+        p.write_bytes(b"partial")
+    for p in stale + others:
+        _age(p, 3600)
+    (store.root / ".tmp-dir").mkdir()  # not a file: left alone
+    _age(store.root / ".tmp-dir", 3600)
+    assert store.remove_stale_temporaries(600) == len(stale)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in fresh + others) and (store.root / ".tmp-dir").is_dir()
+    assert store.get(sha) == b"a real blob"
+    assert store.remove_stale_temporaries(600) == 0
+    assert store.remove_stale_temporaries(0) == len(fresh)  # grace 0: every temporary
+
+
+def test_remove_stale_temporaries_without_a_store_yet(tmp_path):
+    store = BlobStore(tmp_path / "blobs")
+    store.root.rmdir()
+    assert store.remove_stale_temporaries(0) == 0
+
+
+def test_a_write_killed_mid_way_leaves_a_temporary_that_the_sweep_removes(tmp_path):
+    """SIGKILL during a blob write: its temporary survives (no code runs to remove it)
+    until a sweep finds it older than the grace period."""
+    root = tmp_path / "blobs"
+    script = (
+        "import sys, time\n"
+        "from app.core.blobs import BlobStore\n"
+        "def write(p):\n"
+        "    with open(p, 'wb') as f:\n"
+        "        f.write(b'x' * 100_000); f.flush()\n"
+        "        print('writing', flush=True); time.sleep(60)\n"
+        f"BlobStore({str(root)!r}).put_file(write)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2])
+    try:
+        assert p.stdout is not None and p.stdout.readline() == b"writing\n"
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    (left,) = [q for q in root.iterdir() if q.is_file()]
+    assert left.name.startswith(".tmp-") and left.stat().st_size == 100_000
+    store = BlobStore(root)
+    assert store.remove_stale_temporaries(600) == 0  # it could be a write in flight
+    _age(left, 601)
+    assert store.remove_stale_temporaries(600) == 1 and not left.exists()
