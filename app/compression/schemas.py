@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from app.core.schemas import AliasName, Strict
-from app.training.schemas import SAMPLE_SCHEMA, DataSource, TrainOptions
+from app.online.schemas import Samples
+from app.training.schemas import DataSource, TrainOptions
 
 #: Default size of the "newest samples of the log" used as evaluation data.
 DEFAULT_EVAL_LAST = 1000
@@ -33,11 +34,8 @@ class EvalLog(Strict):
 
 
 class EvalData(Strict):
-    eval_samples: list[dict[str, Any]] | None = Field(
-        None,
-        min_length=1,
-        json_schema_extra={"items": SAMPLE_SCHEMA},
-        description="Labelled samples to measure loss / accuracy before and after",
+    eval_samples: Samples | None = Field(
+        None, description="Labelled samples to measure loss / accuracy before and after"
     )
     eval_log: EvalLog | None = Field(
         None,

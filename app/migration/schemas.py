@@ -9,8 +9,9 @@ from pydantic import BaseModel, Field
 
 from app.core.schemas import AliasName, ModelName
 from app.interop.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from app.online.schemas import Samples
 from app.registry.schemas import OptimizerSpec, Task
-from app.training.schemas import SAMPLE_SCHEMA, LogRange, TrainOptions
+from app.training.schemas import LogRange, TrainOptions
 
 Target = Literal["onnx", "torch", "npz"]
 
@@ -102,11 +103,8 @@ class MigrateIn(TrainOptions):
     seed: int = Field(0, ge=0, le=2**63 - 1, description="transfer: seed of the new layers' initialization")
     optimizer: OptimizerSpec | None = Field(None, description="transfer: default the source model's optimizer")
     description: str | None = Field(None, max_length=10_000, description="transfer: the new model's description")
-    samples: list[dict[str, Any]] | None = Field(
-        None,
-        min_length=1,
-        json_schema_extra={"items": SAMPLE_SCHEMA},
-        description="transfer: labelled samples for the NEW task (x of the source's input_dim)",
+    samples: Samples | None = Field(
+        None, description="transfer: labelled samples for the NEW task (x of the source's input_dim)"
     )
     log: LogRange | None = Field(
         None, description="transfer: or a range of the source's sample log (same task and output size only)"

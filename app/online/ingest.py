@@ -8,28 +8,16 @@ Two body formats (API.md, "Online learning"):
   by chunk as it arrives, so memory stays bounded by the packed arrays (about
   a third of the text) plus one chunk of parsed lines.
 
-Output shapes (the sample log's packed layout, see :func:`app.training.data.unpack_batch`):
-``X`` float32 ``[n, input_dim]``; ``Y`` float32 ``[n, output_dim]`` for
-regression, float32 ``[n]`` in {0, 1} for binary, int64 ``[n]`` for multiclass.
-
-**Fast path.** orjson parses the bytes; a list comprehension picks out the
-``x`` / ``y`` references; one ``np.asarray(..., float32)`` call per chunk fills
-``X`` and vectorized checks do the rest. ``np.asarray`` would silently turn a
-boolean into 1.0, a numeric string into its value and ``null`` into NaN, so the
-fast path is only trusted for "plain" bytes (:func:`plain_bytes`): no ``t`` and
-no ``f`` (so no ``true`` / ``false``) and exactly as many ``"`` as the keys of
-``n`` well-formed samples need (``"x"`` and ``"y"``: 4 per sample, plus 2 for
-``"samples"`` in a JSON body). Any string value, extra key or string inside a
-sample adds quotes, and a missing key makes ``s["x"]`` fail, so in plain bytes
-every sample is an object with exactly the keys ``x`` and ``y`` and no strings
-anywhere. Ragged or nested lists show up as a wrong shape or a ``ValueError``,
-``null`` as NaN (refused by the range check).
-
-**Slow path.** Anything unusual (a check failed, a non-standard token such as
-``NaN``) falls back to :func:`_check_sample`, which walks the samples in order
-and raises the first error with its precise place. It is the definition of
-validity: the fast path accepts a subset of what it accepts, with identical
-arrays.
+What a valid sample is, the packed arrays and the errors are defined once, in
+:mod:`app.online.samples`; this module reads the bytes. orjson parses them and
+:func:`app.online.samples.convert` checks and packs the samples, on its fast path when
+the bytes are "plain" (:func:`plain_bytes`): no ``t`` and no ``f`` (so no ``true`` /
+``false``) and exactly as many ``"`` as the keys of ``n`` well-formed samples need
+(``"x"`` and ``"y"``: 4 per sample, plus 2 for ``"samples"`` in a JSON body). Any
+string value, extra key or string inside a sample adds quotes, and a missing key makes
+``s["x"]`` fail, so in plain bytes every sample is an object with exactly the keys ``x``
+and ``y`` and no strings anywhere; ``null`` becomes NaN, refused by the range check.
+Anything else (a non-standard token such as ``NaN`` included) takes the slow path.
 
 Errors (API.md): one bad sample rejects the request with 422 at
 ``["body", "samples", i, "x" | "y"]`` (``i`` the 0-based sample index, for NDJSON
@@ -40,212 +28,20 @@ not JSON is 400 naming its 1-based line number.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
 from app.core.errors import BadRequest, Invalid
+from app.online.samples import SAMPLES, SampleSpec, convert, kind, parse_samples
 
-F32_MAX = float(np.finfo(np.float32).max)
-SAMPLES: list[str | int] = ["body", "samples"]
 #: NDJSON text is parsed in slices of about this many bytes (whole lines).
 NDJSON_SLICE = 256 * 1024
 QUOTE = ord('"')
 #: JSON's whitespace within a line (bytes.isspace() would also take \v and \f).
 JSON_SPACE = b" \t\r"
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    """What one sample of a model must look like."""
-
-    task: str
-    input_dim: int
-    output_dim: int
-
-    @property
-    def y_dtype(self) -> Any:
-        return np.int64 if self.task == "multiclass" else np.float32
-
-    @property
-    def y_shape(self) -> tuple[int, ...]:
-        return (self.output_dim,) if self.task == "regression" else ()
-
-
-# --------------------------------------------------------------------------- errors
-def _bad(i: int, field: str | None, msg: str) -> Invalid:
-    loc = [*SAMPLES, i] if field is None else [*SAMPLES, i, field]
-    return Invalid.at(loc, msg)
-
-
-def _kind(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, dict):
-        return "an object"
-    return type(v).__name__
-
-
-def _number_problem(v: Any) -> str | None:
-    """Why ``v`` is not a finite float32 number, or None when it is one."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return f"expected a number, got {_kind(v)}"
-    if isinstance(v, float) and not math.isfinite(v):
-        word = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
-        return f"{word} is not a finite number"
-    if abs(v) > F32_MAX:
-        return "overflows float32"
-    return None
-
-
-def _check_sample(spec: SampleSpec, smp: Any, i: int) -> None:
-    """Raise the first problem of sample ``i`` (x before y), or return."""
-    if not isinstance(smp, dict):
-        raise _bad(i, None, f'expected an object {{"x": [...], "y": ...}}, got {_kind(smp)}')
-    for k in smp:
-        if k not in ("x", "y"):
-            raise _bad(i, str(k), "unexpected field (a sample has only x and y)")
-    if "x" not in smp:
-        raise _bad(i, "x", "field required")
-    x = smp["x"]
-    if not isinstance(x, list):
-        raise _bad(i, "x", f"expected a list of {spec.input_dim} numbers, got {_kind(x)}")
-    if len(x) != spec.input_dim:
-        raise _bad(i, "x", f"expected {spec.input_dim} values, got {len(x)}")
-    for j, v in enumerate(x):
-        why = _number_problem(v)
-        if why is not None:
-            raise _bad(i, "x", f"x[{j}]: {why}")
-    if "y" not in smp:
-        raise _bad(i, "y", "field required")
-    _check_label(spec, smp["y"], i)
-
-
-def _check_label(spec: SampleSpec, y: Any, i: int) -> None:
-    if spec.task == "binary":
-        if isinstance(y, list) and len(y) == 1:
-            y = y[0]
-        if isinstance(y, bool) or not isinstance(y, int | float) or y not in (0, 1):
-            raise _bad(i, "y", f"expected 0 or 1, got {y!r}" if _is_num(y) else f"expected 0 or 1, got {_kind(y)}")
-        return
-    if spec.task == "multiclass":
-        k = spec.output_dim
-        if not _is_num(y) or (isinstance(y, float) and not (math.isfinite(y) and y.is_integer())):
-            raise _bad(i, "y", f"expected an integer class index in 0..{k - 1}, got {y!r}")
-        if not 0 <= int(y) < k:
-            raise _bad(i, "y", f"class index must be in 0..{k - 1}, got {int(y)}")
-        return
-    if spec.output_dim == 1 and not isinstance(y, list):
-        y = [y]
-    if not isinstance(y, list) or len(y) != spec.output_dim:
-        got = f"{len(y)} values" if isinstance(y, list) else _kind(y)
-        raise _bad(i, "y", f"expected {spec.output_dim} target values, got {got}")
-    for j, v in enumerate(y):
-        why = _number_problem(v)
-        if why is not None:
-            raise _bad(i, "y", f"y[{j}]: {why}" if spec.output_dim > 1 else why)
-
-
-def _is_num(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, int | float)
-
-
-# --------------------------------------------------------------------------- conversion
-def _in_f32_range(A: np.ndarray) -> bool:
-    """All values finite and within float32 range (NaN fails both comparisons)."""
-    return A.size == 0 or bool(A.max() <= F32_MAX and A.min() >= -F32_MAX)
-
-
-def _inside_f32(A: np.ndarray) -> bool:
-    """All values of a float32 array strictly inside (-F32_MAX, F32_MAX): finite, and
-    certainly not the rounding of a larger double (those land on ±F32_MAX or ±inf)."""
-    return A.size == 0 or bool(A.max() < F32_MAX and A.min() > -F32_MAX)
-
-
-def _fast_labels(spec: SampleSpec, ys: list[Any], n: int) -> np.ndarray | None:
-    """Vectorized labels of a plain chunk, or None to take the slow path.
-
-    Labels are read as float64 (exact for every JSON number the slow path accepts as
-    a label), so 1.0000000001 is not mistaken for 1 as a float32 cast would."""
-    try:
-        Y = np.asarray(ys, dtype=np.float64)
-    except (ValueError, TypeError, OverflowError):
-        return None
-    if spec.task == "regression":
-        if Y.ndim == 1 and spec.output_dim == 1:
-            Y = Y.reshape(n, 1)
-        if Y.shape != (n, spec.output_dim) or not _in_f32_range(Y):
-            return None
-        return Y.astype(np.float32)
-    if Y.ndim == 2 and Y.shape[1] == 1 and spec.task == "binary":
-        Y = Y.reshape(n)
-    if Y.shape != (n,):
-        return None
-    if spec.task == "binary":
-        if not ((Y == 0) | (Y == 1)).all():
-            return None
-        return Y.astype(np.float32)
-    if not (np.floor(Y) == Y).all() or Y.min() < 0 or Y.max() >= spec.output_dim:
-        return None
-    return Y.astype(np.int64)
-
-
-def _fast(spec: SampleSpec, samples: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(X float32, Y packed) of a plain chunk (see the module docstring), or None for
-    the slow path."""
-    n = len(samples)
-    try:
-        xs = [s["x"] for s in samples]
-        ys = [s["y"] for s in samples]
-        with np.errstate(over="ignore", invalid="ignore"):
-            X = np.asarray(xs, dtype=np.float32)
-    except (KeyError, TypeError, ValueError, OverflowError, IndexError):
-        return None
-    if X.shape != (n, spec.input_dim) or not _inside_f32(X):
-        return None
-    Y = _fast_labels(spec, ys, n)
-    if Y is None:
-        return None
-    return X, Y
-
-
-def _slow(spec: SampleSpec, samples: list[Any], base: int) -> tuple[np.ndarray, np.ndarray]:
-    for k, smp in enumerate(samples):
-        _check_sample(spec, smp, base + k)
-    n = len(samples)
-    X = np.array([s["x"] for s in samples], dtype=np.float64).reshape(n, spec.input_dim)
-    ys = [s["y"] for s in samples]
-    if spec.task == "binary":
-        Y = np.array([y[0] if isinstance(y, list) else y for y in ys], dtype=np.float32)
-    elif spec.task == "multiclass":
-        Y = np.array([int(y) for y in ys], dtype=np.int64)
-    else:
-        Y = np.array([y if isinstance(y, list) else [y] for y in ys], dtype=np.float64).astype(np.float32)
-    return X, Y
-
-
-def convert(
-    spec: SampleSpec, samples: list[Any], base: int = 0, *, trusted: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and pack ``samples`` (sample ``k`` has index ``base + k`` in errors).
-
-    Returns ``(X, Y)``: ``X`` float32, float64 or integer ``[n, input_dim]`` with every
-    value within float32 range (cast it with ``astype(float32, copy=False)``), ``Y``
-    packed per task. Pass ``trusted=True`` only for samples parsed by orjson from
-    :func:`plain_bytes`; otherwise the slow path decides.
-    """
-    out = _fast(spec, samples) if trusted else None
-    return out if out is not None else _slow(spec, samples, base)
 
 
 def _std_loads(data: bytes | str) -> Any:
@@ -312,20 +108,16 @@ def parse_json(spec: SampleSpec, body: bytes) -> tuple[np.ndarray, np.ndarray]:
             raise BadRequest(f"malformed JSON body: {e}") from None
         trusted = False
     if not isinstance(doc, dict):
-        raise Invalid.at(["body"], f'expected an object {{"samples": [...]}}, got {_kind(doc)}')
+        raise Invalid.at(["body"], f'expected an object {{"samples": [...]}}, got {kind(doc)}')
     for k in doc:
         if k != "samples":
             raise Invalid.at(["body", str(k)], "unexpected field")
     if "samples" not in doc:
         raise Invalid.at(SAMPLES, "field required")
-    samples = doc["samples"]
-    if not isinstance(samples, list):
-        raise Invalid.at(SAMPLES, f"expected a list of samples, got {_kind(samples)}")
-    if not samples:
-        raise Invalid.at(SAMPLES, "expected at least one sample")
-    X, Y = convert(spec, samples, 0, trusted=trusted and plain_bytes(body, 2 + 4 * len(samples)))
-    del doc, samples
-    return X.astype(np.float32, copy=False), Y
+    samples = doc.pop("samples")
+    del doc
+    trusted = trusted and isinstance(samples, list) and plain_bytes(body, 2 + 4 * len(samples))
+    return parse_samples(spec, samples, SAMPLES, trusted=trusted)
 
 
 # --------------------------------------------------------------------------- NDJSON

@@ -23,7 +23,8 @@ from app.core.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, Uns
 from app.core.schemas import problem_responses
 from app.deps import ModelMaintain, ModelNamePath, bearer
 from app.keys.service import Principal
-from app.online.ingest import NDJSONParser, SampleSpec, parse_json
+from app.online.ingest import NDJSONParser, parse_json
+from app.online.samples import SampleSpec
 from app.online.schemas import UPDATE_BODY, ResumeIn, UpdateOut
 from app.registry.schemas import ModelOut, VersionOut
 

@@ -1,13 +1,45 @@
-"""Labelled samples → packed float32 arrays, with precise per-sample errors.
+"""What a valid labelled sample is — the one definition — and its packed arrays.
 
-``X`` is ``[n, input_dim]`` float32. ``Y`` is ``[n, output_dim]`` float32 for
-regression, ``[n]`` float32 in {0, 1} for binary and ``[n]`` int64 class indices
-for multiclass. Errors name the sample's 0-based index: ``[*loc, i, "x"]``.
+Every place that takes labelled samples checks them here, so the same bad sample gets
+the same answer everywhere: ``/update`` (JSON and NDJSON bodies, :mod:`app.online.ingest`),
+``/evaluate``, and the jobs' ``samples``, ``eval_samples``, ``fine_tune.samples`` and
+transfer ``samples`` (:func:`parse_samples`).
+
+**A sample** is an object ``{"x": [...], "y": ...}`` with no other key: ``x`` holds
+``input_dim`` numbers; ``y`` is 0 or 1 for binary (``[0]`` / ``[1]`` too), an integer class
+index in ``0..output_dim−1`` for multiclass (``2.0`` counts as 2), and for regression a
+number (``output_dim`` 1) or a list of ``output_dim`` numbers. A number is a JSON number
+(not a boolean, string or null), finite and within float32 range (:func:`number_problem`).
+
+**Packed arrays** (the sample log's layout, :mod:`app.online.log`): ``X`` float32
+``[n, input_dim]``; ``Y`` float32 ``[n, output_dim]`` for regression, float32 ``[n]`` in
+{0, 1} for binary, int64 ``[n]`` for multiclass.
+
+**Errors** (API.md, "Errors"): the first problem, samples in order and ``x`` before ``y``,
+as a 422 at ``[*loc, i, "x" | "y"]`` (an unexpected key: ``[*loc, i, key]``; not an
+object: ``[*loc, i]``) with ``i`` the 0-based sample index. A bad number names its
+position in the message: ``"x[2]: overflows float32"``. ``loc`` is ``["body", "samples"]``
+for ``/update`` and ``/evaluate``, the field's place in a job body (e.g.
+``["body", "fine_tune", "samples"]``).
+
+**Slow path.** :func:`check_sample` walks the samples in order and raises the first error
+with its precise place. It is the definition of validity.
+
+**Fast path.** One ``np.asarray(..., float32)`` call fills ``X`` and vectorized checks do
+the rest. ``np.asarray`` would silently turn a boolean into 1.0, a numeric string into its
+value and ``None`` into NaN, so the fast path is only taken for samples the caller vouches
+hold none of these: ``/update`` by counting the bytes' quotes
+(:func:`app.online.ingest.plain_bytes`), parsed request bodies by their Python types
+(:func:`plain_objects`). Ragged or nested lists show up as a wrong shape or a
+``ValueError``, NaN / ∞ / overflow as a failed range check. Whatever the fast path does not
+accept goes to the slow path, so it accepts a subset of what the slow path accepts, with
+identical arrays, and every error comes from the slow path.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,122 +47,261 @@ import numpy as np
 from app.core.errors import Invalid
 
 F32_MAX = float(np.finfo(np.float32).max)
+#: Where the samples of an ``/update`` or ``/evaluate`` body are.
+SAMPLES: list[str | int] = ["body", "samples"]
+_NUMBER_TYPES = frozenset((int, float))
 
 
-def _bad(loc: list[str | int], msg: str) -> Invalid:
-    return Invalid.at(loc, msg)
+@dataclass(frozen=True)
+class SampleSpec:
+    """What one sample of a model must look like."""
+
+    task: str
+    input_dim: int
+    output_dim: int
+
+    @property
+    def y_dtype(self) -> Any:
+        return np.int64 if self.task == "multiclass" else np.float32
+
+    @property
+    def y_shape(self) -> tuple[int, ...]:
+        return (self.output_dim,) if self.task == "regression" else ()
 
 
-def check_matrix(rows: Any, width: int, loc: list[str | int], what: str = "row") -> np.ndarray:
-    """``rows`` (list of lists of numbers) → float32 [n, width], finite, within float32 range."""
-    if not isinstance(rows, list) or not rows:
-        raise _bad(loc, "expected a non-empty list")
+# --------------------------------------------------------------------------- the definition
+def _bad(loc: list[str | int], i: int, field: str | None, msg: str) -> Invalid:
+    return Invalid.at([*loc, i] if field is None else [*loc, i, field], msg)
+
+
+def kind(v: Any) -> str:
+    """``v``'s JSON type, for messages (``"a string"``, ``"null"`` …)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def number_problem(v: Any) -> str | None:
+    """Why ``v`` is not a finite float32 number, or None when it is one."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return f"expected a number, got {kind(v)}"
+    if isinstance(v, float) and not math.isfinite(v):
+        word = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+        return f"{word} is not a finite number"
+    if abs(v) > F32_MAX:
+        return "overflows float32"
+    return None
+
+
+def check_sample(spec: SampleSpec, smp: Any, i: int, loc: list[str | int] = SAMPLES) -> None:
+    """Raise the first problem of sample ``i`` (x before y), or return."""
+    if not isinstance(smp, dict):
+        raise _bad(loc, i, None, f'expected an object {{"x": [...], "y": ...}}, got {kind(smp)}')
+    for k in smp:
+        if k not in ("x", "y"):
+            raise _bad(loc, i, str(k), "unexpected field (a sample has only x and y)")
+    if "x" not in smp:
+        raise _bad(loc, i, "x", "field required")
+    x = smp["x"]
+    if not isinstance(x, list):
+        raise _bad(loc, i, "x", f"expected a list of {spec.input_dim} numbers, got {kind(x)}")
+    if len(x) != spec.input_dim:
+        raise _bad(loc, i, "x", f"expected {spec.input_dim} values, got {len(x)}")
+    for j, v in enumerate(x):
+        why = number_problem(v)
+        if why is not None:
+            raise _bad(loc, i, "x", f"x[{j}]: {why}")
+    if "y" not in smp:
+        raise _bad(loc, i, "y", "field required")
+    _check_label(spec, smp["y"], i, loc)
+
+
+def _check_label(spec: SampleSpec, y: Any, i: int, loc: list[str | int]) -> None:
+    if spec.task == "binary":
+        if isinstance(y, list) and len(y) == 1:
+            y = y[0]
+        if isinstance(y, bool) or not isinstance(y, int | float) or y not in (0, 1):
+            raise _bad(loc, i, "y", f"expected 0 or 1, got {y!r}" if _is_num(y) else f"expected 0 or 1, got {kind(y)}")
+        return
+    if spec.task == "multiclass":
+        k = spec.output_dim
+        if not _is_num(y) or (isinstance(y, float) and not (math.isfinite(y) and y.is_integer())):
+            raise _bad(loc, i, "y", f"expected an integer class index in 0..{k - 1}, got {y!r}")
+        if not 0 <= int(y) < k:
+            raise _bad(loc, i, "y", f"class index must be in 0..{k - 1}, got {int(y)}")
+        return
+    if spec.output_dim == 1 and not isinstance(y, list):
+        y = [y]
+    if not isinstance(y, list) or len(y) != spec.output_dim:
+        got = f"{len(y)} values" if isinstance(y, list) else kind(y)
+        raise _bad(loc, i, "y", f"expected {spec.output_dim} target values, got {got}")
+    for j, v in enumerate(y):
+        why = number_problem(v)
+        if why is not None:
+            raise _bad(loc, i, "y", f"y[{j}]: {why}" if spec.output_dim > 1 else why)
+
+
+def _is_num(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float)
+
+
+# --------------------------------------------------------------------------- conversion
+def _in_f32_range(A: np.ndarray) -> bool:
+    """All values finite and within float32 range (NaN fails both comparisons)."""
+    return A.size == 0 or bool(A.max() <= F32_MAX and A.min() >= -F32_MAX)
+
+
+def _inside_f32(A: np.ndarray) -> bool:
+    """All values of a float32 array strictly inside (-F32_MAX, F32_MAX): finite, and
+    certainly not the rounding of a larger double (those land on ±F32_MAX or ±inf)."""
+    return A.size == 0 or bool(A.max() < F32_MAX and A.min() > -F32_MAX)
+
+
+def _fast_labels(spec: SampleSpec, ys: list[Any], n: int) -> np.ndarray | None:
+    """Vectorized labels of a plain chunk, or None to take the slow path.
+
+    Labels are read as float64 (exact for every JSON number the slow path accepts as
+    a label), so 1.0000000001 is not mistaken for 1 as a float32 cast would."""
     try:
-        arr = np.asarray(rows, dtype=np.float64)
+        Y = np.asarray(ys, dtype=np.float64)
     except (ValueError, TypeError, OverflowError):
-        arr = None
-    if arr is None or arr.ndim != 2 or arr.shape[1] != width:
-        for i, r in enumerate(rows):
-            if not isinstance(r, list):
-                raise _bad([*loc, i], f"expected a list of {width} numbers")
-            if len(r) != width:
-                raise _bad([*loc, i], f"expected {width} values, got {len(r)}")
-            for j, v in enumerate(r):
-                if isinstance(v, bool) or not isinstance(v, int | float):
-                    raise _bad([*loc, i, j], "expected a number")
-                if abs(v) > F32_MAX:
-                    raise _bad([*loc, i, j], "value overflows float32")
-        raise _bad(loc, "expected a list of rows of numbers")
-    return to_f32(arr, loc)
+        return None
+    if spec.task == "regression":
+        if Y.ndim == 1 and spec.output_dim == 1:
+            Y = Y.reshape(n, 1)
+        if Y.shape != (n, spec.output_dim) or not _in_f32_range(Y):
+            return None
+        return Y.astype(np.float32)
+    if Y.ndim == 2 and Y.shape[1] == 1 and spec.task == "binary":
+        Y = Y.reshape(n)
+    if Y.shape != (n,):
+        return None
+    if spec.task == "binary":
+        if not ((Y == 0) | (Y == 1)).all():
+            return None
+        return Y.astype(np.float32)
+    if not (np.floor(Y) == Y).all() or Y.min() < 0 or Y.max() >= spec.output_dim:
+        return None
+    return Y.astype(np.int64)
 
 
-def to_f32(arr: np.ndarray, loc: list[str | int]) -> np.ndarray:
-    """Check finiteness and float32 range of a float64 array [n, ...]; return float32."""
-    bad = ~np.isfinite(arr) | (np.abs(arr) > F32_MAX)
-    if bad.any():
-        idx = np.argwhere(bad)[0]
-        v = arr[tuple(idx)]
-        why = "is not a finite number" if not np.isfinite(v) else "overflows float32"
-        raise _bad([*loc, *(int(i) for i in idx)], f"value {why}")
-    return arr.astype(np.float32)
+def _fast(spec: SampleSpec, samples: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(X float32, Y packed) of plain samples (see the module docstring), or None for
+    the slow path."""
+    n = len(samples)
+    try:
+        xs = [s["x"] for s in samples]
+        ys = [s["y"] for s in samples]
+        with np.errstate(over="ignore", invalid="ignore"):
+            X = np.asarray(xs, dtype=np.float32)
+    except (KeyError, TypeError, ValueError, OverflowError, IndexError):
+        return None
+    if X.shape != (n, spec.input_dim) or not _inside_f32(X):
+        return None
+    Y = _fast_labels(spec, ys, n)
+    if Y is None:
+        return None
+    return X, Y
 
 
-def parse_targets(task: str, output_dim: int, ys: list[Any], loc: list[str | int]) -> np.ndarray:
-    """Validate labels ``ys[i]`` (located at ``[*loc, i, "y"]``) and pack them."""
-    n = len(ys)
-    if task == "multiclass":
-        out = np.empty(n, dtype=np.int64)
-        for i, y in enumerate(ys):
-            if (
-                isinstance(y, bool)
-                or not isinstance(y, int | float)
-                or (isinstance(y, float) and not (math.isfinite(y) and y.is_integer()))
-            ):
-                raise _bad([*loc, i, "y"], "expected an integer class index")
-            if not 0 <= int(y) < output_dim:
-                raise _bad([*loc, i, "y"], f"class index must be in 0..{output_dim - 1}, got {int(y)}")
-            out[i] = int(y)
-        return out
-    if task == "binary":
-        out_b = np.empty(n, dtype=np.float32)
-        for i, y in enumerate(ys):
-            if isinstance(y, list) and len(y) == 1:
-                y = y[0]
-            if isinstance(y, bool) or not isinstance(y, int | float) or y not in (0, 1):
-                raise _bad([*loc, i, "y"], "expected 0 or 1")
-            out_b[i] = float(y)
-        return out_b
-    out_r = np.empty((n, output_dim), dtype=np.float64)
-    for i, y in enumerate(ys):
-        if output_dim == 1 and not isinstance(y, list):
-            y = [y]
-        if not isinstance(y, list) or len(y) != output_dim:
-            raise _bad([*loc, i, "y"], f"expected {output_dim} target values")
-        for j, v in enumerate(y):
-            if isinstance(v, bool) or not isinstance(v, int | float) or abs(v) > F32_MAX:
-                raise _bad([*loc, i, "y", j] if output_dim > 1 else [*loc, i, "y"], "expected a finite float32")
-        out_r[i] = y
-    bad = ~np.isfinite(out_r) | (np.abs(out_r) > F32_MAX)
-    if bad.any():
-        i, j = (int(k) for k in np.argwhere(bad)[0])
-        raise _bad([*loc, i, "y", j] if output_dim > 1 else [*loc, i, "y"], "value is not a finite float32")
-    return out_r.astype(np.float32)
+def _slow(spec: SampleSpec, samples: list[Any], base: int, loc: list[str | int]) -> tuple[np.ndarray, np.ndarray]:
+    for k, smp in enumerate(samples):
+        check_sample(spec, smp, base + k, loc)
+    n = len(samples)
+    X = np.array([s["x"] for s in samples], dtype=np.float64).reshape(n, spec.input_dim)
+    ys = [s["y"] for s in samples]
+    if spec.task == "binary":
+        Y = np.array([y[0] if isinstance(y, list) else y for y in ys], dtype=np.float32)
+    elif spec.task == "multiclass":
+        Y = np.array([int(y) for y in ys], dtype=np.int64)
+    else:
+        Y = np.array([y if isinstance(y, list) else [y] for y in ys], dtype=np.float64).astype(np.float32)
+    return X, Y
+
+
+def convert(
+    spec: SampleSpec, samples: list[Any], base: int = 0, *, trusted: bool, loc: list[str | int] = SAMPLES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and pack ``samples`` (sample ``k`` has index ``base + k`` in errors at ``loc``).
+
+    Returns ``(X, Y)``: ``X`` float32, float64 or integer ``[n, input_dim]`` with every
+    value within float32 range (cast it with ``astype(float32, copy=False)``), ``Y``
+    packed per task. Pass ``trusted=True`` only for samples known to hold no boolean,
+    string or null (:func:`app.online.ingest.plain_bytes`, :func:`plain_objects`);
+    otherwise the slow path decides.
+    """
+    out = _fast(spec, samples) if trusted else None
+    return out if out is not None else _slow(spec, samples, base, loc)
+
+
+def plain_objects(samples: list[Any]) -> bool:
+    """True when every sample is a dict with exactly the keys ``x`` and ``y`` whose values
+    are ints, floats or lists of them (no boolean, string, null or deeper nesting): the
+    parsed-object counterpart of :func:`app.online.ingest.plain_bytes`, which lets the
+    fast path trust ``np.asarray``. A few type checks per sample, no per-value Python
+    call."""
+    number = _NUMBER_TYPES
+    for s in samples:
+        if type(s) is not dict or len(s) != 2 or "x" not in s or "y" not in s:
+            return False
+        x, y = s["x"], s["y"]
+        if type(x) is not list or not number.issuperset(map(type, x)):
+            return False
+        if type(y) is list:
+            if not number.issuperset(map(type, y)):
+                return False
+        elif type(y) not in number:
+            return False
+    return True
 
 
 def parse_samples(
-    task: str, input_dim: int, output_dim: int, samples: list[Any], loc: list[str | int]
+    spec: SampleSpec, samples: Any, loc: list[str | int] = SAMPLES, *, trusted: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``[{"x": [...], "y": ...}, ...]`` → (X, Y) with errors at ``[*loc, i, field]``."""
-    if not isinstance(samples, list) or not samples:
-        raise _bad(loc, "expected a non-empty list of samples")
-    xs: list[Any] = []
-    ys: list[Any] = []
-    for i, smp in enumerate(samples):
-        if not isinstance(smp, dict):
-            raise _bad([*loc, i], "expected an object with x and y")
-        extra = set(smp) - {"x", "y"}
-        if extra:
-            raise _bad([*loc, i, sorted(extra)[0]], "unexpected field")
-        if "x" not in smp:
-            raise _bad([*loc, i, "x"], "field required")
-        if "y" not in smp:
-            raise _bad([*loc, i, "y"], "field required")
-        x = smp["x"]
-        if not isinstance(x, list) or len(x) != input_dim:
-            got = len(x) if isinstance(x, list) else type(x).__name__
-            raise _bad([*loc, i, "x"], f"expected {input_dim} values, got {got}")
-        xs.append(x)
-        ys.append(smp["y"])
-    for i, x in enumerate(xs):
-        for j, v in enumerate(x):
-            if v.__class__ is not float:
-                if isinstance(v, bool) or not isinstance(v, int | float):
-                    raise _bad([*loc, i, "x", j], "expected a number")
-                if abs(v) > F32_MAX:
-                    raise _bad([*loc, i, "x", j], "value overflows float32")
-    X64 = np.asarray(xs, dtype=np.float64)
-    bad = ~np.isfinite(X64) | (np.abs(X64) > F32_MAX)
-    if bad.any():
-        i, j = (int(k) for k in np.argwhere(bad)[0])
-        raise _bad([*loc, i, "x", j], "value is not a finite float32 number")
-    return X64.astype(np.float32), parse_targets(task, output_dim, ys, loc)
+    """The list of samples of a parsed request body (``/update``'s JSON, ``/evaluate``, job
+    data) → (X float32, Y packed), errors at ``loc``. ``trusted``: see :func:`convert`;
+    None decides by :func:`plain_objects`."""
+    if not isinstance(samples, list):
+        raise Invalid.at(loc, f"expected a list of samples, got {kind(samples)}")
+    if not samples:
+        raise Invalid.at(loc, "expected at least one sample")
+    if trusted is None:
+        trusted = plain_objects(samples)
+    X, Y = convert(spec, samples, 0, trusted=trusted, loc=loc)
+    return X.astype(np.float32, copy=False), Y
+
+
+# --------------------------------------------------------------------------- predict inputs
+def check_matrix(rows: Any, width: int, loc: list[str | int]) -> np.ndarray:
+    """Predict inputs: ``rows`` (a list of lists of ``width`` numbers) → float32 [n, width].
+
+    Each number is checked as a sample's ``x`` values are (:func:`number_problem`); an
+    error names its row and column, ``[*loc, i, j]``, or the row for a wrong length.
+    """
+    if not isinstance(rows, list) or not rows:
+        raise Invalid.at(loc, "expected a non-empty list")
+    if all(type(r) is list and _NUMBER_TYPES.issuperset(map(type, r)) for r in rows):  # as plain_objects
+        try:
+            arr = np.asarray(rows, dtype=np.float64)
+        except (ValueError, OverflowError):  # ragged rows, an int beyond double range
+            arr = None
+        if arr is not None and arr.shape == (len(rows), width) and _in_f32_range(arr):
+            return arr.astype(np.float32)
+    for i, r in enumerate(rows):
+        if not isinstance(r, list):
+            raise Invalid.at([*loc, i], f"expected a list of {width} numbers, got {kind(r)}")
+        if len(r) != width:
+            raise Invalid.at([*loc, i], f"expected {width} values, got {len(r)}")
+        for j, v in enumerate(r):
+            why = number_problem(v)
+            if why is not None:
+                raise Invalid.at([*loc, i, j], why)
+    raise Invalid.at(loc, "expected a list of rows of numbers")  # pragma: no cover - a value numpy refused

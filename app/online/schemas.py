@@ -6,7 +6,7 @@ request schemas here exist for the OpenAPI document only.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -65,7 +65,7 @@ class ResumeIn(Strict):
     )
 
 
-# --------------------------------------------------------------------------- OpenAPI only
+# --------------------------------------------------------------------------- samples in request bodies
 SAMPLE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["x", "y"],
@@ -79,6 +79,11 @@ SAMPLE_SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+#: Labelled samples in a JSON request body (``/evaluate``, job data). Pydantic checks only
+#: that it is a non-empty list: each sample is checked by :func:`app.online.samples.parse_samples`,
+#: the one definition of a valid sample, so every endpoint reports a bad sample as ``/update`` does.
+Samples = Annotated[list[Any], Field(min_length=1, json_schema_extra={"items": SAMPLE_SCHEMA})]
 
 UPDATE_BODY: dict[str, Any] = {
     "required": True,

@@ -67,8 +67,8 @@ from app.core.errors import Conflict, Invalid, NotFound, Unavailable
 from app.core.metrics import Metrics
 from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
-from app.online.ingest import SampleSpec
 from app.online.repository import IdempotencyRepository, LearnerRepository, SampleRepository
+from app.online.samples import SampleSpec
 from app.registry.models import ModelService, get_model
 from app.registry.repository import ModelRepository, VersionRepository
 from app.registry.schemas import ModelOut, VersionOut

@@ -30,5 +30,4 @@ def predict(name: ModelNamePath, body: PredictIn, ctx: Ctx, _: ModelRead) -> Pre
     operation_id="evaluate",
 )
 def evaluate(name: ModelNamePath, body: EvaluateIn, ctx: Ctx, _: ModelRead) -> EvaluateOut:
-    samples = [smp.model_dump() for smp in body.samples]
-    return ctx.predict.evaluate(name, samples, version=body.version, alias=body.alias)
+    return ctx.predict.evaluate(name, body.samples, version=body.version, alias=body.alias)

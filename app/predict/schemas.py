@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, model_validator
 
 from app.core.schemas import AliasName, Strict
+from app.online.schemas import Samples
 
 # Strict: numbers only (no numeric strings, no booleans); ints are accepted.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
@@ -40,17 +41,12 @@ class PredictOut(BaseModel):
     labels: list[int] | None = Field(None, description="binary: 1 where output ≥ 0.5; multiclass: argmax")
 
 
-class Sample(Strict):
-    x: list[FiniteFloat]
-    y: FiniteFloat | list[FiniteFloat]
-
-
 class EvaluateIn(Target):
     model_config = {
         "extra": "forbid",
         "json_schema_extra": {"examples": [{"samples": [{"x": [0.1, -1.2, 3.0], "y": 1}], "version": 3}]},
     }
-    samples: list[Sample] = Field(min_length=1)
+    samples: Samples
 
 
 class EvaluateOut(BaseModel):

@@ -8,7 +8,7 @@ import numpy as np
 
 from app.core.db import Database
 from app.engine.nn import network
-from app.online.samples import check_matrix, parse_samples
+from app.online.samples import SampleSpec, check_matrix, parse_samples
 from app.predict.schemas import EvaluateOut, PredictOut
 from app.registry.models import get_model
 from app.registry.versions import VersionService
@@ -34,13 +34,11 @@ class PredictService:
             labels=None if lab is None else lab.tolist(),
         )
 
-    def evaluate(
-        self, name: str, samples: list[dict[str, Any]], *, version: int | None, alias: str | None
-    ) -> EvaluateOut:
+    def evaluate(self, name: str, samples: list[Any], *, version: int | None, alias: str | None) -> EvaluateOut:
         with self.db.read() as s:
             m = get_model(s, name)
             v = self.versions.resolve(s, m, version=version, alias=alias)
-        X, Y = parse_samples(m.task, m.input_dim, m.output_dim, samples, ["body", "samples"])
+        X, Y = parse_samples(SampleSpec(m.task, m.input_dim, m.output_dim), samples, ["body", "samples"])
         net = self.versions.load(m, v)
         out = net.forward(X)
         loss = float(network.per_sample_loss(m.task, out, Y).mean())

@@ -15,23 +15,25 @@ from app.core.blobs import BlobStore
 from app.core.errors import Invalid
 from app.core.tables import Model
 from app.online.log import read_log
-from app.online.samples import parse_samples
+from app.online.samples import SampleSpec, parse_samples
 
 
 def pack_samples(
     blobs: BlobStore,
     model: Model,
-    samples: list[dict[str, Any]] | None,
+    samples: list[Any] | None,
     loc: list[str | int],
     *,
     min_samples: int = 1,
     field: str = "samples",
 ) -> dict[str, Any] | None:
-    """Body samples as a job's data source: parsed (errors at ``[*loc, field, i, "x"]``)
-    and stored as a blob, before the submitting transaction opens. None without samples."""
+    """Body samples as a job's data source: checked as ``/update`` checks them (errors at
+    ``[*loc, field, i, "x" | "y"]``) and stored as a blob, before the submitting
+    transaction opens. None without samples."""
     if samples is None:
         return None
-    X, Y = parse_samples(model.task, model.input_dim, model.output_dim, samples, [*loc, field])
+    spec = SampleSpec(model.task, model.input_dim, model.output_dim)
+    X, Y = parse_samples(spec, samples, [*loc, field])
     if len(X) < min_samples:
         raise Invalid.at([*loc, field], f"need at least {min_samples} samples, got {len(X)}")
     sha, _ = blobs.put(stnp.save({"x": X, "y": Y}))

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, model_validator
 
 from app.core.schemas import AliasName, Strict
-
-SAMPLE_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "x": {"type": "array", "items": {"type": "number"}},
-        "y": {"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]},
-    },
-    "required": ["x", "y"],
-}
+from app.online.schemas import Samples
 
 
 class LogRange(Strict):
@@ -45,9 +35,7 @@ class TrainOptions(Strict):
 
 
 class DataSource(Strict):
-    samples: list[dict[str, Any]] | None = Field(
-        None, min_length=1, json_schema_extra={"items": SAMPLE_SCHEMA}, description="Labelled samples"
-    )
+    samples: Samples | None = Field(None, description="Labelled samples")
     log: LogRange | None = Field(None, description="Or: a range of the model's sample log")
 
     @model_validator(mode="after")

@@ -1,5 +1,5 @@
 """``app.online.ingest``: the fast path (orjson + ``np.asarray``) must accept exactly
-what the slow path (:func:`_check_sample`, the definition of validity) accepts, with
+what the slow path (:func:`app.online.samples.check_sample`, the definition of validity) accepts, with
 identical arrays, and reject the rest with the slow path's error."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.core.errors import BadRequest, Invalid
-from app.online.ingest import F32_MAX, SampleSpec, convert, parse_json, parse_ndjson, plain_bytes
+from app.online.ingest import parse_json, parse_ndjson, plain_bytes
+from app.online.samples import F32_MAX, SampleSpec, convert
 
 SPECS = [SampleSpec("binary", 3, 1), SampleSpec("multiclass", 3, 4), SampleSpec("regression", 3, 2)]
 REG1 = SampleSpec("regression", 3, 1)

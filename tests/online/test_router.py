@@ -398,8 +398,8 @@ def test_a_request_announces_its_append_only_once_its_body_has_arrived(ctype):
 
     from starlette.requests import Request
 
-    from app.online.ingest import SampleSpec
     from app.online.router import _read_samples
+    from app.online.samples import SampleSpec
 
     rows = [orjson.dumps({"x": [1.0, 2.0], "y": k % 2}) for k in range(6)]
     body = b"\n".join(rows) + b"\n" if ctype != "application/json" else b'{"samples": [' + b",".join(rows) + b"]}"
