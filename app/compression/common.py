@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ from app.core.metrics import Metrics
 from app.core.tables import Model, Version
 from app.engine import codec
 from app.engine.compress import sparse
-from app.engine.nn import network
+from app.engine.nn.evaluation import Evaluation
 from app.engine.nn.network import F32, Network
 from app.jobs.contract import Job
 from app.jobs.service import JobService
@@ -195,25 +194,10 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-@dataclass
-class Measured:
-    """Outputs of a network on the evaluation data."""
-
-    loss: float
-    accuracy: float | None
-    labels: np.ndarray | None
-    outputs: np.ndarray
-
-
-def measure(net: Network, X: np.ndarray, Y: np.ndarray) -> Measured:
-    out = net.forward(X)
-    loss = float(network.per_sample_loss(net.task, out, Y).mean())
-    return Measured(loss, network.accuracy(net.task, out, Y), network.labels(net.task, out), out)
-
-
-def evaluation_report(desc: dict[str, Any], before: Measured, after: Measured) -> dict[str, Any]:
+def evaluation_report(desc: dict[str, Any], before: Evaluation, after: Evaluation) -> dict[str, Any]:
     """Loss / accuracy before and after, the share of labels that changed (classification)
-    and the largest / mean change of the outputs."""
+    and the largest / mean change of the outputs (both evaluated with ``keep_outputs``)."""
+    assert before.outputs is not None and after.outputs is not None, "evaluate(..., keep_outputs=True)"
     d = np.abs(after.outputs.astype(np.float64) - before.outputs)
     rep: dict[str, Any] = {
         "data": public(desc),

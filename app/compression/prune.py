@@ -28,6 +28,7 @@ from app.core.errors import Conflict, Invalid
 from app.core.tables import Model, Version
 from app.engine import codec
 from app.engine.compress import prune as engine
+from app.engine.nn.evaluation import evaluate
 from app.jobs.contract import Job, JobError, Progress
 from app.registry.models import get_model
 from app.training import data
@@ -133,7 +134,7 @@ def run(svc: CompressionDeps, job: Job, progress: Progress) -> None:
     progress(0.0, force=True)
     net = svc.versions.load_owned(m, src)
     progress(0.05)
-    before = compress.measure(net, *ev) if ev is not None else None
+    before = evaluate(net, *ev, keep_outputs=True) if ev is not None else None
     report: dict[str, Any] = {}
     if src.dtype in compress.QUANT_BITS:
         report["dequantized_from"] = {"version": src.version, "dtype": src.dtype}
@@ -167,7 +168,7 @@ def run(svc: CompressionDeps, job: Job, progress: Progress) -> None:
 
             out = engine.search_sparsity(
                 net,
-                lambda n: compress.measure(n, *ev).loss,
+                lambda n: evaluate(n, *ev).loss,
                 max_loss_increase=float(p["max_loss_increase"]),
                 scope=scope,
                 structure=structure,
@@ -209,7 +210,7 @@ def run(svc: CompressionDeps, job: Job, progress: Progress) -> None:
     report["weight_error"] = compress.weight_errors(compress.source_weights(svc.blobs, src), new, res.kept_units)
     progress(0.9)
     if ev is not None and before is not None:
-        report["evaluation"] = compress.evaluation_report(p["eval"], before, compress.measure(new, *ev))
+        report["evaluation"] = compress.evaluation_report(p["eval"], before, evaluate(new, *ev, keep_outputs=True))
     if structure == "neurons" and ft is None:
         report["warnings"] = [
             "whole hidden units were removed without fine_tune, which usually costs accuracy "

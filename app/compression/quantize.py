@@ -21,6 +21,7 @@ from app.compression.common import CompressionDeps
 from app.compression.schemas import QuantizeIn
 from app.core.errors import Conflict
 from app.engine.compress import quantize as engine
+from app.engine.nn.evaluation import evaluate
 from app.jobs.contract import Job, JobError, Progress
 from app.registry.models import get_model
 from app.training import data
@@ -57,7 +58,7 @@ def run(svc: CompressionDeps, job: Job, progress: Progress) -> None:
     progress(0.0, force=True)
     net = svc.versions.load_owned(m, src)
     progress(0.1)
-    before = compress.measure(net, *ev) if ev is not None else None
+    before = evaluate(net, *ev, keep_outputs=True) if ev is not None else None
     try:
         q = engine.quantize_network(net, p["dtype"], p["scheme"], p["granularity"])
     except engine.QuantizeError as e:
@@ -76,7 +77,7 @@ def run(svc: CompressionDeps, job: Job, progress: Progress) -> None:
     deq = None
     if ev is not None and before is not None:
         deq = svc.versions.decode(m, q.tensors)  # what predict will compute with; cached with the version
-        report["evaluation"] = compress.evaluation_report(p["eval"], before, compress.measure(deq, *ev))
+        report["evaluation"] = compress.evaluation_report(p["eval"], before, evaluate(deq, *ev, keep_outputs=True))
     progress(0.8)
     overall, per_layer = compress.stored_sparsity(q.tensors)
     report["sparsity"] = overall

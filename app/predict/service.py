@@ -8,6 +8,7 @@ import numpy as np
 
 from app.core.db import Database
 from app.engine.nn import network
+from app.engine.nn.evaluation import evaluate
 from app.online.samples import SampleSpec, check_matrix, parse_samples
 from app.predict.schemas import EvaluateOut, PredictOut
 from app.registry.models import get_model
@@ -39,9 +40,5 @@ class PredictService:
             m = get_model(s, name)
             v = self.versions.resolve(s, m, version=version, alias=alias)
         X, Y = parse_samples(SampleSpec(m.task, m.input_dim, m.output_dim), samples, ["body", "samples"])
-        net = self.versions.load(m, v)
-        out = net.forward(X)
-        loss = float(network.per_sample_loss(m.task, out, Y).mean())
-        return EvaluateOut(
-            model=m.name, version=v.version, loss=loss, accuracy=network.accuracy(m.task, out, Y), n=len(X)
-        )
+        ev = evaluate(self.versions.load(m, v), X, Y)
+        return EvaluateOut(model=m.name, version=v.version, loss=ev.loss, accuracy=ev.accuracy, n=ev.n)

@@ -23,7 +23,7 @@ from app.core.db import Database
 from app.core.errors import Invalid
 from app.core.metrics import Metrics
 from app.core.tables import Model
-from app.engine.nn import network
+from app.engine.nn.evaluation import evaluate
 from app.engine.nn.network import Network
 from app.jobs.contract import Handlers, Job, JobError, Progress
 from app.jobs.service import JobService
@@ -44,15 +44,6 @@ def train_options(body: TrainOptions) -> dict[str, Any]:
         "validation_fraction": body.validation_fraction,
         "early_stopping_patience": body.early_stopping_patience,
     }
-
-
-def evaluate(net: Network, X: np.ndarray, Y: np.ndarray) -> dict[str, Any]:
-    out = net.forward(X)
-    res: dict[str, Any] = {"loss": float(network.per_sample_loss(net.task, out, Y).mean()), "n": len(X)}
-    acc = network.accuracy(net.task, out, Y)
-    if acc is not None:
-        res["accuracy"] = acc
-    return res
 
 
 def fit(
@@ -95,8 +86,8 @@ def fit(
     va = result.val_indices
     tr = np.setdiff1d(np.arange(len(X)), va, assume_unique=True)
     metrics = {
-        "train": evaluate(net, X[tr], Y[tr]),
-        "validation": evaluate(net, X[va], Y[va]),
+        "train": evaluate(net, X[tr], Y[tr]).to_dict(),
+        "validation": evaluate(net, X[va], Y[va]).to_dict(),
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
@@ -172,7 +163,7 @@ class TrainingService:
                 current = a.version if a is not None else None
                 cur_v = self.versions.get(s, m, current) if current is not None else None
             if cur_v is not None and current not in seen:
-                seen[current] = evaluate(self.versions.load(m, cur_v), Xv, Yv)["loss"]
+                seen[current] = evaluate(self.versions.load(m, cur_v), Xv, Yv).loss
             with self.db.write() as s:
                 m = get_model(s, job.model_name, for_update=True)
                 a = AliasRepository(s).get(m.id, promote) if promote else None

@@ -19,6 +19,7 @@ from app.engine import codec
 from app.engine.compress import sparse
 from app.engine.compress.prune import prune_magnitude, prune_neurons
 from app.engine.compress.quantize import quantize_network
+from app.engine.nn.evaluation import evaluate
 from app.engine.nn.network import F32, init_network
 from app.interop.safetensors import encode, read_tensors
 from app.jobs.contract import Canceled, Progress
@@ -92,10 +93,10 @@ def test_evaluation_report():
     net = init_network("multiclass", "relu", 12, 3, [16], 0)
     X = np.random.default_rng(1).normal(size=(40, 12)).astype(F32)
     Y = np.random.default_rng(2).integers(0, 3, 40)
-    before = compress.measure(net, X, Y)
+    before = evaluate(net, X, Y, keep_outputs=True)
     other = net.copy()
     other.weights[-1] *= F32(-1)
-    after = compress.measure(other, X, Y)
+    after = evaluate(other, X, Y, keep_outputs=True)
     rep = compress.evaluation_report({"source": "samples", "n": 40, "_blob": "x"}, before, after)
     assert rep["data"] == {"source": "samples", "n": 40}
     assert rep["labels_changed"] == pytest.approx(np.mean(before.labels != after.labels)) and rep["labels_changed"] > 0

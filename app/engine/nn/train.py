@@ -1,4 +1,4 @@
-"""Mini-batch training (the ``batch-update`` job) and evaluation.
+"""Mini-batch training (the ``batch-update`` job).
 
 :func:`train` splits the samples once into training / validation rows, then for each epoch
 visits the training rows in a fresh order in batches of ``batch_size`` and takes one
@@ -7,10 +7,11 @@ optimizer step per batch on the *mean* gradient of the per-sample loss over the 
 from ``np.random.default_rng(shuffle_seed)``: first the split permutation, then one
 permutation per epoch, so a run is reproducible.
 
-Early stopping: after each epoch the validation loss (mean per-sample loss) is computed;
-when it has not improved on the best so far for ``early_stopping_patience`` epochs in a row,
-training stops, and whenever a patience is given the parameters (and optimizer state) of the
-best epoch are restored at the end.
+Early stopping: after each epoch the validation loss (mean per-sample loss, by
+:func:`app.engine.nn.evaluation.evaluate`) is computed; when it has not improved on the best
+so far for ``early_stopping_patience`` epochs in a row, training stops, and whenever a
+patience is given the parameters (and optimizer state) of the best epoch are restored at the
+end.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from app.engine.nn.network import F32, Network, accuracy, activate, per_sample_loss
+from app.engine.nn.evaluation import evaluate
+from app.engine.nn.network import F32, Network, activate, per_sample_loss
 from app.engine.nn.optim import MaskSpec, Optimizer, param_layout
 
-EVAL_CHUNK = 65536  # rows per forward pass in evaluate()
 PERMUTE_MAX_BYTES = 1 << 28  # training rows are gathered once per epoch up to this size, else per batch
 _add_reduce, _max_reduce = np.add.reduce, np.maximum.reduce
 _matmul, _add, _subtract, _multiply, _greater, _less = np.matmul, np.add, np.subtract, np.multiply, np.greater, np.less
@@ -107,32 +108,6 @@ def split_indices(
     train = np.ones(n, bool)
     train[val] = False  # the sorted rest of the permutation, in O(n)
     return np.flatnonzero(train), val, rng
-
-
-def evaluate(net: Network, X: np.ndarray, Y: np.ndarray) -> dict[str, Any]:
-    """``{"loss": mean per-sample loss, "accuracy": share correct (classification only), "n": N}``.
-
-    ``X`` [N, input_dim]; ``Y`` as in ``network.py``. Runs in chunks of :data:`EVAL_CHUNK` rows.
-    """
-    X = np.asarray(X, dtype=F32)
-    n = X.shape[0]
-    if n == 0:
-        raise ValueError("evaluate: no samples")
-    Y = np.asarray(Y)
-    total, correct = 0.0, 0.0
-    classify = net.task != "regression"
-    with np.errstate(over="ignore"):
-        for s in range(0, n, EVAL_CHUNK):
-            out = net.forward(X[s : s + EVAL_CHUNK])
-            yb = Y[s : s + EVAL_CHUNK]
-            total += math.fsum(per_sample_loss(net.task, out, yb).tolist())
-            if classify:
-                correct += accuracy(net.task, out, yb) * out.shape[0]
-    res: dict[str, Any] = {"loss": total / n}
-    if classify:
-        res["accuracy"] = correct / n
-    res["n"] = n
-    return res
 
 
 #: Forward work of one layer: (W_iᵀ, b_i, Z_i, M_i or None for the output layer).
@@ -424,7 +399,7 @@ def train(
                 stats = EpochStats(epoch, kernel.epoch_loss(Yo) / n_tr)
                 if n_val:
                     ev = evaluate(kernel.view, Xval, Yval)
-                    stats.val_loss, stats.val_accuracy = ev["loss"], ev.get("accuracy")
+                    stats.val_loss, stats.val_accuracy = ev.loss, ev.accuracy
                 history.append(stats)
                 if n_val and early_stopping_patience is not None:
                     assert stats.val_loss is not None, "set above when there is validation data"

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
+from app.engine.nn.evaluation import evaluate
 from app.engine.nn.network import Network, gradients, init_network
 from app.engine.nn.online import LOSS_BLOWUP, NON_FINITE_LOSS, NON_FINITE_PARAMS, LearnerConfig, OnlineLearner
 from app.engine.nn.optim import Optimizer, OptimizerConfig
-from app.engine.nn.train import evaluate
 
 F32 = np.float32
 
@@ -363,7 +363,7 @@ def test_loss_blowup_guard_trips_where_the_window_mean_crosses() -> None:
     losses = []
     for i in range(len(X)):
         before = free.snapshot()
-        losses.append(evaluate(before, X[i : i + 1], Y[i : i + 1])["loss"])
+        losses.append(evaluate(before, X[i : i + 1], Y[i : i + 1]).loss)
         free.learn_many(X[i : i + 1], Y[i : i + 1], i)
     losses = np.array(losses)
     assert free.paused is None
@@ -395,7 +395,7 @@ def test_guard_warmup_is_its_own_length(window: int, warmup: int) -> None:
     free = OnlineLearner(net, cfg, config=LearnerConfig(window=window, guard_factor=None))
     losses = []
     for i in range(len(X)):
-        losses.append(evaluate(free.snapshot(), X[i : i + 1], Y[i : i + 1])["loss"])
+        losses.append(evaluate(free.snapshot(), X[i : i + 1], Y[i : i + 1]).loss)
         free.learn_many(X[i : i + 1], Y[i : i + 1], i)
     losses = np.array(losses)
 
@@ -520,7 +520,7 @@ def test_everything_frozen_still_scores() -> None:
     learner = OnlineLearner(net, OptimizerConfig("sgd", 0.1), frozen={0, 1})
     assert learner.learn_many(X, Y).applied == 100
     assert_identical(learner.network, net)
-    assert learner.metrics()["loss"] == pytest.approx(evaluate(net, X, Y)["loss"], rel=1e-5)
+    assert learner.metrics()["loss"] == pytest.approx(evaluate(net, X, Y).loss, rel=1e-5)
 
 
 # --------------------------------------------------------------------------- quality
@@ -536,6 +536,6 @@ def test_breast_cancer_online_logistic_accuracy() -> None:
         learner = OnlineLearner(init_network("binary", "relu", 30, 1, [], 0), OptimizerConfig("sgd", 0.01))
         for p in range(3):  # three passes over the training stream
             learner.learn_many(Xtr, y[tr], p * len(tr))
-        accs.append(evaluate(learner.snapshot(), Xte, y[te])["accuracy"])
+        accs.append(evaluate(learner.snapshot(), Xte, y[te]).accuracy)
         assert learner.metrics()["accuracy"] > 0.9  # prequential accuracy over the passes
     assert np.mean(accs) >= 0.95, accs

@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 
+from app.engine.nn.evaluation import evaluate
 from app.engine.nn.network import TASKS, Network, gradients, init_network, per_sample_loss
 from app.engine.nn.online import OnlineLearner
 from app.engine.nn.optim import Optimizer, OptimizerConfig
-from app.engine.nn.train import Canceled, Diverged, evaluate, split_indices, train
+from app.engine.nn.train import Canceled, Diverged, split_indices, train
 
 F32 = np.float32
 
@@ -181,8 +182,8 @@ def test_early_stopping_restores_the_best_epoch() -> None:
     assert res.epochs_run == best + 3 < 200
     assert res.val_loss == losses[best - 1]
     val = evaluate(net, X[res.val_indices], Y[res.val_indices])
-    assert val["loss"] == res.val_loss  # the kept parameters are the best epoch's
-    assert val["accuracy"] == res.val_accuracy
+    assert val.loss == res.val_loss  # the kept parameters are the best epoch's
+    assert val.accuracy == res.val_accuracy
     assert [h.epoch for h in res.history] == list(range(1, res.epochs_run + 1))
     assert opt.t == best * math.ceil(42 / 8)  # optimizer state restored with the parameters
 
@@ -195,7 +196,7 @@ def test_without_patience_the_last_epoch_is_kept() -> None:
     )
     assert (res.epochs_run, res.best_epoch, res.stopped_early) == (4, 4, False)
     assert res.val_accuracy is None and res.history[-1].val_accuracy is None
-    assert res.val_loss == evaluate(net, X[res.val_indices], Y[res.val_indices])["loss"]
+    assert res.val_loss == evaluate(net, X[res.val_indices], Y[res.val_indices]).loss
 
 
 # --------------------------------------------------------------------------- progress, cancel, errors
@@ -237,22 +238,6 @@ def test_bad_options_are_rejected(kwargs: dict, match: str) -> None:
         train(net, Optimizer(OptimizerConfig(), net), X, Y, **kwargs)
     with pytest.raises(ValueError, match="X: expected"):
         train(net, Optimizer(OptimizerConfig(), net), X[:, :2], Y)
-
-
-def test_evaluate_matches_the_definitions() -> None:
-    X, Y = data("multiclass", 30, 4, 3, seed=21)
-    net = init_network("multiclass", "relu", 4, 3, [5], seed=22)
-    out = net.forward(X)
-    ev = evaluate(net, X, Y)
-    assert ev == {
-        "loss": pytest.approx(per_sample_loss("multiclass", out, Y).mean(), rel=1e-12),
-        "accuracy": float((out.argmax(axis=1) == Y).mean()),
-        "n": 30,
-    }
-    reg = init_network("regression", "relu", 4, 2, [], seed=23)
-    assert set(evaluate(reg, X, np.zeros((30, 2), F32))) == {"loss", "n"}
-    with pytest.raises(ValueError, match="no samples"):
-        evaluate(net, X[:0], Y[:0])
 
 
 # --------------------------------------------------------------------------- constraints
@@ -302,7 +287,7 @@ def _cv_accuracy(load, task: str, out: int, seed: int = 0) -> list[float]:
             validation_fraction=0.1,
             early_stopping_patience=5,
         )
-        accs.append(evaluate(net, Xte, y[te])["accuracy"])
+        accs.append(evaluate(net, Xte, y[te]).accuracy)
     return accs
 
 
