@@ -130,11 +130,6 @@ class LeaseLost(Exception):
 
 
 # --------------------------------------------------------------------------- engine glue
-def optimizer_config(m: Model) -> OptimizerConfig:
-    spec = dict(m.optimizer or {})
-    return OptimizerConfig.from_dict({k: v for k, v in spec.items() if k in OptimizerConfig.__dataclass_fields__})
-
-
 def learner_config(m: Model, window: int) -> LearnerConfig:
     """The model's guard: ``loss_ratio`` × the recent-window baseline taken after
     ``warmup`` samples (``guard.enabled`` false keeps only the non-finite checks)."""
@@ -146,7 +141,7 @@ def learner_config(m: Model, window: int) -> LearnerConfig:
 
 def new_learner(m: Model, net: Network, window: int, *, masked: bool) -> OnlineLearner:
     masks = [W != 0 for W in net.weights] if masked else None
-    return OnlineLearner(net, optimizer_config(m), config=learner_config(m, window), masks=masks)
+    return OnlineLearner(net, OptimizerConfig.from_spec(m.optimizer), config=learner_config(m, window), masks=masks)
 
 
 def state_bytes(learner: OnlineLearner) -> bytes:

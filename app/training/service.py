@@ -62,10 +62,7 @@ def fit(
     from app.engine.nn.optim import Optimizer, OptimizerConfig
     from app.engine.nn.train import Diverged, train
 
-    spec = dict(optimizer)
-    if opts.get("learning_rate") is not None:
-        spec["learning_rate"] = opts["learning_rate"]
-    cfg = OptimizerConfig.from_dict({k: v for k, v in spec.items() if k in OptimizerConfig.__dataclass_fields__})
+    cfg = OptimizerConfig.from_spec(optimizer, learning_rate=opts.get("learning_rate"))
     net = net.copy()
     opt = Optimizer(cfg, net, frozen=frozen, masks=masks)
     try:

@@ -21,8 +21,9 @@ from app.core.settings import Settings
 from app.core.tables import Learner, Version
 from app.engine.nn.network import Network
 from app.engine.nn.online import OnlineLearner
+from app.engine.nn.optim import OptimizerConfig
 from app.main import create_app
-from app.online.learner import LearnerRuntime, learner_config, optimizer_config
+from app.online.learner import LearnerRuntime, learner_config
 from app.online.log import read_log
 from app.registry.models import get_model
 from tests.conftest import auth
@@ -395,7 +396,7 @@ def engine_run(m_spec: dict, net: Network, X: np.ndarray, Y: np.ndarray, window:
         optimizer = m_spec.get("optimizer", {"kind": "sgd", "learning_rate": 0.01})
         guard = m_spec.get("guard", {})
 
-    lrn = OnlineLearner(net, optimizer_config(M), config=learner_config(M, window))  # type: ignore[arg-type]
+    lrn = OnlineLearner(net, OptimizerConfig.from_spec(M.optimizer), config=learner_config(M, window))  # type: ignore[arg-type]
     res = lrn.learn_many(X, Y)
     assert res.pause is None and res.applied == len(X)
     return lrn.snapshot()

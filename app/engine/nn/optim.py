@@ -30,7 +30,7 @@ summation order inside the clip norm.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -106,6 +106,16 @@ class OptimizerConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"optimizer: unknown field(s) {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | None, *, learning_rate: float | None = None) -> OptimizerConfig:
+        """From a model's stored ``optimizer`` spec (the API's ``optimizer`` object; None: the
+        defaults): the fields of this class are taken, any other key is ignored.
+        ``learning_rate`` (when not None) replaces the spec's, as a job's option does."""
+        d = {k: v for k, v in (spec or {}).items() if k in cls.__dataclass_fields__}
+        if learning_rate is not None:
+            d["learning_rate"] = learning_rate
         return cls(**d)
 
 

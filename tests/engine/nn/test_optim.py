@@ -63,6 +63,19 @@ def test_config_dict_round_trip_and_plain_flag() -> None:
     assert cfg.replace(learning_rate=0.5).learning_rate == 0.5
 
 
+def test_config_from_a_model_spec() -> None:
+    """The one builder of a model's optimizer (online learner and batch training): known
+    fields taken, other keys ignored, a job's learning rate replacing the spec's."""
+    spec = {"kind": "adam", "learning_rate": 0.003, "l2": 1e-4, "note": "not an optimizer field"}
+    assert OptimizerConfig.from_spec(spec) == OptimizerConfig("adam", 0.003, l2=1e-4)
+    assert OptimizerConfig.from_spec(spec, learning_rate=0.5) == OptimizerConfig("adam", 0.5, l2=1e-4)
+    assert OptimizerConfig.from_spec(spec, learning_rate=None).learning_rate == 0.003
+    assert OptimizerConfig.from_spec(None) == OptimizerConfig()
+    assert spec["learning_rate"] == 0.003  # the spec is not changed
+    with pytest.raises(ValueError, match="learning_rate"):
+        OptimizerConfig.from_spec({"learning_rate": -1.0})
+
+
 # --------------------------------------------------------------------------- hand-worked steps
 def test_sgd_step_by_hand_l2_on_weights_only() -> None:
     net = tiny_net()
