@@ -76,8 +76,9 @@ from app.core.tables import Learner, Model, Version, utcnow
 from app.engine.nn.network import Network
 from app.engine.nn.online import LearnerConfig, OnlineLearner
 from app.engine.nn.optim import OptimizerConfig
-from app.online.log import unpack_batch
-from app.online.repository import LearnerRepository, SampleRepository
+from app.online.log import LogRows, read_rows, take
+from app.online.repository import LearnerRepository
+from app.online.samples import SampleSpec
 from app.registry.repository import ModelRepository, VersionRepository
 from app.registry.versions import VersionService
 
@@ -109,7 +110,7 @@ class Held:
     last_publish: float = 0.0
     dirty: bool = False
     lag: int = 0
-    cache: tuple[int, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    cache: LogRows | None = field(default=None, repr=False)  # the last log row read
 
 
 @dataclass
@@ -473,25 +474,12 @@ class LearnerRuntime:
     def _read(self, h: Held, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         """Samples ``lo..hi`` from the log (the last row read is kept for the next call)."""
         c = h.cache
-        if c is not None and c[0] <= lo and hi < c[0] + len(c[1]):
-            return c[1][lo - c[0] : hi - c[0] + 1], c[2][lo - c[0] : hi - c[0] + 1]
+        if c is not None and c.first <= lo and hi < c.end:
+            return take([c], lo, hi)
         with self.db.read() as s:
-            rows = SampleRepository(s).covering(h.model_id, lo, hi)
-            parts = [(b.first_offset, *unpack_batch(h.model, b)) for b in rows]
-        if not parts or parts[0][0] > lo:
-            raise RuntimeError(f"sample log of model {h.name!r} has a gap at offset {lo}")
-        last = parts[-1]
-        h.cache = (last[0], last[1], last[2])
-        xs, ys = [], []
-        for first, X, Y in parts:
-            a = max(lo - first, 0)
-            b = min(hi - first + 1, len(X))
-            if a < b:
-                xs.append(X[a:b])
-                ys.append(Y[a:b])
-        if len(xs) == 1:
-            return xs[0], ys[0]
-        return np.concatenate(xs), np.concatenate(ys)
+            rows = read_rows(s, SampleSpec.of(h.model), h.model_id, lo, hi)
+        h.cache = rows[-1]
+        return take(rows, lo, hi)
 
     # ------------------------------------------------------------------ writes
     def _own_row(self, s: Any, h: Held) -> Learner:

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -51,26 +50,8 @@ class SampleRepository:
         """``models.next_offset`` after an append (the caller holds the row lock)."""
         self.s.connection().execute(_SET_NEXT_OFFSET, {"mid": model_id, "next_offset": next_offset})
 
-    @staticmethod
-    def rows(model_id: int, first_offset: int, X: np.ndarray, Y: np.ndarray, *, max_rows: int) -> list[dict[str, Any]]:
-        """``sample_batches`` rows for packed samples: at most ``max_rows`` samples each."""
-        now = utcnow()
-        out = []
-        for lo in range(0, len(X), max_rows):
-            hi = min(lo + max_rows, len(X))
-            out.append(
-                {
-                    "model_id": model_id,
-                    "first_offset": first_offset + lo,
-                    "count": hi - lo,
-                    "x": np.ascontiguousarray(X[lo:hi]).tobytes(),
-                    "y": np.ascontiguousarray(Y[lo:hi]).tobytes(),
-                    "created_at": now,
-                }
-            )
-        return out
-
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Insert rows made by :func:`app.online.log.pack_rows`."""
         if rows:
             self.s.connection().execute(_INSERT_BATCH, rows)
 

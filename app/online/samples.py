@@ -60,6 +60,11 @@ class SampleSpec:
     input_dim: int
     output_dim: int
 
+    @classmethod
+    def of(cls, model: Any) -> SampleSpec:
+        """The spec of a model (anything with ``task``, ``input_dim`` and ``output_dim``)."""
+        return cls(str(model.task), int(model.input_dim), int(model.output_dim))
+
     @property
     def y_dtype(self) -> Any:
         return np.int64 if self.task == "multiclass" else np.float32

@@ -67,6 +67,7 @@ from app.core.errors import Conflict, Invalid, NotFound, Unavailable
 from app.core.metrics import Metrics
 from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
+from app.online.log import pack_rows
 from app.online.repository import IdempotencyRepository, LearnerRepository, SampleRepository
 from app.online.samples import SampleSpec
 from app.registry.models import ModelService, get_model
@@ -173,7 +174,7 @@ class OnlineService:
             return hit[0]
         with self.db.read() as s:
             m = get_model(s, name)
-            t = Target(m.id, m.name, SampleSpec(m.task, m.input_dim, m.output_dim))
+            t = Target(m.id, m.name, SampleSpec.of(m))
         with self._lock:
             self._targets[name] = (t, now + TARGET_TTL_SECONDS)
         return t
@@ -341,7 +342,7 @@ class OnlineService:
             first = nexts.get(mid, got[3])
             nexts[mid] = first + n
             answer = {"accepted": n, "first_offset": first, "last_offset": first + n - 1, "duplicate": False}
-            sample_rows += samples.rows(mid, first, job.X, job.Y, max_rows=MAX_ROW_SAMPLES)
+            sample_rows += pack_rows(mid, first, job.X, job.Y, max_rows=MAX_ROW_SAMPLES)
             if job.key is not None:
                 seen[(mid, job.key)] = (job.digest, answer)
                 key_rows.append({"model_id": mid, "key": job.key, "request_hash": job.digest, "response": answer})

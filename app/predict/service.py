@@ -39,6 +39,6 @@ class PredictService:
         with self.db.read() as s:
             m = get_model(s, name)
             v = self.versions.resolve(s, m, version=version, alias=alias)
-        X, Y = parse_samples(SampleSpec(m.task, m.input_dim, m.output_dim), samples, ["body", "samples"])
+        X, Y = parse_samples(SampleSpec.of(m), samples, ["body", "samples"])
         ev = evaluate(self.versions.load(m, v), X, Y)
         return EvaluateOut(model=m.name, version=v.version, loss=ev.loss, accuracy=ev.accuracy, n=ev.n)

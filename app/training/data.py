@@ -32,8 +32,7 @@ def pack_samples(
     transaction opens. None without samples."""
     if samples is None:
         return None
-    spec = SampleSpec(model.task, model.input_dim, model.output_dim)
-    X, Y = parse_samples(spec, samples, [*loc, field])
+    X, Y = parse_samples(SampleSpec.of(model), samples, [*loc, field])
     if len(X) < min_samples:
         raise Invalid.at([*loc, field], f"need at least {min_samples} samples, got {len(X)}")
     sha, _ = blobs.put(stnp.save({"x": X, "y": Y}))
