@@ -27,7 +27,7 @@ from app.engine.compress import sparse
 from app.engine.nn.evaluation import Evaluation
 from app.engine.nn.network import F32, Network
 from app.jobs.contract import Job
-from app.jobs.service import JobService
+from app.jobs.service import JobService, public_params
 from app.registry.models import get_model
 from app.registry.versions import VersionService
 
@@ -86,10 +86,6 @@ def check_quantizable(src: Version, dtype: str) -> None:
         )
     if src.sparsity >= 1.0:
         raise Conflict(f"version {src.version} has no non-zero weights to quantize")
-
-
-def public(desc: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if desc is None else {k: v for k, v in desc.items() if not k.startswith("_")}
 
 
 # --------------------------------------------------------------------------- run time
@@ -200,7 +196,7 @@ def evaluation_report(desc: dict[str, Any], before: Evaluation, after: Evaluatio
     assert before.outputs is not None and after.outputs is not None, "evaluate(..., keep_outputs=True)"
     d = np.abs(after.outputs.astype(np.float64) - before.outputs)
     rep: dict[str, Any] = {
-        "data": public(desc),
+        "data": public_params(desc),
         "n": int(before.outputs.shape[0]),
         "before": {"loss": _num(before.loss), "accuracy": before.accuracy},
         "after": {"loss": _num(after.loss), "accuracy": after.accuracy},

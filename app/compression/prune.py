@@ -30,6 +30,7 @@ from app.engine import codec
 from app.engine.compress import prune as engine
 from app.engine.nn.evaluation import evaluate
 from app.jobs.contract import Job, JobError, Progress
+from app.jobs.service import public_params
 from app.registry.models import get_model
 from app.training import data
 from app.training.service import fit, train_options
@@ -114,10 +115,6 @@ def submit(svc: CompressionDeps, name: str, body: PruneIn) -> str:
 
 
 # --------------------------------------------------------------------------- run time
-def _public_params(p: dict[str, Any]) -> dict[str, Any]:
-    return p | {"eval": compress.public(p.get("eval")), "fine_tune_data": compress.public(p.get("fine_tune_data"))}
-
-
 def _fine_tune_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in ("train", "validation", "epochs_run", "best_epoch") if k in metrics}
 
@@ -229,7 +226,7 @@ def run(svc: CompressionDeps, job: Job, progress: Progress) -> None:
         tensors=tensors,
         encoding=encoding,
         net=new,
-        params=_public_params(p),
+        params=public_params(p),
         report=report,
         dtype="float32",
         sparsity=overall,

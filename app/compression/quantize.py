@@ -23,6 +23,7 @@ from app.core.errors import Conflict
 from app.engine.compress import quantize as engine
 from app.engine.nn.evaluation import evaluate
 from app.jobs.contract import Job, JobError, Progress
+from app.jobs.service import public_params
 from app.registry.models import get_model
 from app.training import data
 
@@ -91,7 +92,7 @@ def run(svc: CompressionDeps, job: Job, progress: Progress) -> None:
         tensors=tensors,
         encoding=encoding,
         net=deq,
-        params={**p, "eval": compress.public(p.get("eval"))},
+        params=public_params(p),
         report=report,
         dtype=q.dtype,
         sparsity=overall,

@@ -26,8 +26,7 @@ from app.core.tables import Model
 from app.engine.nn.evaluation import evaluate
 from app.engine.nn.network import Network
 from app.jobs.contract import Handlers, Job, JobError, Progress
-from app.jobs.service import JobService
-from app.jobs.service import public_params as public
+from app.jobs.service import JobService, public_params
 from app.registry.models import get_model
 from app.registry.repository import AliasRepository
 from app.registry.versions import VersionService
@@ -149,7 +148,7 @@ class TrainingService:
             notes["dequantized_from"] = {"version": src.version, "dtype": src.dtype}
         promote = p.get("promote")
         blob = self.versions.store(net=net)
-        params = {k: val for k, val in p.items() if k not in ("data",)} | {"data": public(p["data"])} | notes
+        params = public_params(p) | notes
         # The guard's evaluation runs before the write transaction; the transaction
         # re-checks that the alias still points where it did, and evaluates again if not.
         seen: dict[int | None, float] = {}

@@ -264,6 +264,8 @@ def test_fine_tune_gets_the_mask_and_the_mask_stays_fixed(ctx, monkeypatch):
     assert j.result["sparsity"] == 206 / 344  # ⌊0.6 · 344⌋ of the 344 weights
     public = j.params  # what GET /jobs/{id} shows
     assert "_blob" not in str(public) and public["fine_tune_data"] == {"source": "samples", "n": 20}
+    recorded = next(v for v in versions(ctx) if v.version == j.result["version"]).params  # the same mapping
+    assert recorded["fine_tune_data"] == public["fine_tune_data"] and "_blob" not in str(recorded)
     tuned = net_of(ctx, j.result["version"])
     for W, M in zip(tuned.weights, masks, strict=True):
         assert not W[~M].any() and W[M].all()
