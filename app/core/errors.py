@@ -212,15 +212,6 @@ def _render(exc: StewardError) -> Response:
     return problem(exc.status, exc.body(), exc.headers)
 
 
-def _clean(v: Any) -> Any:
-    """JSON-safe copy of a pydantic error's input/ctx (may hold exceptions or bytes)."""
-    try:
-        orjson.dumps(v)
-        return v
-    except TypeError:
-        return str(v)
-
-
 def validation_problem(errors: list[dict[str, Any]]) -> StewardError:
     """Map pydantic errors to our 400 (malformed JSON) or 422 (invalid) problem."""
     items = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")} for e in errors]

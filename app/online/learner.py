@@ -126,8 +126,9 @@ class Control:
     resume: dict[str, Any] | None
 
 
-class LeaseLost(Exception):
-    pass
+class LearnerLeaseLost(Exception):
+    """This process no longer holds the model's learner lease (it expired and was taken, or
+    the model is gone): the model is dropped from :attr:`LearnerRuntime.held`."""
 
 
 # --------------------------------------------------------------------------- engine glue
@@ -250,7 +251,7 @@ class LearnerRuntime:
                 continue
             try:
                 total += self._turn(h, ctl)
-            except LeaseLost:
+            except LearnerLeaseLost:
                 log.warning("learner: lease on model %s lost", h.name)
                 self.held.pop(mid, None)
         return total
@@ -335,12 +336,12 @@ class LearnerRuntime:
         """Start learning a just-claimed model from its newest version (see module doc)."""
         with self.db.read() as s:
             m = ModelRepository(s).get(model_id)
-            lr = LearnerRepository(s).get(model_id)
+            row = LearnerRepository(s).get(model_id)
             v = VersionRepository(s).latest(model_id)
-            if m is None or lr is None or v is None:
+            if m is None or row is None or v is None:
                 return
-            published = int(lr.applied_through)
-            base = (lr.metrics or {}).get("base")
+            published = int(row.applied_through)
+            base = (row.metrics or {}).get("base")
         h = self._start_from(m, v, base, published)
         h.publish_floor = published
         h.published = published
@@ -410,13 +411,13 @@ class LearnerRuntime:
     def _record_base(self, h: Held) -> None:
         sha, _ = self.blobs.put(state_bytes(h.learner))
         with self.db.write() as s:
-            lr = self._own_row(s, h)
-            md = dict(lr.metrics or {})
+            row = self._own_row(s, h)
+            md = dict(row.metrics or {})
             md["base"] = {"version": h.version, "applied_through": h.applied_through, "state_sha256": sha}
             md["prequential"] = h.learner.metrics()
-            lr.metrics = md
-            lr.applied_through = max(h.applied_through, h.publish_floor)
-            lr.updated_at = utcnow()
+            row.metrics = md
+            row.applied_through = max(h.applied_through, h.publish_floor)
+            row.updated_at = utcnow()
 
     # ------------------------------------------------------------------ a turn
     def _turn(self, h: Held, ctl: Control) -> int:
@@ -483,10 +484,10 @@ class LearnerRuntime:
 
     # ------------------------------------------------------------------ writes
     def _own_row(self, s: Any, h: Held) -> Learner:
-        lr = LearnerRepository(s).get(h.model_id, for_update=True)
-        if lr is None or lr.owner != self.owner:
-            raise LeaseLost(h.name)
-        return lr
+        row = LearnerRepository(s).get(h.model_id, for_update=True)
+        if row is None or row.owner != self.owner:
+            raise LearnerLeaseLost(h.name)
+        return row
 
     def _publish(self, h: Held, *, force: bool = False) -> None:
         if not h.dirty or h.applied_through < h.publish_floor:
@@ -495,12 +496,12 @@ class LearnerRuntime:
         if not force and now - h.last_publish < PUBLISH_SECONDS:
             return
         with self.db.write() as s:
-            lr = self._own_row(s, h)
-            md = dict(lr.metrics or {})
+            row = self._own_row(s, h)
+            md = dict(row.metrics or {})
             md["prequential"] = h.learner.metrics()
-            lr.metrics = md
-            lr.applied_through = h.applied_through
-            lr.updated_at = utcnow()
+            row.metrics = md
+            row.applied_through = h.applied_through
+            row.updated_at = utcnow()
         h.published = h.applied_through
         h.last_publish = now
         h.dirty = False
@@ -533,8 +534,8 @@ class LearnerRuntime:
             with self.db.write() as s:
                 m = ModelRepository(s).get(h.model_id, for_update=True)
                 if m is None:
-                    raise LeaseLost(h.name)
-                lr = self._own_row(s, h)
+                    raise LearnerLeaseLost(h.name)
+                row = self._own_row(s, h)
                 if VersionRepository(s).latest_number(h.model_id) != h.version:
                     raise _Newer
                 v = self.versions.add(
@@ -547,15 +548,15 @@ class LearnerRuntime:
                     metrics={"prequential": pre, "samples_since_parent": h.since_version},
                     applied_through=h.applied_through,
                 )
-                md = _answered(lr.metrics, answer or [], v.version, created=True)
+                md = _answered(row.metrics, answer or [], v.version, created=True)
                 md["prequential"] = pre
                 md.pop("base", None)
                 if clear_resume:
                     md.pop("resume", None)
-                lr.metrics = md
+                row.metrics = md
                 if h.applied_through >= h.publish_floor:
-                    lr.applied_through = h.applied_through
-                lr.updated_at = utcnow()
+                    row.applied_through = h.applied_through
+                row.updated_at = utcnow()
                 number = v.version
         except _Newer:
             log.info("learner: model %s got a newer version while checkpointing; adopting it", h.name)
@@ -585,26 +586,26 @@ class LearnerRuntime:
             if self.held.get(h.model_id) is not h:
                 return  # a newer version came first; the requests wait for the new start point
         with self.db.write() as s:
-            lr = self._own_row(s, h)
-            lr.metrics = _answered(lr.metrics, due, h.version, created=False)
+            row = self._own_row(s, h)
+            row.metrics = _answered(row.metrics, due, h.version, created=False)
 
     def _pause(self, h: Held, offset: int, reason: str) -> None:
         with self.db.write() as s:
             m = ModelRepository(s).get(h.model_id, for_update=True)
             if m is None:
-                raise LeaseLost(h.name)
-            lr = self._own_row(s, h)
+                raise LearnerLeaseLost(h.name)
+            row = self._own_row(s, h)
             if m.status != "paused" or m.paused_offset != offset:
                 m.status = "paused"
                 m.status_reason = f"offset {offset}: {reason}"
                 m.paused_offset = offset
                 m.updated_at = utcnow()
-            md = dict(lr.metrics or {})
+            md = dict(row.metrics or {})
             md["prequential"] = h.learner.metrics()
-            lr.metrics = md
+            row.metrics = md
             if h.applied_through >= h.publish_floor:
-                lr.applied_through = h.applied_through
-            lr.updated_at = utcnow()
+                row.applied_through = h.applied_through
+            row.updated_at = utcnow()
         h.dirty = False
         log.warning("learner: model %s paused at offset %d: %s", h.name, offset, reason)
 
@@ -632,10 +633,10 @@ class LearnerRuntime:
 
     def _clear_resume(self, h: Held) -> None:
         with self.db.write() as s:
-            lr = self._own_row(s, h)
-            md = dict(lr.metrics or {})
+            row = self._own_row(s, h)
+            md = dict(row.metrics or {})
             md.pop("resume", None)
-            lr.metrics = md
+            row.metrics = md
 
 
 def _answered(metrics: dict[str, Any] | None, rids: list[str], version: int, *, created: bool) -> dict[str, Any]:

@@ -83,7 +83,7 @@ SampleReader = Callable[["SampleSpec", Callable[[], None]], Awaitable[tuple[np.n
 MAX_ROW_SAMPLES = 65_536
 PURGE_EVERY_SECONDS = 60.0
 #: Most appends / samples committed together in one transaction (group commit).
-GROUP_MAX_JOBS = 256
+GROUP_MAX_APPENDS = 256
 GROUP_MAX_SAMPLES = 1 << 20
 #: How long a model's shape is cached by ingestion (a delete in this process forgets it at once).
 TARGET_TTL_SECONDS = 2.0
@@ -99,7 +99,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Progress:
+class LearnerProgress:
     """The learner's published progress for one model."""
 
     applied_through: int
@@ -116,8 +116,8 @@ class SpecChanged(Conflict):
     """The model was deleted and re-created with another shape while the request was parsed."""
 
 
-@dataclass(eq=False)  # identity: jobs hold arrays
-class _Job:
+@dataclass(eq=False)  # identity: appends hold arrays
+class _Append:
     """One append waiting for a group commit."""
 
     t: Target
@@ -156,7 +156,7 @@ class OnlineService:
         self.models = models
         self._targets: dict[str, tuple[Target, float]] = {}
         self._lock = threading.Lock()
-        self._queue: list[_Job] = []
+        self._queue: list[_Append] = []
         self._queue_lock = threading.Lock()
         self._joined = threading.Condition(self._queue_lock)  # an announced append joined or withdrew
         self._commit_lock = threading.Lock()
@@ -213,7 +213,7 @@ class OnlineService:
             return
         upto = self._seq
         deadline = time.monotonic() + self._group_wait
-        while self._announced and next(iter(self._announced)) <= upto and len(self._queue) < GROUP_MAX_JOBS:
+        while self._announced and next(iter(self._announced)) <= upto and len(self._queue) < GROUP_MAX_APPENDS:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -232,29 +232,29 @@ class OnlineService:
 
     def submit(
         self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None, announced: int | None = None
-    ) -> _Job:
+    ) -> _Append:
         """Queue an append without blocking (safe on the event loop): a commit already
         waiting can take it before the request gets a thread. Then :meth:`committed`, or
         :meth:`abandon` if the request ends first."""
-        job = _Job(t, X, Y, key, request_hash(X, Y) if key is not None else "")
+        append = _Append(t, X, Y, key, request_hash(X, Y) if key is not None else "")
         with self._joined:
-            self._queue.append(job)
+            self._queue.append(append)
             if announced is not None:
                 self._settle(announced)
-        return job
+        return append
 
-    def abandon(self, job: _Job) -> None:
+    def abandon(self, append: _Append) -> None:
         """Drop a submitted append that no commit has taken yet (its request is gone)."""
         with self._joined:
-            if job in self._queue:
-                self._queue.remove(job)
+            if append in self._queue:
+                self._queue.remove(append)
 
-    def committed(self, job: _Job) -> dict[str, Any]:
-        """Block until ``job`` is committed (committing it, and whatever else is queued,
+    def committed(self, append: _Append) -> dict[str, Any]:
+        """Block until ``append`` is committed (committing it, and whatever else is queued,
         if no other thread is); its answer, or its error raised."""
-        t, X = job.t, job.X
+        t, X = append.t, append.X
         with self._commit_lock:
-            while not job.done:
+            while not append.done:
                 with self._joined:
                     self._wait_for_announced()
                     batch, rest = self._take(self._queue)
@@ -262,11 +262,11 @@ class OnlineService:
                 if not batch:  # neither queued nor in flight: it was abandoned
                     raise RuntimeError("this append was abandoned before it was committed")
                 self._commit(batch)
-        if job.error is not None:
-            if isinstance(job.error, SpecChanged | NotFound):
+        if append.error is not None:
+            if isinstance(append.error, SpecChanged | NotFound):
                 self.forget(t.name)
-            raise job.error
-        answer = job.answer
+            raise append.error
+        answer = append.answer
         assert answer is not None
         if not answer["duplicate"]:
             self.metrics.samples_accepted.labels(t.name).inc(len(X))
@@ -274,21 +274,21 @@ class OnlineService:
         return answer
 
     @staticmethod
-    def _take(queue: list[_Job]) -> tuple[list[_Job], list[_Job]]:
-        """The oldest jobs up to :data:`GROUP_MAX_JOBS` / :data:`GROUP_MAX_SAMPLES`."""
+    def _take(queue: list[_Append]) -> tuple[list[_Append], list[_Append]]:
+        """The oldest appends up to :data:`GROUP_MAX_APPENDS` / :data:`GROUP_MAX_SAMPLES`."""
         n = total = 0
-        for job in queue:
-            if n and (n >= GROUP_MAX_JOBS or total + len(job.X) > GROUP_MAX_SAMPLES):
+        for append in queue:
+            if n and (n >= GROUP_MAX_APPENDS or total + len(append.X) > GROUP_MAX_SAMPLES):
                 break
             n += 1
-            total += len(job.X)
+            total += len(append.X)
         return queue[:n], queue[n:]
 
-    def _commit(self, batch: list[_Job]) -> None:
+    def _commit(self, batch: list[_Append]) -> None:
         """Group commit: every append waiting at this moment goes into ONE transaction (one
-        fsync), each with its own outcome. A statement that fails is retried job by job,
+        fsync), each with its own outcome. A statement that fails is retried append by append,
         so one bad append cannot fail the others; a failing COMMIT is not (it may have
-        committed: a retry could append twice), it fails every job of the batch."""
+        committed: a retry could append twice), it fails every append of the batch."""
         wrote = False
         try:
             with self.db.write() as s:
@@ -296,16 +296,16 @@ class OnlineService:
                 wrote = True
         except Exception as e:
             if wrote or len(batch) == 1:
-                for job in batch:
-                    job.error, job.done = e, True
+                for append in batch:
+                    append.error, append.done = e, True
                 return
-            for job in batch:
-                self._commit([job])
+            for append in batch:
+                self._commit([append])
             return
-        for job, answer, error in outcomes:
-            job.answer, job.error, job.done = answer, error, True
+        for append, answer, error in outcomes:
+            append.answer, append.error, append.done = answer, error, True
 
-    def _write(self, s: Any, batch: list[_Job]) -> list[tuple[_Job, dict[str, Any] | None, BaseException | None]]:
+    def _write(self, s: Any, batch: list[_Append]) -> list[tuple[_Append, dict[str, Any] | None, BaseException | None]]:
         samples, keys = SampleRepository(s), IdempotencyRepository(s)
         fresh_after = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
         models = samples.lock_models(sorted({j.t.model_id for j in batch}))
@@ -313,40 +313,40 @@ class OnlineService:
         seen: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
         sample_rows: list[dict[str, Any]] = []
         key_rows: list[dict[str, Any]] = []
-        out: list[tuple[_Job, dict[str, Any] | None, BaseException | None]] = []
-        for job in sorted(batch, key=lambda j: j.t.model_id):  # stable: arrival order per model
-            t, mid = job.t, job.t.model_id
+        out: list[tuple[_Append, dict[str, Any] | None, BaseException | None]] = []
+        for append in sorted(batch, key=lambda a: a.t.model_id):  # stable: arrival order per model
+            t, mid = append.t, append.t.model_id
             got = models.get(mid)
             if got is None:
-                out.append((job, None, NotFound(f"no model named {t.name!r}")))
+                out.append((append, None, NotFound(f"no model named {t.name!r}")))
                 continue
             if got[:3] != (t.spec.task, t.spec.input_dim, t.spec.output_dim):
                 msg = f"model {t.name!r} was re-created with another shape during the request; retry it"
-                out.append((job, None, SpecChanged(msg)))
+                out.append((append, None, SpecChanged(msg)))
                 continue
-            if job.key is not None:
-                prior = seen.get((mid, job.key))
+            if append.key is not None:
+                prior = seen.get((mid, append.key))
                 if prior is None:
-                    row = keys.get(mid, job.key)
+                    row = keys.get(mid, append.key)
                     if row is not None and row.created_at > fresh_after:
                         prior = (row.request_hash, dict(row.response))
                     elif row is not None:
                         keys.delete(row)  # expired: the key is unknown again
                 if prior is not None:
-                    if prior[0] != job.digest:
-                        out.append((job, None, _key_conflict(job.key)))
+                    if prior[0] != append.digest:
+                        out.append((append, None, _key_conflict(append.key)))
                     else:
-                        out.append((job, {**prior[1], "duplicate": True}, None))
+                        out.append((append, {**prior[1], "duplicate": True}, None))
                     continue
-            n = len(job.X)
+            n = len(append.X)
             first = nexts.get(mid, got[3])
             nexts[mid] = first + n
             answer = {"accepted": n, "first_offset": first, "last_offset": first + n - 1, "duplicate": False}
-            sample_rows += pack_rows(mid, first, job.X, job.Y, max_rows=MAX_ROW_SAMPLES)
-            if job.key is not None:
-                seen[(mid, job.key)] = (job.digest, answer)
-                key_rows.append({"model_id": mid, "key": job.key, "request_hash": job.digest, "response": answer})
-            out.append((job, answer, None))
+            sample_rows += pack_rows(mid, first, append.X, append.Y, max_rows=MAX_ROW_SAMPLES)
+            if append.key is not None:
+                seen[(mid, append.key)] = (append.digest, answer)
+                key_rows.append({"model_id": mid, "key": append.key, "request_hash": append.digest, "response": answer})
+            out.append((append, answer, None))
         for mid, nxt in nexts.items():
             samples.set_next_offset(mid, nxt)
         samples.add_rows(sample_rows)
@@ -370,24 +370,24 @@ class OnlineService:
             return IdempotencyRepository(s).purge(before)
 
     # ------------------------------------------------------------------ progress
-    def progress(self, model_id: int) -> Progress | None:
+    def progress(self, model_id: int) -> LearnerProgress | None:
         """The learner's published progress and the model's status (None: model gone)."""
         with self.db.read() as s:
-            row = LearnerRepository(s).with_model(model_id)
-            if row is None:
+            found = LearnerRepository(s).with_model(model_id)
+            if found is None:
                 return None
-            m, lr = row
+            m, row = found
             now = utcnow()
-            return Progress(
-                applied_through=lr.applied_through if lr is not None else -1,
+            return LearnerProgress(
+                applied_through=row.applied_through if row is not None else -1,
                 accepted=m.next_offset,
                 status=m.status,
                 status_reason=m.status_reason,
                 paused_offset=m.paused_offset,
-                prequential=dict((lr.metrics or {}).get("prequential", {})) if lr is not None else {},
-                owner=lr.owner if lr is not None else None,
+                prequential=dict((row.metrics or {}).get("prequential", {})) if row is not None else {},
+                owner=row.owner if row is not None else None,
                 lease_alive=bool(
-                    lr is not None and lr.owner and lr.lease_expires_at is not None and lr.lease_expires_at > now
+                    row is not None and row.owner and row.lease_expires_at is not None and row.lease_expires_at > now
                 ),
             )
 
@@ -401,42 +401,42 @@ class OnlineService:
         with self.db.write() as s:
             m = get_model(s, name)
             target = m.next_offset - 1
-            lr = _learner_row(s, m.id)
-            md = dict(lr.metrics or {})
+            row = _learner_row(s, m.id)
+            md = dict(row.metrics or {})
             md["checkpoint_requests"] = {**md.get("checkpoint_requests", {}), rid: target}
-            lr.metrics = md
+            row.metrics = md
             return m.id, rid, target
 
     def checkpoint_reply(self, model_id: int, rid: str) -> dict[str, Any] | None:
         """The learner's answer to request ``rid`` (taken out of the row), or None yet."""
         with self.db.read() as s:
-            lr = LearnerRepository(s).get(model_id)
-            if lr is None:
+            row = LearnerRepository(s).get(model_id)
+            if row is None:
                 raise NotFound("the model was deleted")
-            if rid not in (lr.metrics or {}).get("checkpoint_replies", {}):
+            if rid not in (row.metrics or {}).get("checkpoint_replies", {}):
                 return None
         with self.db.write() as s:
-            lr = LearnerRepository(s).get(model_id, for_update=True)
-            if lr is None:
+            row = LearnerRepository(s).get(model_id, for_update=True)
+            if row is None:
                 raise NotFound("the model was deleted")
-            md = dict(lr.metrics or {})
+            md = dict(row.metrics or {})
             replies = dict(md.get("checkpoint_replies", {}))
             reply = replies.pop(rid, None)
             md["checkpoint_replies"] = replies
-            lr.metrics = md
+            row.metrics = md
             return reply
 
     def cancel_checkpoint(self, model_id: int, rid: str) -> None:
         with self.db.write() as s:
-            lr = LearnerRepository(s).get(model_id, for_update=True)
-            if lr is None:
+            row = LearnerRepository(s).get(model_id, for_update=True)
+            if row is None:
                 return
-            md = dict(lr.metrics or {})
+            md = dict(row.metrics or {})
             for k in ("checkpoint_requests", "checkpoint_replies"):
                 d = dict(md.get(k, {}))
                 d.pop(rid, None)
                 md[k] = d
-            lr.metrics = md
+            row.metrics = md
 
     def version(self, model_id: int, number: int) -> tuple[Model, Version]:
         with self.db.read() as s:
@@ -456,15 +456,15 @@ class OnlineService:
                 raise Conflict(f"model {name!r} is not paused (status {m.status!r})")
             if from_version is not None and VersionRepository(s).get(m.id, from_version) is None:
                 raise Invalid.at(["body", "from_version"], f"model {name!r} has no version {from_version}")
-            lr = _learner_row(s, m.id)
-            md = dict(lr.metrics or {})
+            row = _learner_row(s, m.id)
+            md = dict(row.metrics or {})
             md["resume"] = {
                 "offset": m.paused_offset,
                 "from_version": from_version,
                 "reason": m.status_reason,
                 "requested_at": utcnow().isoformat(),
             }
-            lr.metrics = md
+            row.metrics = md
             m.status = "active"
             m.status_reason = None
             m.paused_offset = None
@@ -492,15 +492,15 @@ class OnlineService:
             nonlocal token
             token = self.announce()
 
-        job = None
+        append = None
         try:
             X, Y = await read(target.spec, body_read)
-            job = self.submit(target, X, Y, key, token)  # on the loop: no thread needed to join
-            answer = await run_in_threadpool(self.committed, job)
+            append = self.submit(target, X, Y, key, token)  # on the loop: no thread needed to join
+            answer = await run_in_threadpool(self.committed, append)
         finally:
             self.withdraw(token)
-            if job is not None and not job.done:
-                self.abandon(job)
+            if append is not None and not append.done:
+                self.abandon(append)
         if wait:
             answer.update(await self.wait_applied(target.model_id, answer["last_offset"], wait_seconds))
         return answer
@@ -560,9 +560,9 @@ class OnlineService:
 
 
 def _learner_row(s: Any, model_id: int) -> Learner:
-    lr = LearnerRepository(s).get(model_id, for_update=True)
-    if lr is None:
-        lr = Learner(model_id=model_id, applied_through=-1, metrics={}, updated_at=utcnow())
-        s.add(lr)
+    row = LearnerRepository(s).get(model_id, for_update=True)
+    if row is None:
+        row = Learner(model_id=model_id, applied_through=-1, metrics={}, updated_at=utcnow())
+        s.add(row)
         s.flush()
-    return lr
+    return row

@@ -33,7 +33,7 @@ _matmul, _add, _subtract, _multiply, _greater, _less = np.matmul, np.add, np.sub
 _ZERO, _ONE = np.array(0.0, F32), np.array(1.0, F32)  # 0-d operands: cheaper than Python floats
 
 
-class Canceled(Exception):
+class TrainingCanceled(Exception):
     """``should_stop()`` returned True: training stopped between two batches.
 
     The network passed to :func:`train` is then in an intermediate state (train a copy).
@@ -328,7 +328,7 @@ def train(
     built for ``net``'s layer shapes; ``masks`` / ``frozen``, when given, replace the
     optimizer's own for this call. ``progress_cb(fraction)`` is called after every batch
     (fraction of all planned batches, 0 < f ≤ 1) and once with 1.0 at the end;
-    ``should_stop()`` is polled before every batch and raises :class:`Canceled`.
+    ``should_stop()`` is polled before every batch and raises :class:`TrainingCanceled`.
     Raises :class:`Diverged` if parameters become non-finite, ``ValueError`` on bad input.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -382,7 +382,7 @@ def train(
                     rows, Xo, Yo = None, Xtr, Ytr
                 for s in range(0, n_tr, batch_size):
                     if should_stop is not None and should_stop():
-                        raise Canceled(f"canceled in epoch {epoch} after {steps} steps")
+                        raise TrainingCanceled(f"canceled in epoch {epoch} after {steps} steps")
                     e = s + batch_size
                     if Xo is not None:
                         xb = Xo[s:e]

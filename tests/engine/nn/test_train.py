@@ -12,7 +12,7 @@ from app.engine.nn.evaluation import evaluate
 from app.engine.nn.network import TASKS, Network, gradients, init_network, per_sample_loss
 from app.engine.nn.online import OnlineLearner
 from app.engine.nn.optim import Optimizer, OptimizerConfig
-from app.engine.nn.train import Canceled, Diverged, split_indices, train
+from app.engine.nn.train import Diverged, TrainingCanceled, split_indices, train
 
 F32 = np.float32
 
@@ -214,7 +214,7 @@ def test_should_stop_cancels_between_batches() -> None:
     net = init_network("binary", "relu", 3, 1, [], seed=16)
     opt = Optimizer(OptimizerConfig(), net, frozen=set())
     calls = iter(range(100))
-    with pytest.raises(Canceled):
+    with pytest.raises(TrainingCanceled):
         train(net, opt, X, Y, epochs=5, batch_size=10, should_stop=lambda: next(calls) >= 3, frozen={0})
     assert opt.t == 3
     assert opt.frozen == frozenset()  # per-call constraints are undone
