@@ -1,4 +1,5 @@
-"""Online learning: /update answers, /resume body, and the documented request bodies.
+"""Online learning: /update answers, /resume body, the documented request bodies, and the
+one type of labelled samples in other JSON bodies (:data:`Samples`).
 
 ``/update`` reads its body raw (orjson straight into numpy arrays), so its
 request schemas here exist for the OpenAPI document only.
