@@ -182,6 +182,7 @@ def run(svc: CompressionDeps, job: Job, progress: Progress) -> None:
                 )
             res = out.result
             new = res.network
+            del net  # the source is no longer needed
             if ft is not None and id(new) in tuned_metrics:
                 report["fine_tune"] = _fine_tune_summary(tuned_metrics[id(new)])
         else:
@@ -198,7 +199,6 @@ def run(svc: CompressionDeps, job: Job, progress: Progress) -> None:
                 report["fine_tune"] = _fine_tune_summary(metrics)
     except engine.PruneError as e:
         raise JobError(str(e)) from None
-    net = None  # the source (unless pruned in place) is no longer needed
     progress(0.87)
 
     report["prune"] = {k: v for k, v in res.report().items() if k not in ("sparsity", "layer_sparsity")} | {

@@ -432,13 +432,13 @@ def run_export(ctx: MigrationService, job: Job, progress: Progress) -> None:
                 net,
                 name=m.name,
                 version=v.version,
-                opset=int(opset),
+                opset=int(opset or DEFAULT_OPSET),
                 quantized=stored,
                 metadata={"steward.source_sha256": v.blob_sha256},
             )
             progress(0.4)
             report = verify_onnx(blob, net, probes)
-            meta["opset"] = int(opset)
+            meta["opset"] = int(opset or DEFAULT_OPSET)
         elif target == "torch":
             blob, arch = to_torch_state(net, name=m.name, version=v.version)
             progress(0.4)
@@ -465,10 +465,10 @@ def run_export(ctx: MigrationService, job: Job, progress: Progress) -> None:
         m = get_model(s, job.model_name)
         v = ctx.versions.get(s, m, int(p["from_version"]))
         repo = ExportRepository(s)
-        e = repo.get(v.id, target)
+        row = repo.get(v.id, target)
         replaced = None
-        if e is None:
-            e = repo.add(
+        if row is None:
+            row = repo.add(
                 Export(
                     version_id=v.id,
                     target=target,
@@ -481,10 +481,14 @@ def run_export(ctx: MigrationService, job: Job, progress: Progress) -> None:
                 )
             )
         else:  # another opset (or a lost blob): an export is derived, so it is replaced
-            replaced = {"sha256": e.blob_sha256, "opset": e.meta.get("opset"), "created_at": e.created_at.isoformat()}
-            e.blob_sha256, e.size_bytes, e.meta, e.created_at = sha, size, meta, utcnow()
+            replaced = {
+                "sha256": row.blob_sha256,
+                "opset": row.meta.get("opset"),
+                "created_at": row.created_at.isoformat(),
+            }
+            row.blob_sha256, row.size_bytes, row.meta, row.created_at = sha, size, meta, utcnow()
             s.flush()
-        result = _export_result(m, v, e, reused=False)
+        result = _export_result(m, v, row, reused=False)
         if replaced is not None:
             result["replaced"] = replaced
         ctx.jobs.queue.finish_in(s, job.id, job.owner, result)
@@ -537,13 +541,14 @@ def run_transfer(ctx: MigrationService, job: Job, progress: Progress) -> None:
             X, Y = data.load(s, ctx.blobs, m, p["data"])
     if done is not None:  # an earlier attempt committed (e.g. its lease expired after the commit)
         with ctx.db.write() as s:
-            v = VersionRepository(s).by_job(job.id)
-            ctx.jobs.queue.finish_in(s, job.id, job.owner, _transfer_result(p, v))
+            made = VersionRepository(s).by_job(job.id)
+            assert made is not None
+            ctx.jobs.queue.finish_in(s, job.id, job.owner, _transfer_result(p, made))
         return
     base = ctx.versions.load(m, src)
     progress(0.0, force=True)
     start = transfer_network(base, spec, copy)
-    masks = None
+    masks: list[np.ndarray | None] | None = None
     if src.sparsity > 0:  # keep the copied layers' pruned weights at zero
         masks = [w != 0 if i < copy else None for i, w in enumerate(start.weights)]
     net, metrics, _ = fit(spec.optimizer.model_dump(), start, X, Y, p, progress, masks=masks, frozen=set(range(freeze)))

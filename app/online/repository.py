@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.core.tables import IdempotencyKey, Learner, Model, SampleBatch, Version, utcnow
+from app.core.tables import Base, IdempotencyKey, Learner, Model, SampleBatch, Version, utcnow
+
+
+def table(model: type[Base]) -> sa.Table:
+    """The Core table of an ORM class (typed: ``__table__`` is declared as a FromClause)."""
+    return cast(sa.Table, model.__table__)
+
 
 # --------------------------------------------------------------------------- online learning
 #: The append's statements, built once: they are executed on the session's Core
@@ -23,11 +29,11 @@ _LOCK_MODELS = (
     .with_for_update()
 )
 _SET_NEXT_OFFSET = (
-    sa.update(Model.__table__)
-    .where(Model.__table__.c.id == sa.bindparam("mid"))
+    sa.update(table(Model))
+    .where(table(Model).c.id == sa.bindparam("mid"))
     .values(next_offset=sa.bindparam("next_offset"))
 )
-_INSERT_BATCH = sa.insert(SampleBatch.__table__)
+_INSERT_BATCH = sa.insert(table(SampleBatch))
 
 
 class SampleRepository:
@@ -85,7 +91,7 @@ class IdempotencyRepository:
         """Insert ``{"model_id", "key", "request_hash", "response"}`` rows."""
         if rows:
             now = utcnow()
-            self.s.execute(sa.insert(IdempotencyKey.__table__), [{**r, "created_at": now} for r in rows])
+            self.s.execute(sa.insert(table(IdempotencyKey)), [{**r, "created_at": now} for r in rows])
 
     def delete(self, row: IdempotencyKey) -> None:
         self.s.delete(row)
@@ -93,7 +99,7 @@ class IdempotencyRepository:
 
     def purge(self, before: datetime) -> int:
         """Forget keys created before ``before``; returns how many."""
-        res = self.s.execute(sa.delete(IdempotencyKey.__table__).where(IdempotencyKey.created_at < before))
+        res = self.s.execute(sa.delete(table(IdempotencyKey)).where(IdempotencyKey.created_at < before))
         return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
 
@@ -176,7 +182,7 @@ class LearnerRepository:
         return list(self.s.scalars(q))
 
     def claim(self, model_id: int, owner: str, now: datetime, until: datetime) -> bool:
-        t = Learner.__table__
+        t = table(Learner)
         res = self.s.execute(
             sa.update(t)
             .where(
@@ -188,14 +194,14 @@ class LearnerRepository:
         return bool(res.rowcount)  # type: ignore[attr-defined]
 
     def renew(self, model_id: int, owner: str, until: datetime) -> bool:
-        t = Learner.__table__
+        t = table(Learner)
         res = self.s.execute(
             sa.update(t).where(t.c.model_id == model_id, t.c.owner == owner).values(lease_expires_at=until)
         )
         return bool(res.rowcount)  # type: ignore[attr-defined]
 
     def release(self, model_id: int, owner: str) -> None:
-        t = Learner.__table__
+        t = table(Learner)
         self.s.execute(
             sa.update(t).where(t.c.model_id == model_id, t.c.owner == owner).values(owner=None, lease_expires_at=None)
         )

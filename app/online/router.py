@@ -61,7 +61,9 @@ async def ingest_key(
     ctx = _ctx(request)
     token = creds.credentials if creds is not None else None
 
-    p = ctx.keys.bootstrap(token) or await run_in_threadpool(ctx.keys.authenticate, token)
+    p = ctx.keys.bootstrap(token)
+    if p is None:
+        p = await run_in_threadpool(ctx.keys.authenticate, token)
     if not p.has("ingest"):
         raise Forbidden(f"this needs a key with scope 'ingest'; this key has {p.scope!r}")
     p.check_model(name)

@@ -485,7 +485,9 @@ class OnlineService:
         """``/update``: read and validate the body (``read(spec, body_read)``, which calls
         ``body_read()`` once the whole body has arrived), append it durably in a group
         commit, and optionally wait until the learner applied it. Returns the 202 answer."""
-        target = self.cached_target(name) or await run_in_threadpool(self.target, name)
+        target = self.cached_target(name)
+        if target is None:
+            target = await run_in_threadpool(self.target, name)
         token: int | None = None
 
         def body_read() -> None:  # from now on a commit may wait for this request's samples

@@ -14,6 +14,7 @@ and the job's result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,8 @@ from app.core.metrics import Metrics
 from app.core.tables import Model
 from app.engine.nn.evaluation import evaluate
 from app.engine.nn.network import Network
+from app.engine.nn.optim import MaskSpec, Optimizer, OptimizerConfig
+from app.engine.nn.train import Diverged, train
 from app.jobs.contract import Handlers, Job, JobError, Progress
 from app.jobs.service import JobService, public_params
 from app.registry.models import get_model
@@ -51,16 +54,13 @@ def fit(
     X: np.ndarray,
     Y: np.ndarray,
     opts: dict[str, Any],
-    progress: Progress,
+    progress: Callable[..., None],
     *,
-    masks: list[np.ndarray] | None = None,
+    masks: MaskSpec | None = None,
     frozen: set[int] | None = None,
 ) -> tuple[Network, dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """Train a copy of ``net`` on (X, Y) with ``opts`` (the engine splits off the
     validation rows with the shuffle seed); returns (trained net, metrics, (X_val, Y_val))."""
-    from app.engine.nn.optim import Optimizer, OptimizerConfig
-    from app.engine.nn.train import Diverged, train
-
     cfg = OptimizerConfig.from_spec(optimizer, learning_rate=opts.get("learning_rate"))
     net = net.copy()
     opt = Optimizer(cfg, net, frozen=frozen, masks=masks)
