@@ -153,7 +153,15 @@ class IdempotencyKey(Base):
 
 
 class Learner(Base):
-    """Who holds a model's online learner (lease) and its last published progress."""
+    """Who holds a model's online learner (lease), what it has published, and its mailbox.
+
+    ``prequential``: the running metrics the learner publishes with ``applied_through``.
+    ``base``: ``{"version", "applied_through", "state_sha256"}``, the cut of a non-online
+    version the learner continues from (None once an online version supersedes it).
+    ``mailbox``: messages between request handlers and the learner, changed only under the
+    row lock: ``checkpoint_requests`` ``{request id: offset}``, ``checkpoint_replies``
+    ``{request id: {"version", "created"}}``, ``resume`` ``{"offset", "from_version", …}``.
+    """
 
     __tablename__ = "learners"
 
@@ -161,7 +169,9 @@ class Learner(Base):
     owner: Mapped[str | None] = mapped_column(sa.String(64))
     lease_expires_at: Mapped[datetime | None]
     applied_through: Mapped[int] = mapped_column(sa.BigInteger, default=-1)
-    metrics: Mapped[dict[str, Any]]
+    prequential: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    base: Mapped[dict[str, Any] | None]
+    mailbox: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -23,7 +23,7 @@ appears): from the model's newest version, whatever made it.
   had applied when it adopted that version (at most one poll interval after the
   version was committed; on a fresh claim, the ``applied_through`` last
   published in ``learners``). The learner records that cut —
-  ``learners.metrics["base"] = {"version", "applied_through", "state_sha256"}``
+  ``learners.base = {"version", "applied_through", "state_sha256"}``
   with a fresh optimizer state and the running metrics — before it applies
   anything on top, so a replay after a crash starts from the same point. The
   next ``online`` version names that version as its ``parent``. (Quantized
@@ -41,7 +41,7 @@ newer version appeared; if one did, it drops its own progress and adopts it.
 the model's guard) is not applied: in one transaction the model becomes
 ``paused`` (reason, ``paused_offset`` = the refused offset) and the progress
 through the offset before it is published. The learner then waits. ``/resume``
-leaves ``{"offset", "from_version"}`` in ``learners.metrics["resume"]``; the
+leaves ``{"offset", "from_version"}`` in ``learners.mailbox["resume"]``; the
 learner skips that offset (counted as applied: it is consumed), restarts from
 ``from_version``'s parameters with a fresh optimizer state when given, and
 commits a checkpoint at once, which makes the skip durable.
@@ -318,8 +318,8 @@ class LearnerRuntime:
         with self.db.read() as s:
             rows = LearnerRepository(s).controls(list(self.held))
         out = {}
-        for mid, status, paused, nxt, lat, owner, metrics in rows:
-            md = metrics or {}
+        for mid, status, paused, nxt, lat, owner, mailbox in rows:
+            md = mailbox or {}
             out[mid] = Control(
                 status=status,
                 paused_offset=paused,
@@ -341,7 +341,7 @@ class LearnerRuntime:
             if m is None or row is None or v is None:
                 return
             published = int(row.applied_through)
-            base = (row.metrics or {}).get("base")
+            base = row.base
         h = self._start_from(m, v, base, published)
         h.publish_floor = published
         h.published = published
@@ -412,10 +412,8 @@ class LearnerRuntime:
         sha, _ = self.blobs.put(state_bytes(h.learner))
         with self.db.write() as s:
             row = self._own_row(s, h)
-            md = dict(row.metrics or {})
-            md["base"] = {"version": h.version, "applied_through": h.applied_through, "state_sha256": sha}
-            md["prequential"] = h.learner.metrics()
-            row.metrics = md
+            row.base = {"version": h.version, "applied_through": h.applied_through, "state_sha256": sha}
+            row.prequential = h.learner.metrics()
             row.applied_through = max(h.applied_through, h.publish_floor)
             row.updated_at = utcnow()
 
@@ -497,9 +495,7 @@ class LearnerRuntime:
             return
         with self.db.write() as s:
             row = self._own_row(s, h)
-            md = dict(row.metrics or {})
-            md["prequential"] = h.learner.metrics()
-            row.metrics = md
+            row.prequential = h.learner.metrics()
             row.applied_through = h.applied_through
             row.updated_at = utcnow()
         h.published = h.applied_through
@@ -548,12 +544,12 @@ class LearnerRuntime:
                     metrics={"prequential": pre, "samples_since_parent": h.since_version},
                     applied_through=h.applied_through,
                 )
-                md = _answered(row.metrics, answer or [], v.version, created=True)
-                md["prequential"] = pre
-                md.pop("base", None)
+                box = _answered(row.mailbox, answer or [], v.version, created=True)
                 if clear_resume:
-                    md.pop("resume", None)
-                row.metrics = md
+                    box.pop("resume", None)
+                row.mailbox = box
+                row.prequential = pre
+                row.base = None
                 if h.applied_through >= h.publish_floor:
                     row.applied_through = h.applied_through
                 row.updated_at = utcnow()
@@ -587,7 +583,7 @@ class LearnerRuntime:
                 return  # a newer version came first; the requests wait for the new start point
         with self.db.write() as s:
             row = self._own_row(s, h)
-            row.metrics = _answered(row.metrics, due, h.version, created=False)
+            row.mailbox = _answered(row.mailbox, due, h.version, created=False)
 
     def _pause(self, h: Held, offset: int, reason: str) -> None:
         with self.db.write() as s:
@@ -600,9 +596,7 @@ class LearnerRuntime:
                 m.status_reason = f"offset {offset}: {reason}"
                 m.paused_offset = offset
                 m.updated_at = utcnow()
-            md = dict(row.metrics or {})
-            md["prequential"] = h.learner.metrics()
-            row.metrics = md
+            row.prequential = h.learner.metrics()
             if h.applied_through >= h.publish_floor:
                 row.applied_through = h.applied_through
             row.updated_at = utcnow()
@@ -634,14 +628,14 @@ class LearnerRuntime:
     def _clear_resume(self, h: Held) -> None:
         with self.db.write() as s:
             row = self._own_row(s, h)
-            md = dict(row.metrics or {})
-            md.pop("resume", None)
-            row.metrics = md
+            box = dict(row.mailbox or {})
+            box.pop("resume", None)
+            row.mailbox = box
 
 
-def _answered(metrics: dict[str, Any] | None, rids: list[str], version: int, *, created: bool) -> dict[str, Any]:
-    """``learners.metrics`` with the checkpoint requests ``rids`` moved to the replies."""
-    md = dict(metrics or {})
+def _answered(mailbox: dict[str, Any] | None, rids: list[str], version: int, *, created: bool) -> dict[str, Any]:
+    """``learners.mailbox`` with the checkpoint requests ``rids`` moved to the replies."""
+    md = dict(mailbox or {})
     if not rids:
         return md
     reqs = dict(md.get("checkpoint_requests") or {})

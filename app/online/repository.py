@@ -142,7 +142,7 @@ class LearnerRepository:
                     Model.next_offset,
                     latest,
                     Learner.owner,
-                    Learner.metrics,
+                    Learner.mailbox,
                 )
                 .join(Learner, Learner.model_id == Model.id)
                 .where(Model.id.in_(model_ids))
@@ -164,7 +164,7 @@ class LearnerRepository:
         missing = list(self.s.scalars(sa.select(Model.id).where(~sa.exists().where(Learner.model_id == Model.id))))
         now = utcnow()
         for mid in missing:
-            self.s.add(Learner(model_id=mid, applied_through=-1, metrics={}, updated_at=now))
+            self.s.add(Learner(model_id=mid, applied_through=-1, updated_at=now))
         if missing:
             self.s.flush()
         return len(missing)

@@ -32,7 +32,7 @@ with one key cannot both append. Keys expire after
 ``STEWARD_IDEMPOTENCY_TTL_SECONDS``; expired keys count as unknown and are
 purged at most once a minute.
 
-**Messages to the learner** live in its ``learners.metrics`` JSON, which both
+**Messages to the learner** live in its ``learners.mailbox`` JSON, which both
 sides change only under the row lock (read-modify-write in one transaction):
 
 ``checkpoint_requests``  ``{request id: offset}``: ``/checkpoint`` calls waiting
@@ -384,7 +384,7 @@ class OnlineService:
                 status=m.status,
                 status_reason=m.status_reason,
                 paused_offset=m.paused_offset,
-                prequential=dict((row.metrics or {}).get("prequential", {})) if row is not None else {},
+                prequential=dict(row.prequential or {}) if row is not None else {},
                 owner=row.owner if row is not None else None,
                 lease_alive=bool(
                     row is not None and row.owner and row.lease_expires_at is not None and row.lease_expires_at > now
@@ -402,9 +402,9 @@ class OnlineService:
             m = get_model(s, name)
             target = m.next_offset - 1
             row = _learner_row(s, m.id)
-            md = dict(row.metrics or {})
-            md["checkpoint_requests"] = {**md.get("checkpoint_requests", {}), rid: target}
-            row.metrics = md
+            box = dict(row.mailbox or {})
+            box["checkpoint_requests"] = {**box.get("checkpoint_requests", {}), rid: target}
+            row.mailbox = box
             return m.id, rid, target
 
     def checkpoint_reply(self, model_id: int, rid: str) -> dict[str, Any] | None:
@@ -413,17 +413,17 @@ class OnlineService:
             row = LearnerRepository(s).get(model_id)
             if row is None:
                 raise NotFound("the model was deleted")
-            if rid not in (row.metrics or {}).get("checkpoint_replies", {}):
+            if rid not in (row.mailbox or {}).get("checkpoint_replies", {}):
                 return None
         with self.db.write() as s:
             row = LearnerRepository(s).get(model_id, for_update=True)
             if row is None:
                 raise NotFound("the model was deleted")
-            md = dict(row.metrics or {})
-            replies = dict(md.get("checkpoint_replies", {}))
+            box = dict(row.mailbox or {})
+            replies = dict(box.get("checkpoint_replies", {}))
             reply = replies.pop(rid, None)
-            md["checkpoint_replies"] = replies
-            row.metrics = md
+            box["checkpoint_replies"] = replies
+            row.mailbox = box
             return reply
 
     def cancel_checkpoint(self, model_id: int, rid: str) -> None:
@@ -431,12 +431,12 @@ class OnlineService:
             row = LearnerRepository(s).get(model_id, for_update=True)
             if row is None:
                 return
-            md = dict(row.metrics or {})
+            box = dict(row.mailbox or {})
             for k in ("checkpoint_requests", "checkpoint_replies"):
-                d = dict(md.get(k, {}))
+                d = dict(box.get(k, {}))
                 d.pop(rid, None)
-                md[k] = d
-            row.metrics = md
+                box[k] = d
+            row.mailbox = box
 
     def version(self, model_id: int, number: int) -> tuple[Model, Version]:
         with self.db.read() as s:
@@ -457,14 +457,14 @@ class OnlineService:
             if from_version is not None and VersionRepository(s).get(m.id, from_version) is None:
                 raise Invalid.at(["body", "from_version"], f"model {name!r} has no version {from_version}")
             row = _learner_row(s, m.id)
-            md = dict(row.metrics or {})
-            md["resume"] = {
+            box = dict(row.mailbox or {})
+            box["resume"] = {
                 "offset": m.paused_offset,
                 "from_version": from_version,
                 "reason": m.status_reason,
                 "requested_at": utcnow().isoformat(),
             }
-            row.metrics = md
+            row.mailbox = box
             m.status = "active"
             m.status_reason = None
             m.paused_offset = None
@@ -564,7 +564,7 @@ class OnlineService:
 def _learner_row(s: Any, model_id: int) -> Learner:
     row = LearnerRepository(s).get(model_id, for_update=True)
     if row is None:
-        row = Learner(model_id=model_id, applied_through=-1, metrics={}, updated_at=utcnow())
+        row = Learner(model_id=model_id, applied_through=-1, updated_at=utcnow())
         s.add(row)
         s.flush()
     return row

@@ -30,14 +30,14 @@ def get_model(s: Session, name: str, *, for_update: bool = False) -> Model:
 
 def online_state(m: Model, learner: Learner | None) -> OnlineState:
     applied_through = learner.applied_through if learner is not None else -1
-    metrics: dict[str, Any] = dict(learner.metrics) if learner is not None else {}
+    published: dict[str, Any] = dict(learner.prequential or {}) if learner is not None else {}
     applied = applied_through + 1
     return OnlineState(
         accepted=m.next_offset,
         applied=applied,
         lag=max(m.next_offset - applied, 0),
         applied_through=applied_through if applied_through >= 0 else None,
-        prequential=Prequential.model_validate(metrics.get("prequential", {})),
+        prequential=Prequential.model_validate(published),
     )
 
 
@@ -166,7 +166,7 @@ class ModelService:
                 ModelRepository(s).add(m)
         except IntegrityError:
             raise Conflict(f"a model named {spec.name!r} already exists") from None
-        s.add(Learner(model_id=m.id, applied_through=-1, metrics={}, updated_at=now))
+        s.add(Learner(model_id=m.id, applied_through=-1, updated_at=now))
         self.versions.add(s, m, blob, operation=operation, parent=None, params=params, metrics=metrics, job_id=job_id)
         return m
 

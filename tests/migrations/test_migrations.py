@@ -74,3 +74,41 @@ def test_migration_files_are_static_and_dated():
         text = f.read_text()
         assert "def upgrade()" in text and "def downgrade()" in text
         assert "Base.metadata" not in text and "create_all" not in text
+
+
+def test_0002_splits_the_learner_json_into_what_it_holds_and_back(db_url):
+    """0002 moves ``learners.metrics`` into ``prequential``, ``base`` and ``mailbox`` (and
+    back on downgrade) without losing a key: the learner's state survives the upgrade."""
+    upgrade(db_url, "0001")
+    pre = {"n": 5, "loss": 0.25, "accuracy": 0.8}
+    base = {"version": 2, "applied_through": 41, "state_sha256": "ab" * 32}
+    box = {"checkpoint_requests": {"r1": 9}, "checkpoint_replies": {"r0": {"version": 3, "created": True}}}
+    eng = sa.create_engine(db_url)
+    try:
+        with eng.begin() as c:
+            c.exec_driver_sql(
+                "INSERT INTO models (id, name, task, input_dim, output_dim, hidden, activation, optimizer,"
+                " checkpoint_every, seed, description, tags, guard, status, next_offset, created_at, updated_at)"
+                " VALUES (1, 'm', 'binary', 2, 1, '[]', 'relu', '{}', 10, 0, '', '{}', '{}', 'active', 0,"
+                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+            c.execute(
+                sa.text(
+                    "INSERT INTO learners (model_id, applied_through, metrics, updated_at)"
+                    " VALUES (1, 41, :j, CURRENT_TIMESTAMP)"
+                ).bindparams(sa.bindparam("j", type_=sa.JSON())),
+                {"j": {"prequential": pre, "base": base, **box}},
+            )
+        upgrade(db_url, "0002")
+        learners = sa.Table("learners", sa.MetaData(), autoload_with=eng)
+        with eng.connect() as c:
+            row = c.execute(sa.select(learners)).mappings().one()
+        assert (row["prequential"], row["base"], row["mailbox"]) == (pre, base, box)
+        assert "metrics" not in row
+        downgrade(db_url, "0001")
+        learners = sa.Table("learners", sa.MetaData(), autoload_with=eng)
+        with eng.connect() as c:
+            row = c.execute(sa.select(learners)).mappings().one()
+        assert row["metrics"] == {"prequential": pre, "base": base, **box}
+    finally:
+        eng.dispose()

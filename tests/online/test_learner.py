@@ -255,7 +255,7 @@ def test_checkpoint_without_learner_is_503(make_settings):
         assert r.headers["content-type"] == "application/problem+json"
         with c.app.state.ctx.db.read() as s:  # type: ignore[attr-defined]
             lr = s.scalars(sa.select(Learner)).one()
-            assert not lr.metrics.get("checkpoint_requests")
+            assert not lr.mailbox.get("checkpoint_requests")
 
 
 def test_wait_times_out_without_learner(make_settings):
@@ -375,7 +375,7 @@ def test_learning_continues_from_a_newer_version_of_another_operation(lc):
 
     def adopted() -> dict | None:
         with ctx.db.read() as s:
-            base = (s.scalars(sa.select(Learner)).one().metrics or {}).get("base")
+            base = s.scalars(sa.select(Learner)).one().base
         return base if base and base["version"] == 2 else None
 
     base = wait_until(adopted, 20, "the learner to adopt version 2")
