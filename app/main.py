@@ -8,7 +8,7 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -79,7 +79,7 @@ class LimitAndMeasure:
     """Pure ASGI middleware: refuses bodies over the limit (413) and records
     request counts and latency per route template."""
 
-    def __init__(self, app: ASGIApp, get_ctx: Any) -> None:
+    def __init__(self, app: ASGIApp, get_ctx: Callable[[], AppContext]) -> None:
         self.app = app
         self.get_ctx = get_ctx
 
