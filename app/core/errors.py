@@ -27,6 +27,9 @@ innermost middleware, answers them 507 for every route. Each write path stores
 nothing it does not commit (a blob is renamed into place only when complete and
 fsynced; a transaction that fails is rolled back), so a 507 means nothing of the
 request was stored, and a 2xx still means durable.
+
+A decoder of untrusted bytes wraps its work in :func:`decoding`, its one boundary:
+whatever fails inside becomes a 4xx problem, never a 500.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from __future__ import annotations
 import errno
 import logging
 import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -202,6 +207,31 @@ def _no_space(e: BaseException) -> InsufficientStorage | None:
                 storage="database",
             )
     return None
+
+
+@contextmanager
+def decoding(what: str, fallback: Callable[[str], StewardError] = BadRequest) -> Iterator[None]:
+    """The one boundary of a decoder of untrusted bytes: inside it, any exception becomes a
+    4xx problem naming ``what`` was being decoded.
+
+    A :class:`StewardError` passes unchanged (the decoder's precise answers); a
+    ``RecursionError`` (input nested too deeply) is a 400; a ``MemoryError`` is a 413;
+    anything else is ``fallback(sentence)`` (400 unreadable by default; a 422 where the
+    bytes were read but do not map), logged with its traceback as a warning so that a
+    check the decoder lacks is visible.
+    """
+    try:
+        yield
+    except StewardError:
+        raise
+    except RecursionError:
+        raise BadRequest(f"{what}: nested too deeply to be read") from None
+    except MemoryError:
+        raise PayloadTooLarge(f"{what}: decoding it needs more memory than is available") from None
+    except Exception as e:
+        log.warning("%s: %s", what, e, exc_info=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise fallback(f"{what}: {type(e).__name__}" + (f": {first}" if first else "")) from None
 
 
 def problem(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -20,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import safetensors.numpy as stnp
 
-from app.core.errors import BadRequest, Invalid, PayloadTooLarge
+from app.core.errors import BadRequest, Invalid, PayloadTooLarge, decoding
 
 FORMAT = "steward/1"
 
@@ -108,13 +109,37 @@ def read_tensors(path: Any) -> dict[str, np.ndarray]:
         return stnp.load_file(str(path))
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object hook: a JSON object naming a key twice is refused (the last
+    one would silently win, and another reader may take the first)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def read_header(data: bytes | memoryview, *, max_header: int) -> tuple[dict[str, Any], int]:
     """Parse and check a safetensors header without trusting it.
 
     Returns ``(header, data_start)``. Raises :class:`BadRequest` for anything that
-    is not a well-formed safetensors file (too short, header too big or not JSON,
-    offsets outside the file, overlapping or with gaps).
+    is not a well-formed safetensors file (too short, header not JSON, nested too
+    deeply, a key given twice, offsets outside the file), :class:`PayloadTooLarge`
+    for a header over ``max_header`` bytes — and nothing else (one boundary turns any
+    other failure of the decoding into a 400).
     """
+    with decoding("unreadable safetensors header"):
+        return _read_header(data, max_header)
+
+
+def _read_header(data: bytes | memoryview, max_header: int) -> tuple[dict[str, Any], int]:
     if len(data) < 8:
         raise BadRequest("not a safetensors file: shorter than its 8-byte header length")
     (n,) = struct.unpack("<Q", bytes(data[:8]))
@@ -123,7 +148,13 @@ def read_header(data: bytes | memoryview, *, max_header: int) -> tuple[dict[str,
     if n > max_header:
         raise PayloadTooLarge(f"safetensors header of {n} bytes exceeds the limit of {max_header}")
     try:
-        header = json.loads(bytes(data[8 : 8 + n]))
+        header = json.loads(bytes(data[8 : 8 + n]), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise BadRequest(
+            f"safetensors header names {e.key!r} twice", errors=[{"loc": ["body", e.key], "msg": "duplicate key"}]
+        ) from None
+    except RecursionError:
+        raise BadRequest("not a safetensors file: header JSON nests too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"not a safetensors file: header is not JSON ({e})") from None
     if not isinstance(header, dict):
@@ -132,11 +163,28 @@ def read_header(data: bytes | memoryview, *, max_header: int) -> tuple[dict[str,
 
 
 _DTYPES = {"F32": 4, "F16": 2, "I8": 1, "U8": 1, "BF16": 2, "F64": 8, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
+#: dtypes of the format that numpy cannot represent
+_NO_NUMPY = {"BF16": "numpy has no bfloat16; send F32 or F16"}
+_MAX_RANK = 8
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def decode_upload(data: bytes, *, max_header: int) -> dict[str, np.ndarray]:
-    """Load an uploaded safetensors body into numpy arrays, after checking its header."""
-    header, start = read_header(data, max_header=max_header)
+    """Load an uploaded safetensors body into numpy arrays, after checking its header.
+
+    Raises :class:`BadRequest` (400: not a well-formed file), :class:`PayloadTooLarge`
+    (413) or :class:`Invalid` (422: a dtype Steward cannot hold), naming the tensor —
+    and nothing else: any other failure of the decoding is a 400 too.
+    """
+    with decoding("unreadable safetensors file"):
+        return _decode_upload(data, max_header)
+
+
+def _decode_upload(data: bytes, max_header: int) -> dict[str, np.ndarray]:
+    header, start = _read_header(data, max_header)
     body_len = len(data) - start
     spans = []
     for name, info in header.items():
@@ -144,17 +192,24 @@ def decode_upload(data: bytes, *, max_header: int) -> dict[str, np.ndarray]:
             if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
                 raise BadRequest("__metadata__ must map strings to strings")
             continue
-        if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"}:
-            raise BadRequest(f"tensor {name!r}: malformed header entry")
-        dt, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise BadRequest(f"tensor {name!r}: malformed header entry (expected dtype, shape and data_offsets)")
+        dt, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
         if dt not in _DTYPES:
             raise Invalid.at(["body", name], f"unsupported dtype {dt!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 8:
-            raise BadRequest(f"tensor {name!r}: malformed shape")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+        if dt in _NO_NUMPY:
+            raise Invalid.at(["body", name], f"unsupported dtype {dt} ({_NO_NUMPY[dt]})")
+        if not isinstance(shape, list) or len(shape) > _MAX_RANK or not all(_is_int(d) and d >= 0 for d in shape):
+            raise BadRequest(f"tensor {name!r}: malformed shape (at most {_MAX_RANK} non-negative integers)")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)):
             raise BadRequest(f"tensor {name!r}: malformed data_offsets")
         a, b = offs
-        if not 0 <= a <= b <= body_len or (b - a) != int(np.prod(shape, dtype=np.int64)) * _DTYPES[dt]:
+        need = math.prod(shape) * _DTYPES[dt]  # exact: a count past int64 is only a large number
+        if need > body_len:
+            raise BadRequest(
+                f"tensor {name!r}: shape {shape} of {dt} needs {need} bytes, the file holds {body_len} bytes of data"
+            )
+        if not 0 <= a <= b <= body_len or b - a != need:
             raise BadRequest(f"tensor {name!r}: data_offsets do not match its shape and the file size")
         spans.append((a, b))
     spans.sort()
