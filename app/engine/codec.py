@@ -22,7 +22,9 @@ from app.engine.nn.network import F32, Network
 __all__ = ["TensorError", "decode_stored", "dequantize", "describe", "from_tensors", "to_tensors"]
 
 
-_NAME = re.compile(r"^layers\.(\d+)\.(weight|bias|weight_scale|weight_zero_point)$")
+#: one name per tensor: ASCII digits without leading zeros (``layers.01`` or ``layers.١`` would
+#: alias ``layers.0``; ``\Z``, not ``$``, which also matches before a trailing newline)
+_NAME = re.compile(r"^layers\.(0|[1-9][0-9]{0,8})\.(weight|bias|weight_scale|weight_zero_point)\Z")
 
 
 def to_tensors(net: Network) -> dict[str, np.ndarray]:
@@ -47,6 +49,16 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None) 
         s = s[:, None]
     qf *= s
     return qf
+
+
+def _whole_in_range(values: np.ndarray, dtype: np.dtype) -> bool:
+    """Every entry of a numeric ``values`` is a whole number that ``dtype`` (an integer type) holds."""
+    if values.dtype.kind not in "biuf":
+        return False
+    info = np.iinfo(dtype)
+    v = values.astype(np.float64)
+    whole = bool(np.isfinite(v).all()) and bool((v == np.round(v)).all())
+    return whole and info.min <= float(v.min(initial=0)) and float(v.max(initial=0)) <= info.max
 
 
 def from_tensors(
@@ -107,6 +119,8 @@ def from_tensors(
                     continue
                 if t.shape not in ((), (out,)):
                     raise TensorError(f"layers.{i}.{nm}", f"expected shape [] or [{out}], got {list(t.shape)}")
+            if zp is not None and not _whole_in_range(zp, W.dtype):
+                raise TensorError(f"layers.{i}.weight_zero_point", f"expected whole numbers in the range of {W.dtype}")
             if scale.dtype != F32:
                 raise TensorError(f"layers.{i}.weight_scale", f"expected float32, got {scale.dtype}")
             if not np.isfinite(scale).all() or (scale <= 0).any():

@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.blobs import BlobStore
-from app.core.errors import Invalid, Loc, NotFound
+from app.core.errors import Invalid, Loc, NotFound, decoding
 from app.core.tables import Model, Version, utcnow
 from app.engine import codec
 from app.engine.nn.network import Network
@@ -349,10 +349,11 @@ class VersionService:
         tensors = decode_upload(data, max_header=self.max_header)
         if not tensors:
             raise Invalid.at(["body"], "the file holds no tensors")
-        try:
-            net = self.decode(model, tensors)
-        except codec.TensorError as e:
-            raise Invalid.at(["body", e.loc], e.msg) from None
+        with decoding("the tensors do not describe the model", Invalid):  # 422, never a 500
+            try:
+                net = self.decode(model, tensors)
+            except codec.TensorError as e:
+                raise Invalid.at(["body", e.loc], e.msg) from None
         quantized = any(t.dtype != np.float32 for t in tensors.values())
         stored = {k: np.ascontiguousarray(t) for k, t in tensors.items()}
         return self.store(net=net, tensors=stored, encoding="quantized" if quantized else "dense")

@@ -34,7 +34,7 @@ SHAPE, MASK, VALUES = ".weight.shape", ".weight.mask", ".weight.values"
 #: Bytes an encoding must save to be used (covers the two extra safetensors header entries).
 MIN_SAVING = 256
 _BLOCK_ELEMS = 1 << 18
-_SPARSE_NAME = re.compile(r"^layers\.(\d+)\.weight\.(shape|mask|values)$")
+_SPARSE_NAME = re.compile(r"^layers\.(0|[1-9][0-9]{0,8})\.weight\.(shape|mask|values)\Z")
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 _VALUE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int8), np.dtype(np.uint8))
 
@@ -112,7 +112,7 @@ def encode(tensors: dict[str, np.ndarray], *, min_saving: int = MIN_SAVING) -> d
     bytes smaller; other tensors are passed through (same objects). Idempotent."""
     out: dict[str, np.ndarray] = {}
     for name, t in tensors.items():
-        m = re.match(r"^layers\.(\d+)\.weight$", name)
+        m = re.match(r"^layers\.(0|[1-9][0-9]{0,8})\.weight\Z", name)
         if not m or t.ndim != 2 or t.dtype not in _VALUE_DTYPES:
             out[name] = t
             continue
@@ -202,7 +202,7 @@ def stored_weight_info(tensors: dict[str, np.ndarray]) -> dict[int, tuple[np.dty
             shape = np.asarray(tensors.get(f"layers.{i}{SHAPE}", np.zeros(2, np.int64)))
             info[i] = (t.dtype, int(np.prod(shape)), int(t.size))
             continue
-        m = re.match(r"^layers\.(\d+)\.weight$", name)
+        m = re.match(r"^layers\.(0|[1-9][0-9]{0,8})\.weight\Z", name)
         if m:
             i = int(m.group(1))
             if t.ndim == 2 and np.issubdtype(t.dtype, np.integer):
