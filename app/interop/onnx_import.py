@@ -34,15 +34,20 @@ Which output is followed
     never another dense computation.
 
 Anything else is refused with :class:`OnnxImportError` naming the operator and
-node. Exceptions::
+node. Exceptions (all :class:`~app.core.errors.StewardError` problems, so the file is
+untrusted input end to end: :func:`from_onnx` and :func:`verify_import` raise nothing
+else — one boundary in each turns any other failure of the decoding into a problem
+naming the node, initializer or stage it happened in)::
 
-    OnnxImportError (ValueError)     the file cannot be mapped (loc, op_type, node)
-    ├── OnnxTooLargeError            larger than max_bytes
-    └── OnnxVerificationError        ONNX Runtime disagrees with Steward's forward
+    OnnxImportError (422, ValueError)   the file cannot be mapped (loc, op_type, node)
+    ├── OnnxUnreadableError (400)       not an ONNX model at all
+    ├── OnnxTooLargeError (413)         larger than max_bytes, or expands far beyond it
+    └── OnnxVerificationError (422)     ONNX Runtime disagrees with Steward's forward
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +56,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from app.core.errors import StewardError, decoding
 from app.engine.nn.network import ACTIVATIONS, F32, TASKS, Network
 from app.interop.export import DEFAULT_ATOL, DEFAULT_RTOL, compare_outputs
 
@@ -82,24 +88,36 @@ _FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)
 
 
 # --------------------------------------------------------------------------- errors
-class OnnxImportError(ValueError):
-    """An ONNX file that cannot be imported.
+class OnnxImportError(StewardError, ValueError):
+    """An ONNX file that cannot be imported: a 422 problem (``application/problem+json``
+    through :mod:`app.core.errors`), with ``operator`` and ``node`` when there is one.
 
     ``loc`` says where (``"body"``, ``"input"``, ``"output"``, ``"layers"``,
-    ``"activation"``, ``"node:<name>"``); ``op_type`` / ``node`` name the offending
-    operator when there is one; ``msg`` is the human sentence.
+    ``"activation"``, ``"node:<name>"``, ``"initializer:<name>"``); ``op_type`` /
+    ``node`` name the offending operator when there is one; ``msg`` is the human sentence.
     """
 
+    status, title, slug = 422, "Unprocessable Content", "validation"
+
     def __init__(self, msg: str, *, loc: str = "body", op_type: str | None = None, node: str | None = None) -> None:
-        super().__init__(msg)
+        super().__init__(msg, errors=[{"loc": ["body", loc], "msg": msg}], operator=op_type, node=node)
         self.msg = msg
         self.loc = loc
         self.op_type = op_type
         self.node = node
 
 
+class OnnxUnreadableError(OnnxImportError):
+    """The bytes are not an ONNX model at all (400)."""
+
+    status, title, slug = 400, "Bad Request", "bad-request"
+
+
 class OnnxTooLargeError(OnnxImportError):
-    """The file is larger than the allowed ``max_bytes``."""
+    """The file is larger than the allowed ``max_bytes``, or decoding it would need far
+    more memory than its size (413)."""
+
+    status, title, slug = 413, "Content Too Large", "payload-too-large"
 
 
 class OnnxVerificationError(OnnxImportError):
@@ -109,6 +127,7 @@ class OnnxVerificationError(OnnxImportError):
     def __init__(self, msg: str, evidence: dict[str, Any]) -> None:
         super().__init__(msg, loc="body")
         self.evidence = evidence
+        self.extra["evidence"] = evidence
 
 
 def _node_label(node: onnx.NodeProto, index: int) -> str:
@@ -276,48 +295,191 @@ class ImportedNetwork:
 
 
 # --------------------------------------------------------------------------- constants
-class _Constants:
-    """Initializers plus lazily evaluated constant expressions (numpy only)."""
+#: element types a constant ``Cast`` may produce (numpy holds them exactly)
+_CAST_TYPES = frozenset(
+    {
+        TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BOOL,
+        TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
+        TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
+    }
+)  # fmt: skip
+#: the most nodes (and initializers) a graph may have: dense networks have tens
+MAX_NODES = 10_000
+#: the largest batch size a graph input may fix (verification pads probes to it)
+MAX_FIXED_BATCH = 4096
+#: the most dimensions a constant may have (weights are 2-D; numpy stops at 64)
+_MAX_RANK = 8
+#: constant expressions may expand the file's tensors at most this many times over
+#: (int8 weights dequantized to float32 and cast to double are 8×)
+EXPANSION = 8
 
-    def __init__(self, graph: onnx.GraphProto, opset: int) -> None:
-        self.values: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+
+class _ConstError(Exception):
+    """A constant expression whose inputs or attributes do not make sense (the sentence)."""
+
+
+def _type_name(elem: int) -> str:
+    try:
+        return str(TensorProto.DataType.Name(elem))
+    except ValueError:
+        return f"unknown type {elem}"
+
+
+def _tensor_value(t: TensorProto, where: str) -> np.ndarray:
+    """The numpy value of an initializer or ``Constant`` tensor, named ``where`` in errors."""
+    if t.data_type == TensorProto.UNDEFINED or t.data_type not in helper.get_all_tensor_dtypes():
+        raise OnnxImportError(f"{where} has an unknown element type {t.data_type}", loc=where)
+    if any(d < 0 for d in t.dims) or len(t.dims) > _MAX_RANK:
+        raise OnnxImportError(f"{where} has dimensions {list(t.dims)}", loc=where)
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:  # the declared dims do not match the data, an unknown type…
+        raise OnnxImportError(f"{where} cannot be read: {type(e).__name__}: {e}", loc=where) from None
+
+
+class _Constants:
+    """Initializers plus lazily evaluated constant expressions (numpy only).
+
+    Evaluation is iterative (a chain of thousands of ``Identity`` nodes is no deeper
+    than one), refuses a loop, and stops with :class:`OnnxTooLargeError` once the
+    evaluated values would pass ``budget`` bytes. Any failure of a node is an
+    :class:`OnnxImportError` naming it.
+    """
+
+    def __init__(self, graph: onnx.GraphProto, opset: int, budget: int) -> None:
+        self.values: dict[str, np.ndarray] = {
+            t.name: _tensor_value(t, f"initializer:{t.name}") for t in graph.initializer
+        }
         self.producers: dict[str, tuple[int, onnx.NodeProto]] = {}
         self.opset = opset
+        self.budget = budget
+        self.limit = budget
 
     def has(self, name: str) -> bool:
         return name in self.values or name in self.producers
 
     def get(self, name: str) -> np.ndarray:
-        if name not in self.values:
-            index, node = self.producers[name]
-            outs = _eval_const(node, [self.get(n) if n else None for n in node.input], self.opset)
-            if outs is None:
-                raise _unsupported(node, index, "only simple constant expressions are evaluated")
-            for n, v in zip(node.output, outs, strict=False):
-                self.values[n] = v
+        stack = [name]
+        expanded: set[str] = set()
+        while stack:
+            top = stack[-1]
+            if top in self.values:
+                stack.pop()
+                continue
+            index, node = self.producers[top]
+            missing = [n for n in node.input if n and n not in self.values]
+            if missing:
+                if top in expanded:  # its inputs were asked for and still are not there
+                    raise _unsupported(node, index, "the constant expression depends on itself")
+                expanded.add(top)
+                for n in missing:
+                    if n not in self.producers:
+                        raise _unsupported(node, index, f"input {n!r} is neither an initializer nor a constant")
+                stack.extend(missing)
+                continue
+            self._evaluate(index, node)
+            stack.pop()
         return self.values[name]
+
+    def _evaluate(self, index: int, node: onnx.NodeProto) -> None:
+        ins = [self.values[n] if n else None for n in node.input]
+        try:
+            outs = _eval_const(node, ins, self.opset)
+        except OnnxImportError:
+            raise
+        except _ConstError as e:
+            raise _const_failure(node, index, str(e)) from None
+        except Exception as e:  # numpy's own refusal: still this node's fault
+            raise _const_failure(node, index, f"{type(e).__name__}: {e}") from None
+        if outs is None:
+            raise _unsupported(node, index, "only simple constant expressions are evaluated")
+        for out_name, v in zip(node.output, outs, strict=False):
+            if v.flags.owndata and not any(v is i for i in ins):  # new memory, not a view
+                self.budget -= int(v.nbytes)
+            if self.budget < 0:
+                raise OnnxTooLargeError(
+                    f"constant expressions (node {_node_label(node, index)!r} {node.op_type}) expand the file's "
+                    f"tensors past {self.limit} bytes",
+                    loc=f"node:{_node_label(node, index)}",
+                    op_type=node.op_type,
+                    node=_node_label(node, index),
+                )
+            self.values[out_name] = v
+
+
+def _const_failure(node: onnx.NodeProto, index: int, why: str) -> OnnxImportError:
+    label = _node_label(node, index)
+    return OnnxImportError(
+        f"cannot evaluate the constant {node.op_type} (node {label!r}): {why}",
+        loc=f"node:{label}",
+        op_type=node.op_type,
+        node=label,
+    )
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _int_list(v: Any, what: str) -> list[int]:
+    """A 1-D list of integers from an attribute or an integer tensor (else :class:`_ConstError`)."""
+    arr = np.asarray(v)
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise _ConstError(f"{what} must be integers, got {arr.dtype}")
+    if arr.ndim > 1:
+        raise _ConstError(f"{what} must be a list of integers, got shape {list(arr.shape)}")
+    return [int(i) for i in arr.reshape(-1)]
+
+
+def _axes(axes: list[int], rank: int, what: str) -> list[int]:
+    """``axes`` normalized to ``0..rank-1``: each in ``[-rank, rank)``, none twice."""
+    if any(not -rank <= ax < rank for ax in axes):
+        raise _ConstError(f"{what} {axes} out of range for rank {rank}")
+    norm = [ax % rank for ax in axes]
+    if len(set(norm)) != len(norm):
+        raise _ConstError(f"{what} {axes} name an axis twice")
+    return norm
+
+
 def _reshape(x: np.ndarray, shape: np.ndarray, allowzero: int = 0) -> np.ndarray:
-    target = [int(s) for s in np.asarray(shape).reshape(-1)]
+    """ONNX ``Reshape``: ``0`` copies the input's dimension (unless ``allowzero``), one
+    ``-1`` is inferred; any other target is a :class:`_ConstError` naming both shapes."""
+    target = _int_list(shape, "the shape")
+    if len(target) > _MAX_RANK:
+        raise _ConstError(f"a shape of rank {len(target)} (at most {_MAX_RANK})")
+    if any(d < -1 for d in target) or target.count(-1) > 1:
+        raise _ConstError(f"shape {target} has negative dimensions (only one -1 may be inferred)")
     if not allowzero:
-        target = [x.shape[i] if s == 0 else s for i, s in enumerate(target)]
+        if any(d == 0 and i >= x.ndim for i, d in enumerate(target)):
+            raise _ConstError(f"shape {target} copies a dimension (0) the input {list(x.shape)} does not have")
+        target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+    elif 0 in target and -1 in target:
+        raise _ConstError(f"shape {target} infers -1 next to a 0 with allowzero=1")
+    known = math.prod(d for d in target if d != -1)
+    if -1 in target:
+        if known == 0 or x.size % known:
+            raise _ConstError(f"cannot reshape {list(x.shape)} into {target}")
+        target = [x.size // known if d == -1 else d for d in target]
+    elif known != x.size:
+        raise _ConstError(f"cannot reshape {list(x.shape)} ({x.size} values) into {target}")
     return x.reshape(target)
 
 
 def _eval_const(node: onnx.NodeProto, ins: list[np.ndarray | None], opset: int) -> list[np.ndarray] | None:
-    """numpy value of a constant node in :data:`CONST_OPS`, or None if unsupported."""
+    """numpy value of a constant node in :data:`CONST_OPS`, or None if unsupported.
+
+    Every input and attribute is checked first: what does not fit raises
+    :class:`_ConstError` with the sentence (numpy's own errors are the last line)."""
     if node.domain not in _DEFAULT_DOMAINS:
         return None
     a = _attrs(node)
     op = node.op_type
     if op == "Constant":
         if "value" in a:
-            return [numpy_helper.to_array(a["value"])]
+            try:
+                return [_tensor_value(a["value"], "its value")]
+            except OnnxImportError as e:
+                raise _ConstError(e.msg) from None
         for key, dtype in (("value_float", F32), ("value_floats", F32), ("value_int", np.int64)):
             if key in a:
                 return [np.asarray(a[key], dtype=dtype)]
@@ -329,26 +491,66 @@ def _eval_const(node: onnx.NodeProto, ins: list[np.ndarray | None], opset: int) 
         return None
     if op == "Identity":
         return [x]
+    if x.dtype == np.object_:
+        raise _ConstError("a string tensor is not a number")
     if op == "Cast":
-        return [x.astype(helper.tensor_dtype_to_np_dtype(a["to"]))]
+        to = a.get("to")
+        if not isinstance(to, int) or to not in _CAST_TYPES:
+            name = _type_name(to) if isinstance(to, int) else repr(to)
+            raise _ConstError(f"Cast to {name} is not supported (only to numeric types)")
+        return [x.astype(helper.tensor_dtype_to_np_dtype(to))]
     if op == "Transpose":
-        return [np.transpose(x, a.get("perm"))]
-    if op == "Reshape" and len(ins) > 1 and ins[1] is not None:
-        return [_reshape(x, ins[1], a.get("allowzero", 0))]
+        perm = a.get("perm")
+        if perm is None:
+            return [x.T]
+        perm = _int_list(perm, "perm")
+        if sorted(perm) != list(range(x.ndim)):
+            raise _ConstError(f"perm {perm} is not a permutation of the {x.ndim} axes of {list(x.shape)}")
+        return [np.transpose(x, perm)]
+    if op == "Reshape":
+        if len(ins) < 2 or ins[1] is None:
+            raise _ConstError("Reshape needs a shape input")
+        return [_reshape(x, ins[1], int(a.get("allowzero", 0)))]
     if op in ("Squeeze", "Unsqueeze"):
-        axes = a.get("axes") if opset < 13 else (ins[1] if len(ins) > 1 else None)
-        if axes is None:
-            return [np.squeeze(x)] if op == "Squeeze" else None
-        axes = tuple(int(v) for v in np.asarray(axes).reshape(-1))
-        return [np.squeeze(x, axis=axes) if op == "Squeeze" else np.expand_dims(x, axes)]
+        raw = a.get("axes") if opset < 13 else (ins[1] if len(ins) > 1 else None)
+        if raw is None:
+            if op == "Squeeze":
+                return [np.squeeze(x)]
+            raise _ConstError("Unsqueeze needs axes")
+        axes = _int_list(raw, "axes")
+        if op == "Squeeze":
+            norm = _axes(axes, x.ndim, "axes")
+            if any(x.shape[ax] != 1 for ax in norm):
+                raise _ConstError(f"axes {axes} of shape {list(x.shape)} are not all of size 1")
+            return [np.squeeze(x, axis=tuple(norm))]
+        rank = x.ndim + len(axes)
+        if rank > _MAX_RANK:
+            raise _ConstError(f"the result would have rank {rank} (at most {_MAX_RANK})")
+        return [np.expand_dims(x, tuple(_axes(axes, rank, "axes")))]
     if op == "DequantizeLinear":
         if a.get("block_size", 0):
             return None
+        if not np.issubdtype(x.dtype, np.integer):
+            raise _ConstError(f"the quantized input must be integers, got {x.dtype}")
+        if len(ins) < 2 or ins[1] is None or not np.issubdtype(ins[1].dtype, np.floating):
+            raise _ConstError("the scale must be a float tensor")
         scale = np.asarray(ins[1], dtype=F32)
-        zp = np.asarray(ins[2] if len(ins) > 2 and ins[2] is not None else 0, dtype=F32)
-        if scale.ndim == 1 and x.ndim > 0:  # per axis: scale / zero point run along `axis`
+        zp_in = ins[2] if len(ins) > 2 and ins[2] is not None else None
+        if zp_in is not None and (zp_in.shape != scale.shape or zp_in.dtype == np.object_):
+            raise _ConstError(f"zero point of shape {list(zp_in.shape)} differs from the scale's {list(scale.shape)}")
+        zp = np.asarray(zp_in if zp_in is not None else 0, dtype=F32)
+        if scale.ndim > 1 or (scale.ndim == 1 and x.ndim == 0 and scale.size != 1):
+            raise _ConstError(f"scale of shape {list(scale.shape)} for an input of shape {list(x.shape)}")
+        if scale.ndim == 1:  # per axis: scale / zero point run along `axis`
+            (ax,) = _axes([int(a.get("axis", 1))], max(x.ndim, 1), "axis")
+            if scale.size == 1 and (x.ndim == 0 or x.shape[ax] != 1):  # a 1-element scale is per tensor
+                return [(x.astype(F32) - zp.reshape(())) * scale.reshape(())]
+            if scale.shape[0] != x.shape[ax]:
+                raise _ConstError(
+                    f"scale of length {scale.shape[0]} does not match axis {ax} of the input {list(x.shape)}"
+                )
             shape = [1] * x.ndim
-            shape[a.get("axis", 1) % x.ndim] = -1
+            shape[ax] = -1
             scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.ndim == 1 else zp
         return [(x.astype(F32) - zp) * scale]
     return None
@@ -361,9 +563,15 @@ def _load(model_bytes: bytes, max_bytes: int) -> onnx.ModelProto:
     try:
         model = onnx.load_model_from_string(bytes(model_bytes))
     except Exception as e:  # protobuf's DecodeError and friends
-        raise OnnxImportError(f"not a readable ONNX file ({type(e).__name__})") from e
+        raise OnnxUnreadableError(f"not a readable ONNX file ({type(e).__name__})") from None
     if model.ir_version <= 0 or not model.opset_import or not model.graph.node:
-        raise OnnxImportError("not an ONNX model: no IR version, opset or graph nodes")
+        raise OnnxUnreadableError("not an ONNX model: no IR version, opset or graph nodes")
+    for what, n, limit in (
+        ("nodes", len(model.graph.node), MAX_NODES),
+        ("initializers", len(model.graph.initializer), MAX_NODES),
+    ):
+        if n > limit:
+            raise OnnxImportError(f"the graph has {n} {what}; a dense network needs far fewer (at most {limit})")
     tensors = list(model.graph.initializer)
     for index, node in enumerate(model.graph.node):
         for attr in node.attribute:
@@ -401,20 +609,51 @@ def _broadcast_bias(c: np.ndarray, out: int, where: str) -> np.ndarray:
     return np.broadcast_to(c.reshape(-1).astype(np.float64), (out,)).copy()
 
 
+def _numeric(v: np.ndarray, node: onnx.NodeProto, index: int, what: str) -> np.ndarray:
+    """``v`` as float64, or a refusal naming the node when it holds no real numbers."""
+    arr = np.asarray(v)
+    if arr.dtype == np.object_ or arr.dtype.kind not in "biuf":
+        raise _unsupported(node, index, f"the {what} must be a numeric tensor, got {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+class _Where:
+    """The node the decoding is at, so that the boundary names it."""
+
+    def __init__(self) -> None:
+        self.node: tuple[int, onnx.NodeProto] | None = None
+
+    def error(self, sentence: str) -> OnnxImportError:
+        if self.node is None:
+            return OnnxImportError(sentence)
+        index, node = self.node
+        return _unsupported(node, index, sentence)
+
+
 def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
     """Parse ``model_bytes`` and extract its dense layers (see the module docstring).
 
     ``max_bytes`` bounds the file size (:class:`OnnxTooLargeError`). Raises
-    :class:`OnnxImportError` for unreadable or invalid files (``onnx.checker``),
-    external data, more than one graph input, and any operator outside the
-    accepted chain, naming it.
+    :class:`OnnxUnreadableError` for bytes that are no ONNX model,
+    :class:`OnnxImportError` for invalid files (``onnx.checker``), external data,
+    more than one graph input, a constant expression that cannot be evaluated, and
+    any operator outside the accepted chain, naming it — and nothing else: this is
+    the decoder's one boundary, any other failure is a 422 naming the node it
+    happened at (numpy's floating-point warnings are off: non-finite results are
+    refused by value).
     """
+    where = _Where()
+    with decoding("the ONNX file cannot be imported", where.error), np.errstate(all="ignore"):
+        return _from_onnx(model_bytes, max_bytes, where)
+
+
+def _from_onnx(model_bytes: bytes, max_bytes: int, where: _Where) -> ImportedNetwork:
     model = _load(model_bytes, max_bytes)
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None)
     if opset is None:
         raise OnnxImportError("the model does not import the default ONNX operator set")
-    consts = _Constants(graph, opset)
+    consts = _Constants(graph, opset, budget=EXPANSION * len(model_bytes) + (64 << 20))
 
     # the one dynamic input
     inputs = [i for i in graph.input if i.name not in consts.values]
@@ -431,7 +670,15 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
             raise OnnxImportError(
                 f"graph input {x_info.name!r} has rank {len(dims)}; expected [N, features]", loc="input"
             )
+        if any(d is not None and d < 0 for d in dims) or dims[0] == 0 or len(dims) > _MAX_RANK:
+            raise OnnxImportError(f"graph input {x_info.name!r} has the dimensions {dims}", loc="input")
     fixed_batch = dims[0] if dims else None
+    if fixed_batch is not None and fixed_batch > MAX_FIXED_BATCH:
+        raise OnnxImportError(
+            f"graph input {x_info.name!r} fixes the batch size at {fixed_batch}; at most {MAX_FIXED_BATCH} "
+            "can be verified (export with a dynamic batch dimension)",
+            loc="input",
+        )
 
     # which tensors depend on the input; constant expressions
     dynamic = {x_info.name}
@@ -476,6 +723,9 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
         if stream in graph_outputs or len(cons) != 1:
             break
         index, node = cons[0]
+        where.node = (index, node)
+        if index in core:  # onnx.checker refuses cycles; this walk never relies on it
+            raise _unsupported(node, index, "the graph loops back to this node")
         op = node.op_type
         a = _attrs(node)
         if (
@@ -488,6 +738,8 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
         label = _node_label(node, index)
         if op != "Add" and node.input[0] != stream:
             raise _unsupported(node, index, "the computed tensor must be the first input")
+        if not node.output or not node.output[0]:
+            raise _unsupported(node, index, "the node has no output")
         cur = layers[-1] if layers else None
         if op in ("Identity", "Cast"):
             pass
@@ -499,13 +751,16 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
                 static = _static_dims(feature_shape)
                 if not static:
                     raise _unsupported(node, index, "the input's feature dimensions must be static")
-                width = int(np.prod(static))
+                width = math.prod(static)
                 flat = True
         elif op == "Reshape":
-            target = [int(v) for v in np.asarray(const(node, index, 1)).reshape(-1)]
+            try:
+                target = _int_list(const(node, index, 1), "the shape")
+            except _ConstError as e:
+                raise _unsupported(node, index, str(e)) from None
             static = _static_dims(feature_shape)
             if not flat and static:
-                width = int(np.prod(static))
+                width = math.prod(static)
             if width is None and len(target) == 2 and target[1] > 0:
                 width = target[1]  # no static input shape: the reshape tells the width
             batch_ok = len(target) == 2 and (target[0] in (-1, 0) or target[0] == fixed_batch)
@@ -519,7 +774,7 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
         elif op in ("Gemm", "MatMul"):
             if not flat:
                 raise _unsupported(node, index, "the input must be flattened to [N, features] first")
-            B = np.asarray(const(node, index, 1), dtype=np.float64)
+            B = _numeric(const(node, index, 1), node, index, "weight")
             if B.ndim != 2:
                 raise _unsupported(node, index, f"the weight must be 2-D, got shape {list(B.shape)}")
             if op == "Gemm":
@@ -529,7 +784,7 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
                 bias = np.zeros(W.shape[0])
                 if len(node.input) > 2 and node.input[2]:
                     bias = float(a.get("beta", 1.0)) * _broadcast_bias(
-                        const(node, index, 2), W.shape[0], f"node {label!r}"
+                        _numeric(const(node, index, 2), node, index, "bias"), W.shape[0], f"node {label!r}"
                     )
             else:
                 W, bias = B.T, np.zeros(B.shape[1])
@@ -552,7 +807,7 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
                 raise _unsupported(
                     node, index, "Add of a constant is only accepted right after Gemm / MatMul (as its bias)"
                 )
-            c = const(node, index, list(node.input).index(others[0]))
+            c = _numeric(const(node, index, list(node.input).index(others[0])), node, index, "added constant")
             cur["b"] = cur["b"] + _broadcast_bias(c, cur["W"].shape[0], f"node {label!r}")
         else:  # Relu / Tanh / Sigmoid / Softmax
             if cur is None or cur["act"] is not None:  # not an open layer
@@ -564,6 +819,7 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
             cur["act"] = _ACTIVATION_OPS[op]
         core.add(index)
         stream = node.output[0]
+    where.node = None
 
     if not layers:
         if stop is not None:
@@ -602,7 +858,11 @@ def from_onnx(model_bytes: bytes, *, max_bytes: int) -> ImportedNetwork:
         W = layer["W"].astype(F32)
         b = layer["b"].astype(F32)
         if not (np.isfinite(W).all() and np.isfinite(b).all()):
-            raise OnnxImportError(f"layer {i} (node {layer['node']!r}) has NaN or infinite parameters")
+            raise OnnxImportError(
+                f"layer {i} (node {layer['node']!r}) has NaN or infinite parameters (or values beyond float32)",
+                loc=f"node:{layer['node']}",
+                node=layer["node"],
+            )
         weights.append(np.ascontiguousarray(W))
         biases.append(np.ascontiguousarray(b))
     input_shape = [int(d) for d in _static_dims(feature_shape) or []]
@@ -645,17 +905,47 @@ _TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+def _prune_to(graph: onnx.GraphProto, tensor: str, input_name: str) -> None:
+    """Keep only the nodes and initializers ``tensor`` is computed from (in place)."""
+    needed = {tensor}
+    keep: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    nodes = [onnx.NodeProto() for _ in keep]
+    for new, old in zip(nodes, reversed(keep), strict=True):
+        new.CopyFrom(old)
+    inits = [t for t in graph.initializer if t.name in needed]
+    tensors = [TensorProto() for _ in inits]
+    for new_t, old_t in zip(tensors, inits, strict=True):
+        new_t.CopyFrom(old_t)
+    ins = [i for i in graph.input if i.name == input_name or i.name in needed]
+    infos = [onnx.ValueInfoProto() for _ in ins]
+    for new_i, old_i in zip(infos, ins, strict=True):
+        new_i.CopyFrom(old_i)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(tensors)
+    del graph.input[:]
+    graph.input.extend(infos)
+
+
 def run_followed(model_bytes: bytes, imported: ImportedNetwork, probes: np.ndarray) -> np.ndarray:
     """ONNX Runtime's value of the followed tensor ``T`` for ``probes`` [n, input_dim].
 
-    The graph's outputs are replaced by ``T`` alone (label post-processing is then
-    dead code); probes are reshaped to the graph input's feature shape and cast to
-    its element type; a fixed batch size is honoured by chunking (zero padded).
+    The graph's outputs are replaced by ``T`` alone and every node and initializer
+    ``T`` does not depend on is dropped (label post-processing and unused constants
+    never reach ONNX Runtime: it only runs what :func:`from_onnx` read and checked);
+    probes are reshaped to the graph input's feature shape and cast to its element
+    type; a fixed batch size is honoured by chunking (zero padded).
     Returns ``[n, out]`` float64.
     """
     import onnxruntime as ort  # heavy import, only needed here
 
     model = onnx.load_model_from_string(bytes(model_bytes))
+    _prune_to(model.graph, imported.followed_tensor, imported.input_name)
     del model.graph.output[:]
     elem: int = TensorProto.FLOAT
     try:
@@ -700,8 +990,20 @@ def verify_import(
     ``net.task``, then ``|ŷ_ort − ŷ| ≤ atol + rtol·|ŷ|`` must hold elementwise.
     Returns ``{"ok": True, "max_abs_error", "tolerance", "n_probes",
     "followed_tensor", "output_transform"}``; raises :class:`OnnxVerificationError`
-    with the evidence otherwise (also when ONNX Runtime cannot run the file).
+    with the evidence otherwise (also when ONNX Runtime cannot run the file) — and,
+    being the last step of decoding an untrusted file, nothing else: any other failure
+    is an :class:`OnnxVerificationError` too.
     """
+    with (
+        decoding("the ONNX file could not be verified", lambda s: OnnxVerificationError(s, {})),
+        np.errstate(all="ignore"),
+    ):
+        return _verify_import(model_bytes, imported, net, probes, atol, rtol)
+
+
+def _verify_import(
+    model_bytes: bytes, imported: ImportedNetwork, net: Network, probes: np.ndarray, atol: float, rtol: float
+) -> dict[str, Any]:
     transform = imported.output_transform(net.task)
     probes = np.ascontiguousarray(probes, dtype=F32)
     try:

@@ -51,13 +51,12 @@ import hashlib
 from typing import Any
 
 import numpy as np
-import onnx
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.core.blobs import BlobStore
 from app.core.db import Database
-from app.core.errors import BadRequest, Conflict, Invalid, NotFound, PayloadTooLarge
+from app.core.errors import BadRequest, Conflict, Invalid, NotFound, PayloadTooLarge, decoding
 from app.core.metrics import Metrics
 from app.core.settings import Settings
 from app.core.tables import Export, Model, Version, utcnow
@@ -76,7 +75,14 @@ from app.interop.export import (
     verify_onnx,
 )
 from app.interop.export_verify import verify_npz, verify_torch_state
-from app.interop.onnx_import import OnnxImportError, OnnxTooLargeError, OnnxVerificationError, from_onnx, verify_import
+from app.interop.onnx_import import (
+    OnnxImportError,
+    OnnxTooLargeError,
+    OnnxUnreadableError,
+    OnnxVerificationError,
+    from_onnx,
+    verify_import,
+)
 from app.jobs.contract import Handlers, Job, JobError, Progress
 from app.jobs.service import JobService, public_params
 from app.migration.repository import ExportRepository
@@ -321,20 +327,26 @@ class MigrationService:
         return out
 
     def _onnx_network(self, m: Model, body: bytes, real: np.ndarray | None) -> tuple[Network, dict[str, Any]]:
-        _readable(body)
+        """Parse, map and verify an uploaded ONNX file: 400 unreadable, 413 too large, 422
+        does not map or does not verify (naming the operator / node) — never anything
+        else: :func:`from_onnx` and :func:`verify_import` are boundaries of their own, and
+        this one covers the mapping between them."""
         digest = hashlib.sha256(body).hexdigest()
         try:
-            imported = from_onnx(body, max_bytes=self.settings.max_body_bytes)
-            net = imported.check_against(
-                task=m.task,
-                activation=m.activation,
-                input_dim=m.input_dim,
-                output_dim=m.output_dim,
-                n_layers=len(m.hidden) + 1,
-            )
-            report = verify_import(body, imported, net, probes_for(m, digest, real))
+            with decoding("the ONNX file cannot be imported", Invalid):
+                imported = from_onnx(body, max_bytes=self.settings.max_body_bytes)
+                net = imported.check_against(
+                    task=m.task,
+                    activation=m.activation,
+                    input_dim=m.input_dim,
+                    output_dim=m.output_dim,
+                    n_layers=len(m.hidden) + 1,
+                )
+                report = verify_import(body, imported, net, probes_for(m, digest, real))
         except OnnxTooLargeError as e:
-            raise PayloadTooLarge(e.msg) from None
+            raise PayloadTooLarge(e.msg, **({"operator": e.op_type, "node": e.node} if e.node else {})) from None
+        except OnnxUnreadableError as e:
+            raise BadRequest(e.msg) from None
         except OnnxVerificationError as e:
             raise Invalid(
                 f"ONNX Runtime and Steward disagree on this file: {e.msg}",
@@ -357,16 +369,6 @@ class MigrationService:
             "onnx": net.meta.get("onnx", imported.describe()),
         }
         return net, params
-
-
-def _readable(body: bytes) -> None:
-    """400 unless ``body`` parses as an ONNX protobuf with a graph (before any mapping)."""
-    try:
-        model = onnx.load_model_from_string(bytes(body))
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise BadRequest(f"unreadable ONNX file ({type(e).__name__})") from None
-    if model.ir_version <= 0 or not model.opset_import or not model.graph.node:
-        raise BadRequest("not an ONNX model: no IR version, opset or graph nodes")
 
 
 # --------------------------------------------------------------------------- jobs
