@@ -195,6 +195,8 @@ def _decode_upload(data: bytes, max_header: int) -> dict[str, np.ndarray]:
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise BadRequest(f"tensor {name!r}: malformed header entry (expected dtype, shape and data_offsets)")
         dt, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dt, str):  # a list or an object is not hashable, let alone a dtype
+            raise BadRequest(f"tensor {name!r}: malformed dtype")
         if dt not in _DTYPES:
             raise Invalid.at(["body", name], f"unsupported dtype {dt!r}")
         if dt in _NO_NUMPY:

@@ -349,7 +349,8 @@ class VersionService:
         tensors = decode_upload(data, max_header=self.max_header)
         if not tensors:
             raise Invalid.at(["body"], "the file holds no tensors")
-        with decoding("the tensors do not describe the model", Invalid):  # 422, never a 500
+        # 422, never a 500; numpy's overflow warnings off: non-finite results are refused by value
+        with decoding("the tensors do not describe the model", Invalid), np.errstate(all="ignore"):
             try:
                 net = self.decode(model, tensors)
             except codec.TensorError as e:

@@ -185,7 +185,7 @@ def decode(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 raise TensorError(f"{loc}.{key}", "missing tensor of the sparse encoding")
         values = p["values"]
         shape = np.asarray(p["shape"])
-        n_out = int(shape[0]) if shape.shape == (2,) else 0
+        n_out = int(shape[0]) if shape.shape == (2,) and np.issubdtype(shape.dtype, np.integer) else 0
         fill = _fill(tensors, i, n_out, values.dtype) if values.dtype in _VALUE_DTYPES else 0
         out[loc] = decode_weight(shape, p["mask"], values, fill, loc=loc)
     return out
