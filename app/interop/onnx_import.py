@@ -325,40 +325,47 @@ def _type_name(elem: int) -> str:
         return f"unknown type {elem}"
 
 
-def _tensor_value(t: TensorProto, where: str) -> np.ndarray:
-    """The numpy value of an initializer or ``Constant`` tensor, named ``where`` in errors."""
+def _tensor_value(t: TensorProto, where: str, loc: str = "body") -> np.ndarray:
+    """The numpy value of an initializer or ``Constant`` tensor, named ``where`` in errors.
+
+    String tensors are refused unread: a weight is a number, and a file of millions of
+    empty strings would become millions of Python objects."""
+    if t.data_type == TensorProto.STRING:
+        raise OnnxImportError(f"{where} is a string tensor; a weight must be numeric", loc=loc)
     if t.data_type == TensorProto.UNDEFINED or t.data_type not in helper.get_all_tensor_dtypes():
-        raise OnnxImportError(f"{where} has an unknown element type {t.data_type}", loc=where)
+        raise OnnxImportError(f"{where} has an unknown element type {t.data_type}", loc=loc)
     if any(d < 0 for d in t.dims) or len(t.dims) > _MAX_RANK:
-        raise OnnxImportError(f"{where} has dimensions {list(t.dims)}", loc=where)
+        raise OnnxImportError(f"{where} has dimensions {list(t.dims)}", loc=loc)
     try:
         return numpy_helper.to_array(t)
     except Exception as e:  # the declared dims do not match the data, an unknown type…
-        raise OnnxImportError(f"{where} cannot be read: {type(e).__name__}: {e}", loc=where) from None
+        raise OnnxImportError(f"{where} cannot be read: {type(e).__name__}: {e}", loc=loc) from None
 
 
 class _Constants:
     """Initializers plus lazily evaluated constant expressions (numpy only).
 
-    Evaluation is iterative (a chain of thousands of ``Identity`` nodes is no deeper
-    than one), refuses a loop, and stops with :class:`OnnxTooLargeError` once the
-    evaluated values would pass ``budget`` bytes. Any failure of a node is an
-    :class:`OnnxImportError` naming it.
+    Only what the dense chain asks for is read: an initializer becomes an array the
+    first time it is used (string tensors, e.g. class labels of post-processing, are
+    never read), a constant expression is evaluated iteratively (a chain of thousands of
+    ``Identity`` nodes is no deeper than one) and refuses a loop. Reading and evaluating
+    stop with :class:`OnnxTooLargeError` once the arrays made would pass ``budget``
+    bytes. Any failure of a node is an :class:`OnnxImportError` naming it.
     """
 
     def __init__(self, graph: onnx.GraphProto, opset: int, budget: int) -> None:
-        self.values: dict[str, np.ndarray] = {
-            t.name: _tensor_value(t, f"initializer:{t.name}") for t in graph.initializer
-        }
+        self.initializers: dict[str, TensorProto] = {t.name: t for t in graph.initializer}
+        self.values: dict[str, np.ndarray] = {}
         self.producers: dict[str, tuple[int, onnx.NodeProto]] = {}
         self.opset = opset
         self.budget = budget
         self.limit = budget
 
     def has(self, name: str) -> bool:
-        return name in self.values or name in self.producers
+        return name in self.initializers or name in self.producers
 
     def get(self, name: str) -> np.ndarray:
+        """The value of ``name`` (an initializer or a constant expression's output)."""
         stack = [name]
         expanded: set[str] = set()
         while stack:
@@ -366,8 +373,12 @@ class _Constants:
             if top in self.values:
                 stack.pop()
                 continue
+            if top in self.initializers:
+                self._read(top)
+                stack.pop()
+                continue
             index, node = self.producers[top]
-            missing = [n for n in node.input if n and n not in self.values]
+            missing = [n for n in node.input if n and n not in self.values and n not in self.initializers]
             if missing:
                 if top in expanded:  # its inputs were asked for and still are not there
                     raise _unsupported(node, index, "the constant expression depends on itself")
@@ -381,8 +392,31 @@ class _Constants:
             stack.pop()
         return self.values[name]
 
+    def _read(self, name: str) -> np.ndarray:
+        if name not in self.values:
+            value = _tensor_value(self.initializers[name], f"initializer {name!r}", f"initializer:{name}")
+            self._spend(int(value.nbytes), f"initializer {name!r}")
+            self.values[name] = value
+        return self.values[name]
+
+    def _spend(self, nbytes: int, what: str, node: tuple[int, onnx.NodeProto] | None = None) -> None:
+        self.budget -= nbytes
+        if self.budget < 0:
+            label = _node_label(node[1], node[0]) if node else None
+            raise OnnxTooLargeError(
+                f"constants ({what}) expand the file's tensors past {self.limit} bytes",
+                loc=f"node:{label}" if node else "body",
+                op_type=node[1].op_type if node else None,
+                node=label,
+            )
+
     def _evaluate(self, index: int, node: onnx.NodeProto) -> None:
-        ins = [self.values[n] if n else None for n in node.input]
+        try:
+            ins = [self._read(n) if n in self.initializers else self.values[n] if n else None for n in node.input]
+        except OnnxImportError as e:
+            if isinstance(e, OnnxTooLargeError):
+                raise
+            raise _const_failure(node, index, e.msg) from None
         try:
             outs = _eval_const(node, ins, self.opset)
         except OnnxImportError:
@@ -395,15 +429,7 @@ class _Constants:
             raise _unsupported(node, index, "only simple constant expressions are evaluated")
         for out_name, v in zip(node.output, outs, strict=False):
             if v.flags.owndata and not any(v is i for i in ins):  # new memory, not a view
-                self.budget -= int(v.nbytes)
-            if self.budget < 0:
-                raise OnnxTooLargeError(
-                    f"constant expressions (node {_node_label(node, index)!r} {node.op_type}) expand the file's "
-                    f"tensors past {self.limit} bytes",
-                    loc=f"node:{_node_label(node, index)}",
-                    op_type=node.op_type,
-                    node=_node_label(node, index),
-                )
+                self._spend(int(v.nbytes), f"node {_node_label(node, index)!r} {node.op_type}", (index, node))
             self.values[out_name] = v
 
 
@@ -426,8 +452,8 @@ def _int_list(v: Any, what: str) -> list[int]:
     arr = np.asarray(v)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise _ConstError(f"{what} must be integers, got {arr.dtype}")
-    if arr.ndim > 1:
-        raise _ConstError(f"{what} must be a list of integers, got shape {list(arr.shape)}")
+    if arr.ndim != 1:
+        raise _ConstError(f"{what} must be a list (1-D) of integers, got shape {list(arr.shape)}")
     return [int(i) for i in arr.reshape(-1)]
 
 
@@ -656,7 +682,7 @@ def _from_onnx(model_bytes: bytes, max_bytes: int, where: _Where) -> ImportedNet
     consts = _Constants(graph, opset, budget=EXPANSION * len(model_bytes) + (64 << 20))
 
     # the one dynamic input
-    inputs = [i for i in graph.input if i.name not in consts.values]
+    inputs = [i for i in graph.input if i.name not in consts.initializers]
     if len(inputs) != 1:
         raise OnnxImportError(f"expected one graph input, found {len(inputs)}: {[i.name for i in inputs]}", loc="input")
     x_info = inputs[0]
@@ -706,7 +732,12 @@ def _from_onnx(model_bytes: bytes, max_bytes: int, where: _Where) -> ImportedNet
         name = node.input[pos] if pos < len(node.input) else ""
         if not name or not consts.has(name) or name in dynamic:
             raise _unsupported(node, index, f"input {pos} must be a constant (an initializer)")
-        return consts.get(name)
+        try:
+            return consts.get(name)
+        except OnnxImportError as e:
+            if e.node is not None:  # a constant expression's own node
+                raise
+            raise _unsupported(node, index, f"input {pos}: {e.msg}") from None
 
     # walk the chain
     layers: list[dict[str, Any]] = []  # {"W": [out,in] f64, "b": [out] f64, "act": str|None, "node": str}
