@@ -5,6 +5,13 @@ its path parameters random, or pinned to an existing model and version), sent in
 process through schemathesis' ASGI client with an admin key. Every answer must be
 a documented status (no 5xx), with the documented content type, headers and schema.
 
+NDJSON bodies (``/update`` takes ``application/x-ndjson``) go through
+:func:`ndjson_serializer`, registered with ``schemathesis.serializer``: without it
+schemathesis rejects that media type and only JSON bodies were ever sent. The
+schema's NDJSON body is a string, so ``/update`` also gets the schema's positive JSON
+bodies re-sent as NDJSON, one sample per line (:func:`as_ndjson`), next to random
+strings and the negative cases of the string schema.
+
 The stock ``not_a_server_error`` is replaced by one that also admits a documented 503.
 Two other stock checks are left out where the schema cannot tell the whole truth:
 ``positive_data_acceptance`` (schema-valid bodies may break rules JSON Schema cannot
@@ -21,6 +28,7 @@ starts its own app and loads the schema from it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,30 @@ from app.main import create_app
 from tests.conftest import ADMIN, auth
 
 MAX_EXAMPLES = 15
+NDJSON = "application/x-ndjson"
+
+
+@schemathesis.serializer(NDJSON)
+def ndjson_serializer(ctx: Any, value: Any) -> bytes:
+    """NDJSON on the wire: a list is one JSON line per item; a string (what the schema's
+    ``type: string`` generates) is sent as its text, as is; anything else is one line.
+    Lone surrogates and NaN / Infinity are kept: hostile bodies are the point."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    items = value if isinstance(value, list) else [value]
+    return b"".join(json.dumps(item).encode("utf-8", "surrogatepass") + b"\n" for item in items)
+
+
+def as_ndjson(case: Any) -> Any:
+    """A JSON ``/update`` case re-sent as NDJSON: its samples, one per line."""
+    body = case.body
+    if isinstance(body, dict) and isinstance(body.get("samples"), list):
+        case.body = body["samples"]
+    case.media_type = NDJSON
+    return case
+
 
 _SPEC = create_app(Settings(data_dir=Path("/nonexistent-steward-openapi-only"), admin_key=ADMIN)).openapi()
 OPERATIONS = [(path, method) for path, ops in _SPEC["paths"].items() for method in ops]
@@ -74,11 +106,22 @@ def test_operation_conforms_to_its_schema(live, path: str, method: str) -> None:
     declared_query = {p["name"] for p in _SPEC["paths"][path][method].get("parameters", []) if p["in"] == "query"}
     pinned = {k: v for k, v in {"name": "churn", "version": 1}.items() if "{" + k + "}" in path}
     strategies = [op.as_strategy(), op.as_strategy(GenerationMode.NEGATIVE)]
+    if NDJSON in _SPEC["paths"][path][method].get("requestBody", {}).get("content", {}):
+        strategies += [
+            op.as_strategy(media_type=NDJSON),
+            op.as_strategy(GenerationMode.NEGATIVE, media_type=NDJSON),
+            op.as_strategy(media_type="application/json").map(as_ndjson),
+        ]
     if pinned:
         strategies += [
             op.as_strategy(path_parameters=pinned),
             op.as_strategy(GenerationMode.NEGATIVE, path_parameters=pinned),
         ]
+        if NDJSON in _SPEC["paths"][path][method].get("requestBody", {}).get("content", {}):
+            strategies += [
+                op.as_strategy(path_parameters=pinned, media_type=NDJSON),
+                op.as_strategy(path_parameters=pinned, media_type="application/json").map(as_ndjson),
+            ]
 
     @given(case=st.one_of(strategies))
     @settings(
