@@ -344,7 +344,8 @@ class MigrationService:
                 )
                 report = verify_import(body, imported, net, probes_for(m, digest, real))
         except OnnxTooLargeError as e:
-            raise PayloadTooLarge(e.msg, **({"operator": e.op_type, "node": e.node} if e.node else {})) from None
+            where: dict[str, Any] = {"operator": e.op_type, "node": e.node} if e.node else {}
+            raise PayloadTooLarge(e.msg, **where) from None
         except OnnxUnreadableError as e:
             raise BadRequest(e.msg) from None
         except OnnxVerificationError as e:
