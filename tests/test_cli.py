@@ -17,9 +17,11 @@ import httpx
 import numpy as np
 import pytest
 import safetensors.numpy as stnp
+from alembic.script import ScriptDirectory
 
 from app.cli import build_parser, main
 from app.core.db import Database
+from app.core.migrations import alembic_config
 from app.keys.service import KeyService
 from tests.conftest import ADMIN, auth
 
@@ -52,11 +54,12 @@ def test_help_lists_the_commands(capsys):
         assert cmd in text
 
 
-def test_db_upgrade_current_check_downgrade(run):
+def test_db_upgrade_current_check_downgrade(run, db_url):
+    head = ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()
     code, out, _ = run("db", "current")
     assert code == 3 and out.startswith("base")
     code, out, _ = run("db", "upgrade")
-    assert code == 0 and "is at 0001" in out
+    assert code == 0 and f"is at {head}" in out
     code, out, _ = run("db", "current")
     assert code == 0 and "up to date" in out
     code, out, _ = run("db", "check")
@@ -65,6 +68,8 @@ def test_db_upgrade_current_check_downgrade(run):
     assert code == 0 and "is at base" in out
     assert run("db", "current")[0] == 3
     assert run("db", "upgrade", "0001")[0] == 0
+    code, out, _ = run("db", "current")
+    assert code == 3 and out.startswith("0001")  # behind the head
 
 
 def test_keys_create_list_revoke(run, db_url):
