@@ -1,7 +1,7 @@
 """Named dependencies: the app context, the caller, scope and model checks."""
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -61,14 +61,49 @@ ModelMaintain = Annotated[Principal, Depends(require_model("maintain"))]
 ModelAdmin = Annotated[Principal, Depends(require_model("admin"))]
 
 
+#: Page size when ``limit`` is not given (or ``page_limit_max`` when that is smaller).
+PAGE_LIMIT_DEFAULT = 50
+#: Marks the ``limit`` parameter's schema; :func:`document_page_limit` replaces it with the
+#: app's bound, so the document states the one bound the server enforces.
+PAGE_LIMIT_MARK = "x-steward-page-limit"
+
+
 def page_params(
+    request: Request,
     ctx: Ctx,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Page size")] = 50,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            description="Page size, at most `STEWARD_PAGE_LIMIT_MAX`",
+            json_schema_extra={PAGE_LIMIT_MARK: True},
+        ),
+    ] = PAGE_LIMIT_DEFAULT,
     cursor: Annotated[str | None, Query(max_length=256, description="From a previous page's next_cursor")] = None,
 ) -> tuple[int, str | None]:
-    if limit > ctx.settings.page_limit_max:
-        raise Invalid.at(["query", "limit"], f"at most {ctx.settings.page_limit_max}")
+    """``?limit=`` is bounded by the setting ``page_limit_max`` only (the one source of
+    truth: the OpenAPI document shows it, :func:`document_page_limit`)."""
+    most = ctx.settings.page_limit_max
+    if "limit" not in request.query_params:
+        return min(limit, most), cursor
+    if limit > most:
+        raise Invalid.at(["query", "limit"], f"at most {most}")
     return limit, cursor
+
+
+def document_page_limit(schema: dict[str, Any], most: int) -> None:
+    """In an OpenAPI document: every page-size parameter (marked by :func:`page_params`)
+    gets ``maximum`` = ``most`` (the app's ``page_limit_max``) and the default it gets."""
+    for operations in schema.get("paths", {}).values():
+        for op in operations.values():
+            if not isinstance(op, dict):
+                continue
+            for param in op.get("parameters", []):
+                sch = param.get("schema", {})
+                if sch.pop(PAGE_LIMIT_MARK, None):
+                    sch["maximum"] = most
+                    sch["default"] = min(PAGE_LIMIT_DEFAULT, most)
+                    sch["description"] = param["description"] = f"Page size, 1–{most} (`STEWARD_PAGE_LIMIT_MAX`)"
 
 
 PageParams = Annotated[tuple[int, str | None], Depends(page_params)]

@@ -23,6 +23,7 @@ from app.core.errors import PROBLEM, PayloadTooLarge
 from app.core.migrations import upgrade
 from app.core.schemas import problem_responses
 from app.core.settings import Settings
+from app.deps import document_page_limit
 from app.jobs import router as jobs
 from app.keys import router as keys
 from app.migration import router as migration
@@ -175,7 +176,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 READ_ONLY_OPERATIONS = frozenset({"predict", "evaluate"})
 
 
-def _document_common_errors(app: FastAPI) -> None:
+def _document_common_errors(app: FastAPI, settings: Settings) -> None:
     """Make the OpenAPI document tell the truth about errors, for every route alike.
 
     * Every operation that takes a body can answer 400 (malformed JSON / unreadable
@@ -193,6 +194,7 @@ def _document_common_errors(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = base()
+        document_page_limit(schema, settings.page_limit_max)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         problem_schema: dict[str, Any] = (
             {"$ref": "#/components/schemas/Problem"} if "Problem" in components else {"type": "object"}
@@ -222,10 +224,11 @@ def _document_common_errors(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings`` (default: from the environment / .env)."""
     holder: dict[str, AppContext] = {}
+    # Read once, when the app is built: the OpenAPI document states this app's bounds.
+    cfg = settings if settings is not None else Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        cfg = settings or Settings()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(cfg.url)
         ctx = AppContext.build(cfg)
@@ -257,7 +260,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    _document_common_errors(app)
+    _document_common_errors(app, cfg)
     app.add_middleware(LimitAndMeasure, get_ctx=lambda: holder["ctx"])
     # Routes are matched in order: the ingestion and predict routes (the hot paths) come
     # first. No two routers share a path, so the order changes nothing else.
