@@ -3,6 +3,7 @@ for every operation alike (not one endpoint at a time)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -45,3 +46,49 @@ def test_documented_page_limit_is_the_enforced_one(make_settings, most: int | No
             assert c.get(url).status_code == 200, path  # the documented default is accepted too
             assert_problem(c.get(url, params={"limit": bound + 1}), 422, ["query", "limit"])
             assert_problem(c.get(url, params={"limit": 0}), 422, ["query", "limit"])
+
+
+# --------------------------------------------------------------------------- 405 Allow
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _regex(template: str) -> re.Pattern[str]:
+    return re.compile("^" + re.sub(r"\{[^}/]+\}", "[^/]+", template) + "$")
+
+
+def _allow(r: Any) -> set[str]:
+    return {m.strip() for m in r.headers["allow"].split(",")}
+
+
+def test_405_allow_lists_every_method_of_the_path(anon) -> None:
+    """For every path of the document: each method it lacks answers 405 whose ``Allow``
+    is exactly the set of methods that path does not answer 405 to: the methods of every
+    template matching it, plus HEAD only with GET and only if it is served. No key is
+    needed to learn that."""
+    spec: dict[str, Any] = anon.get("/openapi.json").json()
+    templates = {path: {m.upper() for m in ops} for path, ops in spec["paths"].items()}
+    checked = 0
+    for template in templates:
+        url = re.sub(r"\{[^}/]+\}", "zz1", template)
+        documented = set().union(*(ms for t, ms in templates.items() if _regex(t).match(url)))
+        answers = {m: anon.request(m, url) for m in METHODS}
+        served = {m for m, r in answers.items() if r.status_code != 405}
+        assert served - {"HEAD"} == documented, (url, served, documented)
+        assert "HEAD" not in served or "GET" in served
+        for method, r in answers.items():
+            if method in served:
+                continue
+            assert r.status_code == 405 and _allow(r) == served, (method, url, r.headers.get("allow"), served)
+            if method != "HEAD":
+                assert_problem(r, 405)
+            checked += 1
+    assert checked > len(templates)
+
+
+def test_405_allow_with_get_and_delete(client) -> None:
+    """The probe's case: a path with GET and DELETE, asked with POST."""
+    create_model(client, "m")
+    r = client.post("/v1/models/m")
+    body = assert_problem(r, 405)
+    assert _allow(r) - {"HEAD"} == {"GET", "DELETE"}
+    assert "POST" in body["detail"] and "/v1/models/m" in body["detail"]

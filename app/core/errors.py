@@ -46,6 +46,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("steward")
@@ -294,11 +295,29 @@ async def _http_handler(request: Request, exc: Exception) -> Response:
     detail = str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no such resource: {request.url.path}"
+    headers = dict(exc.headers or {})
     if exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
+        headers["Allow"] = ", ".join(allowed_methods(request))
     err = cls(detail)
-    err.headers.update(dict(exc.headers or {}))
+    err.headers.update(headers)
     return _render(err)
+
+
+#: The methods a 405's ``Allow`` may name (RFC 9110 §9; CONNECT and TRACE are never routed).
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app accepts on the request's path (RFC 9110 ``Allow``).
+
+    Starlette answers 405 from the first route whose path matches, naming only its
+    methods; FastAPI makes one route per operation, so a path with GET and DELETE has
+    two routes. So each method is put to the app's routes, as routing would for a
+    fresh request to this path (only ``matches``, the public contract of a route)."""
+    base = {k: request.scope[k] for k in ("type", "path", "root_path", "headers") if k in request.scope}
+    routes = request.app.router.routes
+    return [m for m in HTTP_METHODS if any(r.matches({**base, "method": m})[0] == Match.FULL for r in routes)]
 
 
 async def _unhandled(request: Request, exc: Exception) -> Response:
