@@ -3,12 +3,18 @@ for every operation alike (not one endpoint at a time)."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from pydantic import create_model as pydantic_model
 
+from app.core.schemas import Strict
+from app.core.settings import Settings
 from app.main import create_app
 from tests.api_helpers import assert_problem, create_model
 from tests.conftest import auth
@@ -92,3 +98,116 @@ def test_405_allow_with_get_and_delete(client) -> None:
     body = assert_problem(r, 405)
     assert _allow(r) - {"HEAD"} == {"GET", "DELETE"}
     assert "POST" in body["detail"] and "/v1/models/m" in body["detail"]
+
+
+# --------------------------------------------------------------------------- integers
+def _strict_models() -> list[type[Strict]]:
+    out, todo = [], list(Strict.__subclasses__())
+    while todo:
+        m = todo.pop()
+        if m not in out:
+            out.append(m)
+            todo += m.__subclasses__()
+    return out
+
+
+def _integer_schema(sch: Any) -> dict[str, Any] | None:
+    """The first ``"type": "integer"`` schema within ``sch`` (items, anyOf …), or None."""
+    if isinstance(sch, dict):
+        if sch.get("type") == "integer":
+            return sch
+        for v in sch.values():
+            found = _integer_schema(v)
+            if found is not None:
+                return found
+    if isinstance(sch, list):
+        for v in sch:
+            found = _integer_schema(v)
+            if found is not None:
+                return found
+    return None
+
+
+def _integer_fields() -> list[tuple[type[Strict], str, dict[str, Any], bool]]:
+    """(model, field, its integer schema, is a list) for every integer of every request body."""
+    create_app(Settings(data_dir=Path("/nonexistent-steward-openapi-only")))  # imports every router
+    out = []
+    for model in _strict_models():
+        props = model.model_json_schema()["properties"]
+        for name, field in model.model_fields.items():
+            sch = props[field.alias or name]
+            found = _integer_schema({k: v for k, v in sch.items() if k not in ("default", "examples")})
+            if found is not None:
+                out.append((model, name, found, sch.get("type") == "array"))
+    return out
+
+
+INTEGER_FIELDS = _integer_fields()
+
+
+def test_every_request_body_is_strict(anon) -> None:
+    spec: dict[str, Any] = anon.get("/openapi.json").json()
+    names = {m.__name__ for m in _strict_models()}
+    refs = [
+        c["schema"]["$ref"].rsplit("/", 1)[1]
+        for ops in spec["paths"].values()
+        for op in ops.values()
+        for c in op.get("requestBody", {}).get("content", {}).values()
+        if "$ref" in c.get("schema", {})
+    ]
+    assert refs and set(refs) <= names
+
+
+def test_integer_fields_are_found() -> None:
+    found = {(m.__name__, f) for m, f, _, _ in INTEGER_FIELDS}
+    assert {
+        ("ModelCreate", "input_dim"),
+        ("ModelCreate", "hidden"),
+        ("AliasPut", "version"),
+        ("MigrateIn", "from_"),
+        ("MigrateIn", "hidden_head"),
+        ("TrainOptions", "epochs"),
+        ("TrainOptions", "batch_size"),
+        ("EvalLog", "from_offset"),
+        ("GuardSpec", "warmup"),
+        ("ResumeIn", "from_version"),
+    } <= found
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "sch", "is_list"), INTEGER_FIELDS, ids=[f"{m.__name__}.{f}" for m, f, _, _ in INTEGER_FIELDS]
+)
+def test_integer_field_takes_integer_valued_floats(model: type[Strict], name: str, sch: Any, is_list: bool) -> None:
+    """JSON Schema's integer is a number with no fractional part: for every integer of every
+    request body, ``v.0`` is ``v``; ``v.5``, ``true`` and ``"v"`` stay refused (a one-field
+    model with the field exactly as declared, on the request bodies' base)."""
+    field = model.model_fields[name]
+    one = pydantic_model("One", __base__=Strict, f=(field.annotation, field))
+    v = int(sch.get("minimum", 1))
+    wrap = (lambda x: [x]) if is_list else (lambda x: x)
+    key = field.alias or "f"
+    got = one.model_validate({key: wrap(float(v))}).f
+    assert got == wrap(v) and type(got[0] if is_list else got) is int
+    takes_strings = '"string"' in json.dumps(model.model_json_schema()["properties"][key if field.alias else name])
+    for bad in (v + 0.5, True, float("inf"), *(() if takes_strings else (str(v),))):
+        with pytest.raises(ValidationError):
+            one.model_validate({key: wrap(bad)})
+
+
+def test_integer_valued_floats_over_http(client) -> None:
+    r = client.post(
+        "/v1/models",
+        json={"name": "m", "task": "multiclass", "input_dim": 2.0, "output_dim": 3.0, "hidden": [4.0], "seed": 7.0},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["input_dim"] == 2 and r.json()["hidden"] == [4] and r.json()["seed"] == 7
+    assert client.put("/v1/models/m/aliases/production", json={"version": 1.0}).status_code in (200, 201)
+    r = client.post("/v1/models/m/predict", json={"inputs": [[1, 2]], "version": 1.0})
+    assert r.status_code == 200 and r.json()["version"] == 1
+    r = client.post("/v1/models/m/evaluate", json={"samples": [{"x": [1, 2], "y": 2.0}], "version": 1e0})
+    assert r.status_code == 200, r.text
+    assert_problem(client.put("/v1/models/m/aliases/production", json={"version": 1.5}), 422, ["body", "version"])
+    assert_problem(client.put("/v1/models/m/aliases/production", json={"version": True}), 422, ["body", "version"])
+    assert_problem(client.post("/v1/models/m/evaluate", json={"samples": [{"x": [1, 2], "y": 2.5}]}), 422)
+    assert_problem(client.post("/v1/models/m/evaluate", json={"samples": [{"x": [1, 2], "y": True}]}), 422)
+    assert client.get("/v1/models/m/versions/1.0").status_code == 200  # a path's "1.0" as well

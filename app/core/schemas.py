@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeVar
+import collections.abc
+import types
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 T = TypeVar("T")
 
@@ -25,12 +28,65 @@ AliasName = Annotated[
 ]
 
 
+def _whole(v: Any) -> Any:
+    """An integer-valued float (``6889.0``, ``1e3``) as the integer it is; anything else as is."""
+    if type(v) is float and v.is_integer():  # finite and integral
+        return int(v)
+    return v
+
+
+def _each(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda v: [inner(x) for x in v] if type(v) is list else v
+
+
+def integer_coercer(tp: Any) -> Callable[[Any], Any] | None:
+    """For a field annotation: the function that turns the integer-valued floats of a
+    value into the integers where the annotation has ``int`` (``int``, ``int | None``,
+    ``int | AliasName``, ``list[Annotated[int, ...]]`` …), or None when it has none."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    if tp is int:
+        return _whole
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence) and args:
+        inner = integer_coercer(args[0])
+        return _each(inner) if inner is not None else None
+    if origin in (Union, types.UnionType):
+        found = [c for c in map(integer_coercer, args) if c is not None]
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0]
+        return lambda v: next((out for c in found if (out := c(v)) is not v), v)
+    return None
+
+
 class Strict(BaseModel):
     """Request bodies: unknown fields are rejected, so typos do not pass silently, and
     values are taken as their JSON type says (pydantic strict mode): ``true`` is not
-    the number 1 and ``"3"`` is not the integer 3; an integer is a valid float."""
+    the number 1 and ``"3"`` is not the integer 3; an integer is a valid float.
+
+    An integer is what JSON Schema calls one: a number with a zero fractional part, so
+    an integer field (anywhere in its annotation: ``int | None``, ``list[int]`` …) takes
+    ``6889.0`` as 6889 (:meth:`_integers`, for every field of every request body; the
+    schema stays ``"type": "integer"``); ``6889.5`` stays refused."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integers(cls, v: Any, info: ValidationInfo) -> Any:
+        if info.field_name is None:  # pragma: no cover - always set for fields
+            return v
+        key = (cls, info.field_name)
+        if key not in _COERCERS:
+            _COERCERS[key] = integer_coercer(cls.model_fields[info.field_name].annotation)
+        coerce = _COERCERS[key]
+        return v if coerce is None else coerce(v)
+
+
+#: (model, field) → its :func:`integer_coercer`, computed once.
+_COERCERS: dict[tuple[type[Strict], str], Callable[[Any], Any] | None] = {}
 
 
 class ErrorItem(BaseModel):
