@@ -211,3 +211,36 @@ def test_integer_valued_floats_over_http(client) -> None:
     assert_problem(client.post("/v1/models/m/evaluate", json={"samples": [{"x": [1, 2], "y": 2.5}]}), 422)
     assert_problem(client.post("/v1/models/m/evaluate", json={"samples": [{"x": [1, 2], "y": True}]}), 422)
     assert client.get("/v1/models/m/versions/1.0").status_code == 200  # a path's "1.0" as well
+
+
+# --------------------------------------------------------------------------- float32 range
+FLT_MAX_PRINTED = "3.4028235e38"  # float32's largest value as printed: rounds to it
+ROUNDS_TO_INF = "3.4028236e38"
+
+
+def _number_bodies(v: str) -> list[tuple[str, str, str, list[Any]]]:
+    """(method, url, JSON text, loc of the number) of every entry point that checks numbers."""
+    smp = '{"x": [1, V], "y": [V, 1]}'.replace("V", v)
+    samples = '{"samples": [S]}'.replace("S", smp)
+    return [
+        ("POST", "/v1/models/r/update", samples, ["body", "samples", 0, "x"]),
+        ("NDJSON", "/v1/models/r/update", smp + "\n", ["body", "samples", 0, "x"]),
+        ("POST", "/v1/models/r/evaluate", samples, ["body", "samples", 0, "x"]),
+        ("POST", "/v1/models/r/predict", '{"inputs": [[1, V]]}'.replace("V", v), ["body", "inputs", 0, 1]),
+        ("POST", "/v1/models/r/batch-update", samples.replace(smp, smp + ", " + smp), ["body", "samples", 0, "x"]),
+    ]
+
+
+def _send(c: TestClient, method: str, url: str, text: str) -> Any:
+    ctype = "application/x-ndjson" if method == "NDJSON" else "application/json"
+    return c.post(url, content=text.encode(), headers={"Content-Type": ctype})
+
+
+def test_a_number_in_float32_range_is_one_that_rounds_to_a_finite_float32(client) -> None:
+    create_model(client, "r", input_dim=2, output_dim=2, task="regression")
+    for method, url, text, _ in _number_bodies(FLT_MAX_PRINTED):
+        r = _send(client, method, url, text)
+        assert r.status_code < 300, (method, url, r.text)
+    for method, url, text, loc in _number_bodies(ROUNDS_TO_INF):
+        body = assert_problem(_send(client, method, url, text), 422, loc)
+        assert "overflows float32" in body["errors"][0]["msg"], (method, url, body)

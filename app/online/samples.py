@@ -9,7 +9,8 @@ transfer ``samples`` (:func:`parse_samples`).
 ``input_dim`` numbers; ``y`` is 0 or 1 for binary (``[0]`` / ``[1]`` too), an integer class
 index in ``0..output_dim−1`` for multiclass (``2.0`` counts as 2), and for regression a
 number (``output_dim`` 1) or a list of ``output_dim`` numbers. A number is a JSON number
-(not a boolean, string or null), finite and within float32 range (:func:`number_problem`).
+(not a boolean, string or null), finite and within float32 range: it rounds to a finite
+float32 (:func:`number_problem`).
 
 **Packed arrays** (the sample log's layout, :mod:`app.online.log`): ``X`` float32
 ``[n, input_dim]``; ``Y`` float32 ``[n, output_dim]`` for regression, float32 ``[n]`` in
@@ -47,6 +48,12 @@ import numpy as np
 from app.core.errors import Invalid
 
 F32_MAX = float(np.finfo(np.float32).max)
+#: The smallest magnitude that rounds to ±inf as float32: FLT_MAX + ulp/2 = 2**128 − 2**103
+#: (a tie, rounded to even: to infinity). A number is within float32 range when it rounds
+#: to a finite float32, i.e. ``abs(v) < F32_ROUNDS_TO_INF``: ``3.4028235e38`` (float32's
+#: largest value as printed, a little above ``F32_MAX``) is in range. This is the one bound:
+#: :func:`number_problem` and the fast paths' checks all use it.
+F32_ROUNDS_TO_INF = float(2**128 - 2**103)  # 3.4028235677973366e38, exact in float64
 #: Where the samples of an ``/update`` or ``/evaluate`` body are.
 SAMPLES: list[str | int] = ["body", "samples"]
 _NUMBER_TYPES = frozenset((int, float))
@@ -101,7 +108,11 @@ def number_problem(v: Any) -> str | None:
     if isinstance(v, float) and not math.isfinite(v):
         word = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
         return f"{word} is not a finite number"
-    if abs(v) > F32_MAX:
+    try:
+        d = float(v)  # a number is read as a double, then rounded to float32 (as np.asarray does)
+    except OverflowError:  # an integer beyond double range
+        return "overflows float32"
+    if abs(d) >= F32_ROUNDS_TO_INF:
         return "overflows float32"
     return None
 
@@ -160,14 +171,14 @@ def _is_num(v: Any) -> bool:
 
 # --------------------------------------------------------------------------- conversion
 def _in_f32_range(A: np.ndarray) -> bool:
-    """All values finite and within float32 range (NaN fails both comparisons)."""
+    """All values of a float64 array round to finite float32 values (NaN fails both comparisons)."""
+    return A.size == 0 or bool(A.max() < F32_ROUNDS_TO_INF and A.min() > -F32_ROUNDS_TO_INF)
+
+
+def _finite_f32(A: np.ndarray) -> bool:
+    """All values of a float32 array (cast from doubles) finite: a double in float32 range
+    lands on a finite value (at most ±F32_MAX), one beyond it on ±inf, NaN fails both."""
     return A.size == 0 or bool(A.max() <= F32_MAX and A.min() >= -F32_MAX)
-
-
-def _inside_f32(A: np.ndarray) -> bool:
-    """All values of a float32 array strictly inside (-F32_MAX, F32_MAX): finite, and
-    certainly not the rounding of a larger double (those land on ±F32_MAX or ±inf)."""
-    return A.size == 0 or bool(A.max() < F32_MAX and A.min() > -F32_MAX)
 
 
 def _fast_labels(spec: SampleSpec, ys: list[Any], n: int) -> np.ndarray | None:
@@ -209,7 +220,7 @@ def _fast(spec: SampleSpec, samples: list[Any]) -> tuple[np.ndarray, np.ndarray]
             X = np.asarray(xs, dtype=np.float32)
     except (KeyError, TypeError, ValueError, OverflowError, IndexError):
         return None
-    if X.shape != (n, spec.input_dim) or not _inside_f32(X):
+    if X.shape != (n, spec.input_dim) or not _finite_f32(X):
         return None
     Y = _fast_labels(spec, ys, n)
     if Y is None:

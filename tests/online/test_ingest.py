@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from app.core.errors import BadRequest, Invalid
 from app.online.ingest import parse_json, parse_ndjson, plain_bytes
-from app.online.samples import F32_MAX, SampleSpec, convert
+from app.online.samples import F32_MAX, F32_ROUNDS_TO_INF, SampleSpec, convert, number_problem
 
 SPECS = [SampleSpec("binary", 3, 1), SampleSpec("multiclass", 3, 4), SampleSpec("regression", 3, 2)]
 REG1 = SampleSpec("regression", 3, 1)
@@ -28,6 +28,14 @@ def reference(spec: SampleSpec, samples: list) -> tuple[np.ndarray, np.ndarray] 
     except Invalid as e:
         return e
     return X.astype(np.float32), Y
+
+
+def dumps(doc: object) -> bytes:
+    """orjson's text, or the standard library's for integers orjson does not write (> 64 bits)."""
+    try:
+        return orjson.dumps(doc)
+    except TypeError:
+        return json.dumps(doc).encode()
 
 
 def same(spec: SampleSpec, body: bytes, samples: list) -> None:
@@ -44,7 +52,7 @@ def same(spec: SampleSpec, body: bytes, samples: list) -> None:
     assert X.tobytes() == want[0].tobytes()
     assert Y.dtype == want[1].dtype and Y.tobytes() == want[1].tobytes()
     # and the same as NDJSON
-    nd = b"".join(orjson.dumps(s) + b"\n" for s in samples)
+    nd = b"".join(dumps(s) + b"\n" for s in samples)
     Xn, Yn = parse_ndjson(spec, nd)
     assert Xn.tobytes() == X.tobytes() and Yn.tobytes() == Y.tobytes()
 
@@ -56,9 +64,16 @@ EDGE_FLOATS = [
     1e-50,
     F32_MAX,
     -F32_MAX,
-    float(np.nextafter(F32_MAX, np.inf)),  # a double above float32's max: rounds to it, still refused
+    float(np.nextafter(F32_MAX, np.inf)),  # a double above float32's max: rounds to it, accepted
     float(np.nextafter(F32_MAX, 0)),
-    3.4028235677973366e38,  # rounds to inf in float32
+    3.4028235e38,  # float32's max as printed (above F32_MAX as a double): rounds to it, accepted
+    -3.4028235e38,
+    float(np.nextafter(F32_ROUNDS_TO_INF, 0)),  # the largest double that rounds to a finite float32
+    -float(np.nextafter(F32_ROUNDS_TO_INF, 0)),
+    3.4028235677973366e38,  # F32_ROUNDS_TO_INF: a tie, rounds to inf in float32
+    -3.4028235677973366e38,
+    float(np.nextafter(F32_ROUNDS_TO_INF, np.inf)),
+    3.4028236e38,
     1e300,
     2.0**60,
     123456789,
@@ -94,7 +109,7 @@ def sample(draw: st.DrawFn) -> object:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(samples=st.lists(sample(), min_size=1, max_size=4))
 def test_fast_path_agrees_with_the_slow_path(spec: SampleSpec, samples: list) -> None:
-    body = orjson.dumps({"samples": samples})
+    body = dumps({"samples": samples})
     same(spec, body, samples)
 
 
@@ -173,3 +188,35 @@ def test_only_json_whitespace_makes_an_ndjson_line_blank() -> None:
     with pytest.raises(BadRequest) as e:
         parse_ndjson(spec, ok + b"\n\x0b\n" + ok + b"\n")  # a vertical tab is not JSON whitespace
     assert e.value.body()["errors"][0]["line"] == 2
+
+
+@pytest.mark.parametrize(
+    ("v", "ok"),
+    [
+        (3.4028235e38, True),
+        (-3.4028235e38, True),
+        (F32_MAX, True),
+        (float(np.nextafter(F32_ROUNDS_TO_INF, 0)), True),
+        (2**128 - 2**104, True),
+        (F32_ROUNDS_TO_INF, False),
+        (3.4028236e38, False),
+        (2**128 - 2**103, False),
+        (2**128, False),
+        (10**400, False),  # beyond double range
+    ],
+)
+def test_in_float32_range_means_rounds_to_a_finite_float32(v: float, ok: bool) -> None:
+    """The one bound of every number check: the value (read as a double) rounds to a
+    finite float32; float32's largest value as printed, 3.4028235e38, is in range."""
+    with np.errstate(over="ignore"):
+        finite = bool(np.isfinite(np.float32(float(v)))) if abs(v) < 1e308 else False
+    assert finite == ok
+    assert (number_problem(v) is None) == ok
+    body = dumps({"samples": [{"x": [1, v, 3], "y": [v, 1]}]})
+    if ok:
+        X, Y = parse_json(SPECS[2], body)
+        assert X[0, 1] == np.float32(float(v)) and Y[0, 0] == np.float32(float(v))
+    else:
+        with pytest.raises(Invalid) as e:
+            parse_json(SPECS[2], body)
+        assert e.value.body()["errors"][0]["msg"] == "x[1]: overflows float32"
