@@ -244,3 +244,44 @@ def test_a_number_in_float32_range_is_one_that_rounds_to_a_finite_float32(client
     for method, url, text, loc in _number_bodies(ROUNDS_TO_INF):
         body = assert_problem(_send(client, method, url, text), 422, loc)
         assert "overflows float32" in body["errors"][0]["msg"], (method, url, body)
+
+
+# --------------------------------------------------------------------------- JSON bodies
+HUGE_INT = "7" * 5000
+HUGE_FLOAT = "1" * 5000 + ".5"
+
+
+def _json_operations(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (method.upper(), _fill(path).replace("{alias}", "production").replace("{target}", "onnx"))
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        if "application/json" in op.get("requestBody", {}).get("content", {})
+    ]
+
+
+def test_numbers_beyond_every_bound_are_422_not_400(client) -> None:
+    """Well-formed JSON with an integer of 5000 digits, a float of 5000 digits or 1e999 is
+    a 422 at the value's place, for /update (JSON and NDJSON) and for parsed bodies."""
+    create_model(client, "r", input_dim=2, output_dim=2, task="regression")
+    for v in (HUGE_INT, "-" + HUGE_INT, HUGE_FLOAT, "1e999", "-1e999", "1" + "0" * 400):
+        for method, url, text, loc in _number_bodies(v):
+            body = assert_problem(_send(client, method, url, text), 422, loc)
+            assert any(w in body["detail"] for w in ("finite", "overflows", "valid number")), (v[:10], url, body)
+        for field in ("seed", "output_dim"):
+            text = '{"name": "n", "task": "binary", "input_dim": 2, "FIELD": V}'.replace("FIELD", field)
+            r = client.post("/v1/models", content=text.replace("V", v), headers={"Content-Type": "application/json"})
+            assert_problem(r, 422, ["body", field])
+        r = client.put(
+            "/v1/models/r/aliases/production",
+            content='{"version": V}'.replace("V", v),
+            headers={"Content-Type": "application/json"},
+        )
+        assert_problem(r, 422, ["body", "version"])
+        r = _send(
+            client,
+            "POST",
+            "/v1/models/r/evaluate",
+            '{"samples": [{"x": [1, 2], "y": [1, 2]}], "version": V}'.replace("V", v),
+        )
+        assert_problem(r, 422, ["body", "version"])

@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from app.core.jsonbody import JSONRoute
 from app.core.schemas import NAME_PATTERN, Page, problem_responses
 from app.deps import Ctx, MaintainKey, PageParams, ReadKey
 from app.jobs.schemas import JobKind, JobOut, JobStatus
 from app.jobs.service import JobService
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(route_class=JSONRoute, tags=["jobs"])
 JobIdPath = Annotated[str, Path(max_length=36, description="Job id")]
 PreferHeader = Annotated[
     str | None, Header(description="`wait=N`: wait up to N seconds for the job to finish (RFC 7240)")

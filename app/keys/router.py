@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
+from app.core.jsonbody import JSONRoute
 from app.core.schemas import Page, problem_responses
 from app.deps import AdminKey, Ctx, PageParams
 from app.keys.schemas import KeyCreate, KeyCreated, KeyOut
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(route_class=JSONRoute, tags=["keys"])
 
 
 @router.post(

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.body import read_body
 from app.core.errors import UnsupportedMediaType
+from app.core.jsonbody import JSONRoute
 from app.core.schemas import problem_responses
 from app.deps import Ctx, ModelMaintain, ModelNamePath, ModelRead, VersionPath
 from app.interop.export import MEDIA_TYPES
@@ -18,7 +19,7 @@ from app.jobs.schemas import JobOut
 from app.migration.schemas import ExportList, MigrateIn, Target
 from app.registry.schemas import VersionOut
 
-router = APIRouter()
+router = APIRouter(route_class=JSONRoute)
 TargetPath = Annotated[Target, Path(description="Export target: onnx, torch or npz")]
 
 

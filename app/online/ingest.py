@@ -27,7 +27,6 @@ not JSON is 400 naming its 1-based line number.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -35,19 +34,14 @@ import numpy as np
 import orjson
 
 from app.core.errors import BadRequest, Invalid
-from app.online.samples import SAMPLES, SampleSpec, convert, kind, parse_samples
+from app.core.jsonbody import loads
+from app.online.samples import SAMPLES, SampleSpec, convert, fast, kind, parse_samples
 
 #: NDJSON text is parsed in slices of about this many bytes (whole lines).
 NDJSON_SLICE = 256 * 1024
 QUOTE = ord('"')
 #: JSON's whitespace within a line (bytes.isspace() would also take \v and \f).
 JSON_SPACE = b" \t\r"
-
-
-def _std_loads(data: bytes | str) -> Any:
-    """The standard library parser, which also reads NaN / Infinity / -Infinity and
-    numbers out of double range (as infinities), so they can be reported as 422."""
-    return json.loads(data)
 
 
 def plain_bytes(data: bytes, quotes: int) -> bool:
@@ -96,17 +90,33 @@ class SampleArrays:
 
 
 # --------------------------------------------------------------------------- JSON
+def _read(body: bytes, what: str) -> Any:
+    """The strict reading (:func:`app.core.jsonbody.loads`) of a body or line that orjson's
+    reading did not settle: malformed JSON or a duplicate key is 400; numbers orjson
+    refuses (NaN, Infinity, 1e999, integers of any length) are read, for a 422 at their place."""
+    try:
+        return loads(body)
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(f"{what}: {e}") from None
+
+
 def parse_json(spec: SampleSpec, body: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """A whole JSON body ``{"samples": [...]}`` → (X float32, Y)."""
-    trusted = True
+    """A whole JSON body ``{"samples": [...]}`` → (X float32, Y).
+
+    orjson's reading is used only when the bytes are plain (:func:`plain_bytes`: no
+    duplicate key can hide in them) and the fast path accepts the samples; anything
+    else is decided on the strict reading, :func:`_read`."""
     try:
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        try:  # NaN, Infinity or 1e400 are 422 at their sample, not 400
-            doc = _std_loads(body)
-        except (ValueError, RecursionError):
-            raise BadRequest(f"malformed JSON body: {e}") from None
-        trusted = False
+    except orjson.JSONDecodeError:
+        doc = None
+    samples = doc.get("samples") if type(doc) is dict and len(doc) == 1 else None
+    if type(samples) is list and samples and plain_bytes(body, 2 + 4 * len(samples)):
+        out = fast(spec, samples)
+        if out is not None:
+            return out
+    del doc
+    doc = _read(body, "malformed JSON body")
     if not isinstance(doc, dict):
         raise Invalid.at(["body"], f'expected an object {{"samples": [...]}}, got {kind(doc)}')
     for k in doc:
@@ -114,10 +124,7 @@ def parse_json(spec: SampleSpec, body: bytes) -> tuple[np.ndarray, np.ndarray]:
             raise Invalid.at(["body", str(k)], "unexpected field")
     if "samples" not in doc:
         raise Invalid.at(SAMPLES, "field required")
-    samples = doc.pop("samples")
-    del doc
-    trusted = trusted and isinstance(samples, list) and plain_bytes(body, 2 + 4 * len(samples))
-    return parse_samples(spec, samples, SAMPLES, trusted=trusted)
+    return parse_samples(spec, doc.pop("samples"), SAMPLES, trusted=False)
 
 
 # --------------------------------------------------------------------------- NDJSON
@@ -167,17 +174,16 @@ class NDJSONParser:
         lines = [ln for ln in raw if ln.strip(JSON_SPACE)]
         if not lines:
             return
-        loads = orjson.loads
         try:
-            docs = [loads(ln) for ln in lines]
+            docs = [orjson.loads(ln) for ln in lines]
         except orjson.JSONDecodeError:
             docs = None
-        base = self.out.n
-        if docs is not None:
-            X, Y = convert(self.spec, docs, base, trusted=plain_bytes(part, 4 * len(docs)))
-            self.out.extend(X, Y)
-            return
-        # A line did not parse: go line by line so the first problem is reported, in order.
+        if docs is not None and plain_bytes(part, 4 * len(docs)):
+            out = fast(self.spec, docs)
+            if out is not None:
+                self.out.extend(*out)
+                return
+        # Line by line on the strict reading, so the first problem is reported, in order.
         for offset, ln in enumerate(raw):
             if not ln.strip(JSON_SPACE):
                 continue
@@ -185,17 +191,12 @@ class NDJSONParser:
             i = self.out.n
             try:
                 doc = loads(ln)
-                trusted = plain_bytes(ln, 4)
-            except orjson.JSONDecodeError as e:
-                try:
-                    doc = _std_loads(ln)
-                    trusted = False
-                except (ValueError, RecursionError):
-                    raise BadRequest(
-                        f"line {number} of the NDJSON body (sample {i}) is not valid JSON: {e}",
-                        errors=[{"loc": [*SAMPLES, i], "msg": f"malformed JSON: {e}", "line": number}],
-                    ) from None
-            X, Y = convert(self.spec, [doc], i, trusted=trusted)
+            except (ValueError, RecursionError) as e:
+                raise BadRequest(
+                    f"line {number} of the NDJSON body (sample {i}) is not valid JSON: {e}",
+                    errors=[{"loc": [*SAMPLES, i], "msg": f"malformed JSON: {e}", "line": number}],
+                ) from None
+            X, Y = convert(self.spec, [doc], i, trusted=False)
             self.out.extend(X, Y)
 
     def _parse_joined(self, part: bytes) -> bool:
@@ -227,8 +228,12 @@ class NDJSONParser:
             return False
         if len(docs) != n:  # pragma: no cover - excluded by the byte checks
             return False
-        X, Y = convert(self.spec, docs, self.out.n, trusted=plain_bytes(part, 4 * n))
-        self.out.extend(X, Y)
+        if not plain_bytes(part, 4 * n):
+            return False
+        out = fast(self.spec, docs)
+        if out is None:
+            return False
+        self.out.extend(*out)
         self._line += n
         return True
 

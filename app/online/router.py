@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from app.context import AppContext
 from app.core.body import read_body
 from app.core.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, UnsupportedMediaType
+from app.core.jsonbody import JSONRoute
 from app.core.schemas import problem_responses
 from app.deps import ModelMaintain, ModelNamePath, bearer
 from app.keys.service import Principal
@@ -28,7 +29,7 @@ from app.online.samples import SampleSpec
 from app.online.schemas import UPDATE_BODY, ResumeIn, UpdateOut
 from app.registry.schemas import ModelOut, VersionOut
 
-router = APIRouter(tags=["online"])
+router = APIRouter(route_class=JSONRoute, tags=["online"])
 
 JSON_TYPES = frozenset({"", "application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})

@@ -209,9 +209,10 @@ def _fast_labels(spec: SampleSpec, ys: list[Any], n: int) -> np.ndarray | None:
     return Y.astype(np.int64)
 
 
-def _fast(spec: SampleSpec, samples: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+def fast(spec: SampleSpec, samples: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
     """(X float32, Y packed) of plain samples (see the module docstring), or None for
-    the slow path."""
+    the slow path. Call it only on samples known plain (:func:`plain_objects`,
+    :func:`app.online.ingest.plain_bytes`)."""
     n = len(samples)
     try:
         xs = [s["x"] for s in samples]
@@ -254,7 +255,7 @@ def convert(
     string or null (:func:`app.online.ingest.plain_bytes`, :func:`plain_objects`);
     otherwise the slow path decides.
     """
-    out = _fast(spec, samples) if trusted else None
+    out = fast(spec, samples) if trusted else None
     return out if out is not None else _slow(spec, samples, base, loc)
 
 

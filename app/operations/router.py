@@ -7,9 +7,10 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.core.errors import problem
+from app.core.jsonbody import JSONRoute
 from app.deps import Ctx
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(route_class=JSONRoute, tags=["operations"])
 
 
 @router.get("/healthz", summary="The process is alive", operation_id="healthz")

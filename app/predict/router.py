@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.core.jsonbody import JSONRoute
 from app.core.schemas import problem_responses
 from app.deps import Ctx, ModelNamePath, ModelRead
 from app.predict.schemas import EvaluateIn, EvaluateOut, PredictIn, PredictOut
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(route_class=JSONRoute, tags=["predict"])
 
 
 @router.post(

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import StreamingResponse
 
+from app.core.jsonbody import JSONRoute
 from app.core.schemas import NAME_PATTERN, Page, problem_responses
 from app.deps import (
     Ctx,
@@ -21,7 +22,7 @@ from app.deps import (
 )
 from app.registry.schemas import AliasList, AliasOut, AliasPut, ModelCreate, ModelOut, VersionOut
 
-router = APIRouter()
+router = APIRouter(route_class=JSONRoute)
 AliasPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, examples=["production"])]
 
 

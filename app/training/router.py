@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
+from app.core.jsonbody import JSONRoute
 from app.core.schemas import problem_responses
 from app.deps import Ctx, ModelMaintain, ModelNamePath
 from app.jobs.router import JOB_RESPONSES, PreferHeader, job_answer
 from app.jobs.schemas import JobOut
 from app.training.schemas import BatchUpdateIn
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(route_class=JSONRoute, tags=["jobs"])
 
 
 @router.post(

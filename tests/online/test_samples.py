@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.core.errors import Invalid
+from app.core.jsonbody import loads
 from app.online.ingest import parse_json
 from app.online.samples import SampleSpec, check_matrix, convert, parse_samples, plain_objects
-from tests.online.test_ingest import REG1, SPECS, sample
+from tests.online.test_ingest import REG1, SPECS, dumps, sample
 
 BIN2 = SampleSpec("binary", 2, 1)
 
@@ -114,16 +114,19 @@ def test_plain_objects_screens_what_numpy_would_coerce():
 @given(samples=st.lists(sample(), min_size=1, max_size=4))
 def test_parsed_samples_get_the_arrays_and_errors_of_the_slow_path_and_of_update(spec, samples) -> None:
     """The fast path on parsed objects (:func:`plain_objects`) changes nothing but speed, and
-    a parsed body gives what ``/update``'s bytes give."""
+    a parsed body gives what ``/update``'s bytes give (a parsed body is the strict reading
+    of its text, :func:`app.core.jsonbody.loads`, as every JSON body is)."""
+    body = dumps({"samples": samples})
+    samples = loads(body)["samples"]
     try:
         want = convert(spec, samples, 0, trusted=False)
     except Invalid as e:
-        for fn, arg in ((parse_samples, samples), (parse_json, orjson.dumps({"samples": samples}))):
+        for fn, arg in ((parse_samples, samples), (parse_json, body)):
             with pytest.raises(Invalid) as got:
                 fn(spec, arg)
             assert got.value.errors == e.errors
         return
-    for X, Y in (parse_samples(spec, samples), parse_json(spec, orjson.dumps({"samples": samples}))):
+    for X, Y in (parse_samples(spec, samples), parse_json(spec, body)):
         assert X.dtype == np.float32 and X.tobytes() == want[0].astype(np.float32).tobytes()
         assert Y.dtype == want[1].dtype and Y.tobytes() == want[1].tobytes()
 
