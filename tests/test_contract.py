@@ -285,3 +285,46 @@ def test_numbers_beyond_every_bound_are_422_not_400(client) -> None:
             '{"samples": [{"x": [1, 2], "y": [1, 2]}], "version": V}'.replace("V", v),
         )
         assert_problem(r, 422, ["body", "version"])
+
+
+def test_duplicate_keys_are_400_naming_the_key_in_every_json_body(client) -> None:
+    """Every operation taking a JSON body refuses an object that names a key twice (at the
+    top or nested), 400 naming the key, before anything else looks at the body."""
+    create_model(client, "m")
+    spec: dict[str, Any] = client.get("/openapi.json").json()
+    operations = _json_operations(spec)
+    assert len(operations) >= 9
+    for method, url in operations:
+        for text, key in (
+            ('{"dup_key": 1, "dup_key": 2}', "dup_key"),
+            ('{"a": {"b": [{"yy": 1, "yy": 0}]}}', "yy"),
+        ):
+            r = client.request(method, url, content=text, headers={"Content-Type": "application/json"})
+            body = assert_problem(r, 400)
+            assert key in body["detail"] and "duplicate" in body["detail"], (method, url, body)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"samples": [{"x": [1, 2, 3], "y": 1}], "samples": [{"x": [1, 2, 3], "y": 1}]}',
+        '{"samples": [{"x": [1, 2, 3], "y": 1, "y": 0}]}',
+        '{"samples": [{"x": [1, 2, 3], "x": [1, 2, 3], "y": 1}]}',
+        '{"samples": [{"x": [1, 2, 3], "y": 1}, {"x": [1, 2, 3], "\\u0078": [1, 2, 3], "y": 0}]}',
+    ],
+)
+def test_duplicate_keys_in_update_bodies(client, text: str) -> None:
+    """/update reads its body raw: JSON and NDJSON lines refuse duplicate keys too, and
+    nothing is stored."""
+    create_model(client, "m")
+    r = client.post("/v1/models/m/update", content=text, headers={"Content-Type": "application/json"})
+    body = assert_problem(r, 400)
+    assert "duplicate" in body["detail"], body
+    lines = "\n".join(json.dumps(s) for s in json.loads(text)["samples"])
+    dup_line = text[text.index("[{") + 1 : text.rindex("}]") + 1]
+    if '"samples"' not in dup_line:
+        nd = lines + "\n" + dup_line.replace("}, {", "}\n{") + "\n"
+        r = client.post("/v1/models/m/update", content=nd, headers={"Content-Type": "application/x-ndjson"})
+        body = assert_problem(r, 400)
+        assert "duplicate" in body["detail"] and body["errors"][0]["line"] >= 2, body
+    assert client.get("/v1/models/m").json()["online"]["accepted"] == 0

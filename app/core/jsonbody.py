@@ -64,7 +64,7 @@ def loads(data: bytes | str) -> Any:
     :class:`json.JSONDecodeError` (:class:`DuplicateKey` for a repeated key) when it is
     not well-formed, ``RecursionError`` when it nests too deep."""
     try:
-        return json.loads(data, parse_int=_int)
+        return json.loads(data, object_pairs_hook=_unique, parse_int=_int)
     except _Duplicate as e:
         doc = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         quoted = json.dumps(e.key)

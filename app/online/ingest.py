@@ -48,7 +48,13 @@ def plain_bytes(data: bytes, quotes: int) -> bool:
     """True when ``data`` holds no JSON boolean and exactly ``quotes`` double quotes:
     the ones of the keys of well-formed samples (4 each, ``"x"`` and ``"y"``, plus 2
     for ``"samples"`` in a JSON body). Then no string, extra key or boolean can hide
-    in what orjson parsed, and the fast path may trust ``np.asarray``."""
+    in what orjson parsed, and the fast path may trust ``np.asarray``.
+
+    Nor can a duplicate key (orjson keeps the last value silently): every key costs at
+    least 2 quotes, every sample orjson returned has both ``x`` and ``y`` and the body
+    ``samples``, so exactly the expected count means no other key, repeated or not. So
+    the fast path needs no check of its own; everything else goes to the strict reading,
+    which refuses duplicates (:func:`app.core.jsonbody.loads`)."""
     if b"t" in data or b"f" in data:  # memchr: fast
         return False
     # the count as one vectorized pass (bytes.count is a byte-at-a-time loop, ~5× slower)
