@@ -8,7 +8,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.context import AppContext
 from app.core.errors import Forbidden, Invalid
-from app.core.schemas import NAME_PATTERN
+from app.core.schemas import CURSOR_PATTERN, NAME_PATTERN
 from app.keys.service import Principal
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
@@ -79,7 +79,10 @@ def page_params(
             json_schema_extra={PAGE_LIMIT_MARK: True},
         ),
     ] = PAGE_LIMIT_DEFAULT,
-    cursor: Annotated[str | None, Query(max_length=256, description="From a previous page's next_cursor")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=256, pattern=CURSOR_PATTERN, description="From a previous page's next_cursor"),
+    ] = None,
 ) -> tuple[int, str | None]:
     """``?limit=`` is bounded by the setting ``page_limit_max`` only (the one source of
     truth: the OpenAPI document shows it, :func:`document_page_limit`)."""

@@ -7,7 +7,7 @@ import types
 from collections.abc import Callable
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 T = TypeVar("T")
 
@@ -22,6 +22,21 @@ ModelName = Annotated[
         examples=["churn"],
     ),
 ]
+
+
+def _storable(v: str) -> str:
+    """Free text is stored as is, but no database stores U+0000 in a text column
+    (PostgreSQL refuses it): refuse it at the edge, like any other invalid value."""
+    if "\x00" in v:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return v
+
+
+#: Free text a client sends to be stored (names, descriptions, tags): any string without NUL.
+Text = Annotated[str, AfterValidator(_storable)]
+#: An opaque paging cursor: printable ASCII, as every list hands them out.
+CURSOR_PATTERN = r"^[!-~]+$"
+
 AliasName = Annotated[
     str,
     Field(pattern=NAME_PATTERN, min_length=1, max_length=64, examples=["production"]),

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from app.core.schemas import ModelName, Strict
+from app.core.schemas import ModelName, Strict, Text
 
 Scope = Literal["read", "ingest", "maintain", "admin"]
 
@@ -17,7 +17,7 @@ class KeyCreate(Strict):
         "extra": "forbid",
         "json_schema_extra": {"examples": [{"name": "checkout-app", "scope": "ingest", "models": ["churn"]}]},
     }
-    name: str = Field(min_length=1, max_length=128)
+    name: Text = Field(min_length=1, max_length=128)
     scope: Scope
     models: list[ModelName] | None = Field(
         None, max_length=1000, description="Restrict the key to these models (default: all)"

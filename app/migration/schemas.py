@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.core.schemas import AliasName, ModelName
+from app.core.schemas import AliasName, ModelName, Text
 from app.interop.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from app.online.schemas import Samples
 from app.registry.schemas import OptimizerSpec, Task
@@ -102,7 +102,7 @@ class MigrateIn(TrainOptions):
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="transfer: seed of the new layers' initialization")
     optimizer: OptimizerSpec | None = Field(None, description="transfer: default the source model's optimizer")
-    description: str | None = Field(None, max_length=10_000, description="transfer: the new model's description")
+    description: Text | None = Field(None, max_length=10_000, description="transfer: the new model's description")
     samples: Samples | None = Field(
         None, description="transfer: labelled samples for the NEW task (x of the source's input_dim)"
     )

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from app.core.schemas import ModelName, Strict
+from app.core.schemas import ModelName, Strict, Text
 
 Task = Literal["regression", "binary", "multiclass"]
 Activation = Literal["relu", "tanh", "sigmoid"]
@@ -75,8 +75,8 @@ class ModelCreate(Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     checkpoint_every: int = Field(1000, ge=1, le=1_000_000_000)
     seed: int = Field(0, ge=0, le=2**63 - 1)
-    description: str = Field("", max_length=10_000)
-    tags: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1024)]] = Field(
+    description: Text = Field("", max_length=10_000)
+    tags: dict[Annotated[Text, Field(max_length=128)], Annotated[Text, Field(max_length=1024)]] = Field(
         default_factory=dict, max_length=64
     )
     guard: GuardSpec = Field(default_factory=GuardSpec)
