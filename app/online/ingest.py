@@ -27,6 +27,8 @@ not JSON is 400 naming its 1-based line number.
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +42,8 @@ from app.online.samples import SAMPLES, SampleSpec, convert, fast, kind, parse_s
 #: NDJSON text is parsed in slices of about this many bytes (whole lines).
 NDJSON_SLICE = 256 * 1024
 QUOTE = ord('"')
+BACKSLASH = ord("\\")
+COMMA = ord(",")
 #: JSON's whitespace within a line (bytes.isspace() would also take \v and \f).
 JSON_SPACE = b" \t\r"
 
@@ -111,7 +115,17 @@ def parse_json(spec: SampleSpec, body: bytes) -> tuple[np.ndarray, np.ndarray]:
 
     orjson's reading is used only when the bytes are plain (:func:`plain_bytes`: no
     duplicate key can hide in them) and the fast path accepts the samples; anything
-    else is decided on the strict reading, :func:`_read`."""
+    else is decided on the strict reading, :func:`_read`.
+
+    A body larger than :data:`JSON_SLICE` is parsed slice by slice (:func:`_parse_sliced`,
+    each slice read the same way) when :func:`split_samples` can find its samples;
+    otherwise, and for small bodies, at once. Both give the same arrays and errors."""
+    if len(body) > JSON_SLICE:
+        where = split_samples(body)
+        if where is not None:
+            out = _parse_sliced(spec, body, *where)
+            if out is not None:
+                return out
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -131,6 +145,164 @@ def parse_json(spec: SampleSpec, body: bytes) -> tuple[np.ndarray, np.ndarray]:
     if "samples" not in doc:
         raise Invalid.at(SAMPLES, "field required")
     return parse_samples(spec, doc.pop("samples"), SAMPLES, trusted=False)
+
+
+# --------------------------------------------------------------------------- JSON, in slices
+#: JSON bodies larger than this are parsed slice by slice (:func:`split_samples`).
+JSON_SLICE = 256 * 1024
+#: The scanner looks at the body in chunks of this many bytes (its temporaries: ~13 bytes each).
+SCAN_CHUNK = 256 * 1024
+#: Deeper samples go to the whole-body parser (orjson's own limit counts the wrapping levels).
+SCAN_MAX_DEPTH = 256
+_HEAD = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"samples"[ \t\n\r]*:[ \t\n\r]*\[')
+_TAIL = re.compile(rb"[ \t\n\r]*\}[ \t\n\r]*")
+_DELTA = np.zeros(256, np.int8)
+_DELTA[[ord("["), ord("{")]] = 1
+_DELTA[[ord("]"), ord("}")]] = -1
+
+
+def split_samples(body: bytes) -> tuple[int, np.ndarray, int] | None:
+    """Where the samples of a body ``{"samples": [...]}`` are, found without parsing it.
+
+    Returns ``(start, commas, end)``: the array's elements are the byte ranges between
+    ``start`` (just after ``[``), the top-level ``commas`` (int64 positions) and ``end``
+    (the closing ``]``). None when the body is not exactly that object (whitespace
+    aside), nests deeper than :data:`SCAN_MAX_DEPTH` or never closes the array: the
+    whole-body parser then decides (and reports) as before.
+
+    A vectorized pass per :data:`SCAN_CHUNK`: a quote not preceded by an odd run of
+    backslashes toggles "inside a string", and outside strings ``[`` ``{`` / ``]`` ``}``
+    move the depth. Whether the elements are valid JSON is left to the parser.
+    """
+    m = _HEAD.match(body)
+    if m is None:
+        return None
+    start = m.end()
+    depth, in_str, run = 1, 0, 0  # carried between chunks; run: backslashes ending the last chunk
+    commas: list[np.ndarray] = []
+    mv = memoryview(body)
+    for c0 in range(start, len(body), SCAN_CHUNK):
+        c1 = min(c0 + SCAN_CHUNK, len(body))
+        a = np.frombuffer(mv[c0:c1], np.uint8)
+        d = _DELTA[a]
+        comma = a == COMMA
+        if in_str or body.find(b'"', c0, c1) >= 0:
+            q = a == QUOTE
+            if run or body.find(b"\\", c0, c1) >= 0:
+                q &= ~_escaped(a, run)
+                plain = np.flatnonzero(a != BACKSLASH)
+                run = run + len(a) if len(plain) == 0 else len(a) - 1 - int(plain[-1])
+            inside = ((np.cumsum(q, dtype=np.int32) + in_str) & 1).astype(bool)
+            in_str = int(inside[-1])
+            inside |= q  # the quotes themselves are not structural either
+            d[inside] = 0
+            comma &= ~inside
+        else:
+            run = 0
+        level = np.cumsum(d, dtype=np.int32)
+        level += depth
+        closed = np.flatnonzero(level == 0)
+        stop = int(closed[0]) if len(closed) else len(a)
+        if int(level[:stop].max(initial=depth)) > SCAN_MAX_DEPTH:
+            return None
+        commas.append(np.flatnonzero(comma[:stop] & (level[:stop] == 1)) + c0)
+        if len(closed):
+            end = c0 + stop
+            if _TAIL.fullmatch(body, end + 1) is None:
+                return None
+            return start, np.concatenate(commas).astype(np.int64), end
+        depth = int(level[-1])
+    return None
+
+
+def _escaped(a: np.ndarray, run: int) -> np.ndarray:
+    """Per byte of ``a``: preceded by an odd run of backslashes (``run`` of them end the
+    previous chunk)."""
+    n = len(a)
+    idx = np.arange(n, dtype=np.int64)
+    last = np.maximum.accumulate(np.where(a == BACKSLASH, -1, idx))  # last non-backslash at or before i
+    before = np.empty(n, np.int64)  # backslashes right before i
+    before[0] = run
+    prev = last[:-1]
+    before[1:] = np.where(prev >= 0, idx[:-1] - prev, idx[1:] + run)
+    return (before & 1).astype(bool)
+
+
+def _parse_sliced(
+    spec: SampleSpec, body: bytes, start: int, commas: np.ndarray, end: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Parse the samples array in slices of about :data:`JSON_SLICE` bytes of whole
+    elements, each wrapped as its own array, packing each slice's samples before the
+    next is read: memory is the packed arrays plus one slice's objects.
+
+    Same answers as the whole-body parser: a 400 when any slice is not JSON even for
+    the standard library (with orjson's first complaint, placed in the body; an empty
+    element at a slice's end is called a trailing comma there), else the
+    first bad sample's 422 (sample indices count from the array's start), else the
+    arrays. None (the caller parses the body whole) if a slice does not hold as many
+    elements as the scanner found."""
+    n = len(commas) + 1
+    if n == 1 and not body[start:end].strip(b" \t\n\r"):
+        raise Invalid.at(SAMPLES, "expected at least one sample")
+    starts = np.empty(n, np.int64)
+    starts[0] = start
+    starts[1:] = commas + 1
+    ends = np.empty(n, np.int64)
+    ends[:-1] = commas
+    ends[-1] = end
+    cuts = np.unique(np.searchsorted(starts, np.arange(start, end, JSON_SLICE), side="left"))
+    bounds = [*cuts[cuts < n].tolist(), n]
+    row = 4 * spec.input_dim + np.dtype(spec.y_dtype).itemsize * max(spec.output_dim, 1)
+    out = SampleArrays(spec, capacity=min(n, 4 * len(body) // row + 1))
+    first_error: Exception | None = None
+    first_at = 0
+    broken = False
+    pending: Invalid | None = None
+    for i, j in itertools.pairwise(bounds):
+        lo, hi = int(starts[i]), int(ends[j - 1])
+        text = b"[" + body[lo:hi] + b"]"
+        try:  # as parse_json: orjson's reading only for plain bytes (no duplicate key can hide)
+            docs = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            docs = None
+        trusted = type(docs) is list and plain_bytes(text, 4 * len(docs))
+        if not trusted:
+            try:
+                docs = loads(text)
+            except (ValueError, RecursionError) as e:
+                first_error, first_at = e, lo - 1
+                broken = True
+                break
+        if type(docs) is not list or len(docs) != j - i:
+            return None
+        if pending is not None:
+            continue  # only looking for a malformed slice now, which would answer 400 instead
+        try:
+            X, Y = convert(spec, docs, out.n, trusted=trusted)
+        except Invalid as e:
+            pending = e
+            continue
+        del docs
+        out.extend(X, Y)
+    if broken:
+        assert first_error is not None
+        raise BadRequest(f"malformed JSON body: {_placed(first_error, body, first_at)}")
+    if pending is not None:
+        raise pending
+    X, Y = out.arrays()
+    return X, Y
+
+
+def _placed(e: Exception, body: bytes, shift: int) -> str:
+    """``e`` (raised for a slice that starts at ``body[shift]``) with its place in the whole
+    body's terms when it has one: ``msg: line L column C (char P)``."""
+    at = getattr(e, "pos", None)
+    if not isinstance(at, int):
+        return str(e)
+    pos = shift + at
+    line = body.count(b"\n", 0, pos) + 1
+    col = pos - body.rfind(b"\n", 0, pos)
+    return f"{getattr(e, 'msg', e)}: line {line} column {col} (char {pos})"
 
 
 # --------------------------------------------------------------------------- NDJSON

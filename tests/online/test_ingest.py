@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from app.core.errors import BadRequest, Invalid
 from app.core.jsonbody import loads
+from app.online import ingest
 from app.online.ingest import parse_json, parse_ndjson, plain_bytes
 from app.online.samples import F32_MAX, F32_ROUNDS_TO_INF, SampleSpec, convert, number_problem
 
@@ -239,3 +240,123 @@ def test_in_float32_range_means_rounds_to_a_finite_float32(v: float, ok: bool) -
         with pytest.raises(Invalid) as e:
             parse_json(SPECS[2], body)
         assert e.value.body()["errors"][0]["msg"] == "x[1]: overflows float32"
+
+
+# --------------------------------------------------------------------------- large JSON bodies, in slices
+def _answer(spec: SampleSpec, body: bytes) -> tuple[object, ...]:
+    try:
+        X, Y = parse_json(spec, body)
+    except Invalid as e:
+        return ("422", e.body()["errors"])
+    except BadRequest:
+        return ("400",)  # the message may place a slice-boundary error differently
+    return ("ok", X.dtype.str, X.shape, X.tobytes(), Y.dtype.str, Y.tobytes())
+
+
+ATOMS = ['"a\\\\"', '"b\\"c,]}"', '"\\\\\\""', "true", "null", "NaN", "1e400", "[1,[2]]", '{"x":[1]}', ",", "]", ""]
+
+
+@st.composite
+def raw_body(draw: st.DrawFn) -> bytes:
+    """Sample arrays as text, with strings holding escapes, quotes and brackets, bad values
+    and malformed elements, in any JSON whitespace."""
+    items = []
+    for _ in range(draw(st.integers(0, 12))):
+        if draw(st.integers(0, 9)):
+            x = [
+                draw(
+                    st.sampled_from(["0.5", "1", "-2", "3e38", *ATOMS[:7]])
+                    if draw(st.integers(0, 9)) == 0
+                    else st.just("1.25")
+                )
+                for _ in range(3)
+            ]
+            y = draw(st.sampled_from(["0", "1", "2", *ATOMS[:7]]))
+            key = draw(st.sampled_from(['"x"'] * 8 + ['"x\\""', '"z"']))
+            items.append(f'{{{key}: [{",".join(x)}], "y": {y}}}')
+        else:
+            items.append(draw(st.sampled_from(ATOMS)))
+    ws = draw(st.sampled_from(["", " ", "\n", " \r\n\t"]))
+    sep = "," + ws
+    return f'{{{ws}"samples"{ws}:{ws}[{ws}{sep.join(items)}{ws}]{ws}}}{ws}'.encode()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=raw_body(), slice_bytes=st.integers(1, 200), chunk=st.integers(1, 64))
+def test_a_body_parsed_in_slices_answers_as_the_whole_body(body: bytes, slice_bytes: int, chunk: int) -> None:
+    """Whatever the slice and scan-chunk sizes, the sliced parser gives the whole-body
+    parser's arrays, or its 422 (same place, same message), or a 400 when it gives one."""
+    spec = SPECS[0]
+    whole = _answer(spec, body)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ingest, "JSON_SLICE", slice_bytes)
+        mp.setattr(ingest, "SCAN_CHUNK", chunk)
+        assert _answer(spec, body) == whole
+
+
+def test_the_scanner_finds_the_elements_or_declines() -> None:
+    body = b' {"samples" : [ {"x": "a,b\\"]"} , [1,{"c":2}] ,3 ] }\n'
+    where = ingest.split_samples(body)
+    assert where is not None
+    start, commas, end = where
+    elements = [body[a + 1 : b] for a, b in zip([start - 1, *commas.tolist()], [*commas.tolist(), end], strict=True)]
+    assert [e.strip() for e in elements] == [b'{"x": "a,b\\"]"}', b'[1,{"c":2}]', b"3"]
+    assert ingest.split_samples(b'{"samples": [1], "other": 2}') is None  # the whole-body parser answers
+    assert ingest.split_samples(b'{"other": 2, "samples": [1]}') is None
+    assert ingest.split_samples(b'{"samples": [1, 2}') is None
+
+
+def _big_body(n: int) -> bytes:
+    rng = np.random.default_rng(1)
+    X = np.round(rng.normal(size=(n, 3)), 4).tolist()
+    return orjson.dumps({"samples": [{"x": x, "y": k % 2} for k, x in enumerate(X)]})
+
+
+def _parse_peak(body: bytes) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        X, Y = parse_json(SPECS[0], body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert X.shape == (200_000, 3) and Y.shape == (200_000,)
+    return peak
+
+
+def test_parsing_a_large_json_body_is_bounded_by_a_small_multiple_of_it() -> None:
+    """Parsed whole, a body became a Python object per number (≈ 20× the text); in slices
+    the peak is the packed arrays plus one slice's objects and the scanner's temporaries.
+    tracemalloc counts numpy's buffers too."""
+    body = _big_body(200_000)  # ~7 MB
+    peak = _parse_peak(body)
+    assert peak < 3 * len(body), (peak, len(body))
+    with pytest.MonkeyPatch.context() as mp:  # the measure tells them apart
+        mp.setattr(ingest, "JSON_SLICE", 1 << 40)
+        assert _parse_peak(body) > 8 * len(body)
+
+
+@pytest.mark.parametrize(
+    ("bad", "status"),
+    [
+        (b'{"x": [1, 2, 3], "x": [1, 2, 3], "y": 1}', 400),  # a duplicate key: malformed, in any slice
+        (b'{"x": [1, ' + b"9" * 5000 + b', 3], "y": 1}', 422),  # beyond any float: at its sample
+        (b'{"x": [1, 1e999, 3], "y": 1}', 422),
+    ],
+)
+def test_a_sliced_body_reads_each_slice_as_strictly_as_a_whole_body(bad: bytes, status: int) -> None:
+    """A body parsed in slices answers as the whole-body reading does: a duplicate key is a
+    400, a number orjson refuses is read and answered 422 at its sample (here in a late slice)."""
+    spec = SampleSpec("binary", 3, 1)
+    good = b'{"x": [0.5, 1.5, 2.5], "y": 0}'
+    n = (3 * ingest.JSON_SLICE) // len(good)
+    body = b'{"samples": [' + b", ".join([good] * n + [bad]) + b"]}"
+    assert len(body) > 2 * ingest.JSON_SLICE and ingest.split_samples(body) is not None
+    err = BadRequest if status == 400 else Invalid
+    with pytest.raises(err) as e:
+        parse_json(spec, body)
+    if status == 422:
+        assert e.value.body()["errors"][0]["loc"] == ["body", "samples", n, "x"]
+    else:
+        assert "duplicate" in e.value.detail
