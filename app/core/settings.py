@@ -33,6 +33,19 @@ class Settings(BaseSettings):
     learner_poll_seconds: float = Field(0.05, gt=0)
     learner_lease_seconds: float = Field(15.0, gt=0)
     learner_window: int = Field(1000, ge=10, description="Size of the recent prequential window.")
+    learner_idle_seconds: float = Field(
+        300.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A held model's learner with nothing to do (no samples to apply, no checkpoint or resume "
+        "request) for this long drops its in-memory network, keeping the lease; it reloads on the next sample.",
+    )
+    learner_memory_bytes: int = Field(
+        2 * 1024**3,
+        ge=1,
+        description="Bound on the memory of the learners a process holds in memory (parameters, gradient, "
+        "optimizer state); past it the least recently active are dropped first. A larger model is learned alone.",
+    )
     ingest_group_wait_ms: float = Field(
         5.0,
         ge=0,

@@ -46,6 +46,22 @@ learner skips that offset (counted as applied: it is consumed), restarts from
 ``from_version``'s parameters with a fresh optimizer state when given, and
 commits a checkpoint at once, which makes the skip durable.
 
+**Memory: idle learners are evicted, the total is bounded.** A held model's learner
+(network, gradient, optimizer state) is dropped from memory — *evicted* — when it has
+had nothing to do (no samples to apply, no checkpoint or resume request) for
+``STEWARD_LEARNER_IDLE_SECONDS``, and whenever the held learners' arrays
+(:meth:`OnlineLearner.nbytes`) pass ``STEWARD_LEARNER_MEMORY_BYTES``, least recently
+active first (a model larger than the bound is still loaded, alone). The process
+**keeps the lease** of an evicted model (:attr:`LearnerRuntime.parked`: renewed, released
+on stop), so no other process takes it over and nothing changes hands; eviction only
+publishes the progress (``learners.applied_through`` and metrics). When the model has
+work again it is reloaded exactly as after a restart: from the newest version (plus the
+``base`` cut) and the log, never publishing below what was published — the replay
+reaches bit-identical parameters. An evicted model that still has samples to apply
+(evicted for room) first commits a checkpoint (``"checkpoint": "evicted"``), so models
+taking turns in a bound too small for both always make progress. Networks the learner
+loads do not fill the predict cache (:class:`~app.registry.versions.NetworkCache`).
+
 **Crash and restart.** Nothing in memory is needed to continue: the newest
 version (plus the ``base`` cut for a non-online one), the log and the model's
 status determine the parameters. Replay is deterministic, so after SIGKILL the
@@ -111,6 +127,16 @@ class Held:
     dirty: bool = False
     lag: int = 0
     cache: LogRows | None = field(default=None, repr=False)  # the last log row read
+    active: float = field(default_factory=time.monotonic)  # last sample applied or request answered
+    nbytes: int = 0  # the learner's arrays (OnlineLearner.nbytes)
+
+
+@dataclass
+class Parked:
+    """A model whose lease this process holds while its learner is evicted from memory."""
+
+    model_id: int
+    name: str
 
 
 @dataclass
@@ -124,6 +150,16 @@ class Control:
     owner: str | None
     requests: dict[str, int]
     resume: dict[str, Any] | None
+    published: int = -1  # learners.applied_through
+
+    def has_work(self, applied_through: int) -> bool:
+        """Samples to apply after ``applied_through``, or a request to answer."""
+        if self.requests or (self.resume is not None and self.status == "active"):
+            return True
+        limit = self.accepted - 1
+        if self.status == "paused" and self.paused_offset is not None:
+            limit = min(limit, self.paused_offset - 1)
+        return limit > applied_through
 
 
 class LearnerLeaseLost(Exception):
@@ -189,6 +225,9 @@ class LearnerRuntime:
         self.metrics = metrics
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held: dict[int, Held] = {}
+        #: leases held for models whose learner is evicted from memory (see the module doc)
+        self.parked: dict[int, Parked] = {}
+        self.evictions = 0
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_claim = 0.0
@@ -235,14 +274,30 @@ class LearnerRuntime:
         if now - self._last_renew >= self.settings.learner_lease_seconds / 3:
             self._renew()
             self._last_renew = now
-        if now - self._last_claim >= CLAIM_SECONDS or not self.held:
+        if now - self._last_claim >= CLAIM_SECONDS or not (self.held or self.parked):
             self._claim()
             self._last_claim = now
         total = 0
         controls = self._controls()
+        turned: set[int] = set()
+        for mid, p in list(self.parked.items()):
+            ctl = controls.get(mid)
+            if ctl is None or ctl.owner != self.owner:
+                log.info("learner: model %s is gone or no longer ours", p.name)
+                self.parked.pop(mid, None)
+            elif ctl.has_work(ctl.published):
+                self._load(mid)  # and its turn at once, before another load may evict it
+                h = self.held.get(mid)
+                if h is not None:
+                    turned.add(mid)
+                    try:
+                        total += self._turn(h, ctl)
+                    except LearnerLeaseLost:
+                        log.warning("learner: lease on model %s lost", h.name)
+                        self.held.pop(mid, None)
         for mid in list(self.held):
             h = self.held.get(mid)
-            if h is None:
+            if h is None or mid in turned:
                 continue
             ctl = controls.get(mid)
             if ctl is None or ctl.owner != self.owner:
@@ -254,6 +309,7 @@ class LearnerRuntime:
             except LearnerLeaseLost:
                 log.warning("learner: lease on model %s lost", h.name)
                 self.held.pop(mid, None)
+        self._evict_idle(controls)
         return total
 
     def drain(self, timeout: float = 30.0) -> None:
@@ -262,13 +318,60 @@ class LearnerRuntime:
         while time.monotonic() < deadline:
             if not self.run_once():
                 idle = all(self._idle(h) for h in self.held.values())
-                if idle:
+                ctls = self._controls()
+                if idle and not any(mid in ctls and ctls[mid].has_work(ctls[mid].published) for mid in self.parked):
                     return
         raise TimeoutError("the learner did not catch up in time")
 
-    def _idle(self, h: Held) -> bool:
-        ctl = self._controls().get(h.model_id)
+    def _idle(self, h: Held, ctl: Control | None = None) -> bool:
+        ctl = ctl or self._controls().get(h.model_id)
         return ctl is None or (not ctl.requests and ctl.resume is None and (h.lag == 0 or ctl.status == "paused"))
+
+    # ------------------------------------------------------------------ memory
+    def _load(self, model_id: int) -> None:
+        """Bring an evicted (or just claimed) model's learner into memory, as a restart
+        would, after evicting the least recently active others past the memory bound."""
+        p = self.parked.pop(model_id)
+        try:
+            self._adopt_fresh(model_id)
+        except Exception:
+            log.exception("learner: could not load model %s; releasing it", p.name)
+            with self.db.write() as s:
+                LearnerRepository(s).release(model_id, self.owner)
+            return
+        h = self.held.get(model_id)
+        if h is None:
+            return
+        bound = self.settings.learner_memory_bytes
+        total = sum(x.nbytes for x in self.held.values())
+        for other in sorted((x for x in self.held.values() if x is not h), key=lambda x: x.active):
+            if total <= bound:
+                break
+            total -= other.nbytes
+            self._evict(other, reason="memory")
+
+    def _evict_idle(self, controls: dict[int, Control]) -> None:
+        now = time.monotonic()
+        idle_for = self.settings.learner_idle_seconds
+        for h in list(self.held.values()):
+            if now - h.active >= idle_for and self._idle(h, controls.get(h.model_id)):
+                self._evict(h, reason="idle")
+
+    def _evict(self, h: Held, *, reason: str) -> None:
+        """Drop ``h``'s learner from memory and keep its lease (see the module doc)."""
+        try:
+            if h.lag > 0 and h.since_version > 0 and h.learner.paused is None:
+                self._checkpoint(h, cause="evicted")
+                h = self.held.get(h.model_id, h)
+            self._publish(h, force=True)
+        except LearnerLeaseLost:
+            log.warning("learner: lease on model %s lost", h.name)
+            self.held.pop(h.model_id, None)
+            return
+        self.held.pop(h.model_id, None)
+        self.parked[h.model_id] = Parked(h.model_id, h.name)
+        self.evictions += 1
+        log.info("learner: model %s evicted (%s) at offset %d", h.name, reason, h.applied_through)
 
     # ------------------------------------------------------------------ leases
     def _claim(self) -> None:
@@ -278,47 +381,48 @@ class LearnerRuntime:
             repo = LearnerRepository(s)
             repo.ensure_rows()
             ids = repo.claimable(self.owner, now, 1000, skip_locked=not self.db.is_sqlite)
-            won = [mid for mid in ids if mid not in self.held and repo.claim(mid, self.owner, now, until)]
+            ids = [mid for mid in ids if mid not in self.held and mid not in self.parked]
+            won = [mid for mid in ids if repo.claim(mid, self.owner, now, until)]
+        # loaded when they have work (run_once), within the memory bound
         for mid in won:
-            try:
-                self._adopt_fresh(mid)
-            except Exception:
-                log.exception("learner: could not start model %s; releasing it", mid)
-                with self.db.write() as s:
-                    LearnerRepository(s).release(mid, self.owner)
+            self.parked[mid] = Parked(mid, f"#{mid}")
 
     def _renew(self) -> None:
-        if not self.held:
+        if not self.held and not self.parked:
             return
         until = utcnow() + timedelta(seconds=self.settings.learner_lease_seconds)
         with self.db.write() as s:
             repo = LearnerRepository(s)
-            lost = [mid for mid in self.held if not repo.renew(mid, self.owner, until)]
+            lost = [mid for mid in [*self.held, *self.parked] if not repo.renew(mid, self.owner, until)]
         for mid in lost:
-            h = self.held.pop(mid, None)
+            h = self.held.pop(mid, None) or self.parked.pop(mid, None)
             if h is not None:
                 log.warning("learner: lease on model %s lost", h.name)
 
     def release_all(self) -> None:
         with self.db.write() as s:
-            for mid in list(self.held):
+            for mid in [*self.held, *self.parked]:
                 LearnerRepository(s).release(mid, self.owner)
         self.held.clear()
+        self.parked.clear()
 
     def forget(self, name: str) -> None:
         """Drop a deleted model (its rows are gone with it)."""
         for mid, h in list(self.held.items()):
             if h.name == name:
                 self.held.pop(mid, None)
+        for mid, p in list(self.parked.items()):
+            if p.name == name:
+                self.parked.pop(mid, None)
 
     # ------------------------------------------------------------------ control
     def _controls(self) -> dict[int, Control]:
-        if not self.held:
+        if not self.held and not self.parked:
             return {}
         with self.db.read() as s:
-            rows = LearnerRepository(s).controls(list(self.held))
+            rows = LearnerRepository(s).controls([*self.held, *self.parked])
         out = {}
-        for mid, status, paused, nxt, lat, owner, mailbox in rows:
+        for mid, status, paused, nxt, lat, owner, mailbox, published in rows:
             md = mailbox or {}
             out[mid] = Control(
                 status=status,
@@ -328,6 +432,7 @@ class LearnerRuntime:
                 owner=owner,
                 requests={k: int(v) for k, v in (md.get("checkpoint_requests") or {}).items()},
                 resume=md.get("resume"),
+                published=int(published),
             )
         return out
 
@@ -352,7 +457,7 @@ class LearnerRuntime:
 
     def _start_from(self, m: Model, v: Version, base: dict[str, Any] | None, published: int) -> Held:
         masked = is_masked(v)
-        learner = new_learner(m, self.versions.load(m, v), self.settings.learner_window, masked=masked)
+        learner = new_learner(m, self._network(m, v), self.settings.learner_window, masked=masked)
         if v.operation == "online" and v.state_sha256:
             load_state(learner, self.blobs.get(v.state_sha256))
             at = int(v.applied_through if v.applied_through is not None else published)
@@ -371,16 +476,23 @@ class LearnerRuntime:
             version=v.version,
             parent=v.version,
             applied_through=at,
+            nbytes=learner.nbytes(),
         )
+
+    def _network(self, m: Model, v: Version) -> Network:
+        """Version ``v``'s network: from the predict cache if there, else read for the
+        learner alone (it copies the parameters; the cache is not filled)."""
+        net = self.versions.cache.get(v.blob_sha256)
+        return net if net is not None else self.versions.load_owned(m, v)
 
     def _restart(self, h: Held, m: Model, v: Version) -> None:
         """New parameters (version ``v``) with a fresh optimizer state; the running
         prequential metrics carry on and the guard warms up again."""
         masked = is_masked(v)
-        learner = new_learner(m, self.versions.load(m, v), self.settings.learner_window, masked=masked)
+        learner = new_learner(m, self._network(m, v), self.settings.learner_window, masked=masked)
         load_state(learner, state_bytes(h.learner), metrics_only=True)
         learner.resume()
-        h.learner, h.masked, h.model = learner, masked, m
+        h.learner, h.masked, h.model, h.nbytes = learner, masked, m, learner.nbytes()
 
     def _adopt_newer(self, h: Held) -> None:
         """A newer version exists: continue from it (see module doc)."""
@@ -392,6 +504,7 @@ class LearnerRuntime:
         if v.operation == "online" and v.state_sha256:
             new = self._start_from(m, v, None, h.applied_through)
             new.published, new.publish_floor, new.last_publish = h.published, h.publish_floor, h.last_publish
+            new.active = h.active
             self.held[h.model_id] = new
             log.info("learner: model %s continues from online version %d", h.name, v.version)
             return
@@ -430,6 +543,7 @@ class LearnerRuntime:
                 self._clear_resume(h)
                 resume = None
             elif h.applied_through == int(p) - 1:
+                h.active = time.monotonic()
                 self._resume(h, resume)
                 return 1
         # how far the log may be applied now: not past a refused sample, nor a pending skip
@@ -454,6 +568,8 @@ class LearnerRuntime:
                 h.dirty = True
                 self.metrics.samples_applied.labels(h.name).inc(n)
                 self.metrics.learner_step_seconds.labels(h.name).observe(dt / n)
+            if n:
+                h.active = time.monotonic()
             if res.pause is not None:
                 self._pause(h, res.pause.offset, f"{res.pause.reason}: {res.pause.detail}")
                 limit = h.applied_through
@@ -465,6 +581,7 @@ class LearnerRuntime:
         h.lag = max(ctl.accepted - 1 - h.applied_through, 0)
         self.metrics.learner_lag.labels(h.name).set(h.lag)
         if ctl.requests and resume is None:
+            h.active = time.monotonic()
             self._answer_requests(h, ctl.requests, reach=limit)
         if self.held.get(mid) is h:
             self._publish(h, force=h.lag == 0)

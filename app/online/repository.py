@@ -126,7 +126,8 @@ class LearnerRepository:
 
     def controls(self, model_ids: list[int]) -> list[Any]:
         """Per held model, what the learner reads once per turn: ``(id, status,
-        paused_offset, next_offset, latest version, lease owner, learner metrics)``."""
+        paused_offset, next_offset, latest version, lease owner, mailbox, published
+        applied_through)``."""
         latest = (
             sa.select(sa.func.max(Version.version))
             .where(Version.model_id == Model.id)
@@ -143,6 +144,7 @@ class LearnerRepository:
                     latest,
                     Learner.owner,
                     Learner.mailbox,
+                    Learner.applied_through,
                 )
                 .join(Learner, Learner.model_id == Model.id)
                 .where(Model.id.in_(model_ids))

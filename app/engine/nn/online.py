@@ -345,6 +345,25 @@ class OnlineLearner:
                 }
             )
 
+    def nbytes(self) -> int:
+        """Bytes of the arrays the learner holds: parameters, gradient and scratch buffers,
+        optimizer moments, masks and the metrics' ring buffers (each counted once)."""
+        seen: dict[int, int] = {}
+
+        def add(x: object) -> None:
+            if isinstance(x, np.ndarray):
+                while isinstance(x.base, np.ndarray):
+                    x = x.base
+                seen[id(x)] = x.nbytes
+            elif isinstance(x, list | tuple):
+                for y in x:
+                    add(y)
+
+        for obj in (self, self._opt, self._metrics):
+            for v in vars(obj).values():
+                add(v)
+        return sum(seen.values())
+
     def metrics(self) -> dict[str, Any]:
         """Prequential metrics: ``{"count", "loss", "accuracy", "window": {"size", "count",
         "loss", "accuracy"}}`` (means; accuracy None for regression or before any sample)."""
