@@ -3,7 +3,10 @@
 Two body formats (API.md, "Online learning"):
 
 * JSON ``{"samples": [{"x": [...], "y": ...}, ...]}``, read whole (the body limit
-  bounds it);
+  bounds it); above :data:`JSON_WHOLE_MAX` bytes its samples array is cut at top-level
+  commas by a vectorized scanner (:func:`split_samples`) and parsed slice by slice,
+  so parsing costs the packed arrays plus one slice's Python objects, not a Python
+  object per number of the whole body (≈ 20× the text);
 * NDJSON (``application/x-ndjson``): one sample object per line, consumed chunk
   by chunk as it arrives, so memory stays bounded by the packed arrays (about
   a third of the text) plus one chunk of parsed lines.
@@ -117,10 +120,10 @@ def parse_json(spec: SampleSpec, body: bytes) -> tuple[np.ndarray, np.ndarray]:
     duplicate key can hide in them) and the fast path accepts the samples; anything
     else is decided on the strict reading, :func:`_read`.
 
-    A body larger than :data:`JSON_SLICE` is parsed slice by slice (:func:`_parse_sliced`,
+    A body larger than :data:`JSON_WHOLE_MAX` is parsed slice by slice (:func:`_parse_sliced`,
     each slice read the same way) when :func:`split_samples` can find its samples;
     otherwise, and for small bodies, at once. Both give the same arrays and errors."""
-    if len(body) > JSON_SLICE:
+    if len(body) > JSON_WHOLE_MAX:
         where = split_samples(body)
         if where is not None:
             out = _parse_sliced(spec, body, *where)
@@ -148,7 +151,9 @@ def parse_json(spec: SampleSpec, body: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- JSON, in slices
-#: JSON bodies larger than this are parsed slice by slice (:func:`split_samples`).
+#: JSON bodies up to this size are parsed whole (≈ 20× their size, bounded); larger ones in slices.
+JSON_WHOLE_MAX = 1 << 20
+#: Slices of a larger body hold whole samples, about this many bytes (:func:`split_samples`).
 JSON_SLICE = 256 * 1024
 #: The scanner looks at the body in chunks of this many bytes (its temporaries: ~13 bytes each).
 SCAN_CHUNK = 256 * 1024

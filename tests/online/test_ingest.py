@@ -289,6 +289,7 @@ def test_a_body_parsed_in_slices_answers_as_the_whole_body(body: bytes, slice_by
     spec = SPECS[0]
     whole = _answer(spec, body)
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ingest, "JSON_WHOLE_MAX", 0)
         mp.setattr(ingest, "JSON_SLICE", slice_bytes)
         mp.setattr(ingest, "SCAN_CHUNK", chunk)
         assert _answer(spec, body) == whole
@@ -333,7 +334,7 @@ def test_parsing_a_large_json_body_is_bounded_by_a_small_multiple_of_it() -> Non
     peak = _parse_peak(body)
     assert peak < 3 * len(body), (peak, len(body))
     with pytest.MonkeyPatch.context() as mp:  # the measure tells them apart
-        mp.setattr(ingest, "JSON_SLICE", 1 << 40)
+        mp.setattr(ingest, "JSON_WHOLE_MAX", 1 << 40)
         assert _parse_peak(body) > 8 * len(body)
 
 
@@ -350,9 +351,9 @@ def test_a_sliced_body_reads_each_slice_as_strictly_as_a_whole_body(bad: bytes, 
     400, a number orjson refuses is read and answered 422 at its sample (here in a late slice)."""
     spec = SampleSpec("binary", 3, 1)
     good = b'{"x": [0.5, 1.5, 2.5], "y": 0}'
-    n = (3 * ingest.JSON_SLICE) // len(good)
+    n = (2 * ingest.JSON_WHOLE_MAX) // len(good)
     body = b'{"samples": [' + b", ".join([good] * n + [bad]) + b"]}"
-    assert len(body) > 2 * ingest.JSON_SLICE and ingest.split_samples(body) is not None
+    assert len(body) > ingest.JSON_WHOLE_MAX and ingest.split_samples(body) is not None  # parsed in slices
     err = BadRequest if status == 400 else Invalid
     with pytest.raises(err) as e:
         parse_json(spec, body)
