@@ -21,6 +21,7 @@ from app.context import AppContext
 from app.core.body import read_body
 from app.core.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
+from app.core.memory import release_free_memory
 from app.core.schemas import problem_responses
 from app.deps import ModelMaintain, ModelNamePath, bearer
 from app.keys.service import Principal
@@ -35,6 +36,8 @@ JSON_TYPES = frozenset({"", "application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
 #: JSON bodies larger than this are parsed in the thread pool instead of on the event loop.
 INLINE_PARSE_BYTES = 1 << 20
+#: After a body larger than this, the freed heap is handed back to the OS (app.core.memory).
+TRIM_BODY_BYTES = 8 << 20
 KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
 
 IdempotencyKey = Annotated[
@@ -76,10 +79,14 @@ def _json(body: Any, status: int) -> Response:
 
 
 async def _read_samples(
-    request: Request, limit: int, spec: SampleSpec, body_read: Callable[[], None] = lambda: None
+    request: Request,
+    limit: int,
+    spec: SampleSpec,
+    body_read: Callable[[], None] = lambda: None,
+    size: list[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The request's samples; ``body_read()`` is called once the whole body has arrived
-    (before the last of the parsing)."""
+    (before the last of the parsing); ``size`` (if given) gets the body's length appended."""
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype in NDJSON_TYPES:
         cl = request.headers.get("content-length")
@@ -93,12 +100,16 @@ async def _read_samples(
                 raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
             if chunk:
                 parser.feed(chunk)
+        if size is not None:
+            size.append(seen)
         body_read()
         return parser.finish()
     if ctype in JSON_TYPES:
         body = await read_body(request, limit)
         if not body:
             raise BadRequest('empty body: send {"samples": [...]} or NDJSON')
+        if size is not None:
+            size.append(len(body))
         body_read()
         if len(body) > INLINE_PARSE_BYTES:
             return await run_in_threadpool(parse_json, spec, body)
@@ -145,10 +156,16 @@ async def update(
     if idempotency_key is not None and (not idempotency_key or not set(idempotency_key) <= KEY_CHARS):
         raise Invalid.at(["header", "Idempotency-Key"], "expected 1–255 printable ASCII characters without spaces")
 
-    async def read(spec: SampleSpec, body_read: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
-        return await _read_samples(request, ctx.settings.max_body_bytes, spec, body_read)
+    size: list[int] = []
 
-    answer = await ctx.online.update(name, read, key=idempotency_key, wait=wait, wait_seconds=wait_s)
+    async def read(spec: SampleSpec, body_read: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
+        return await _read_samples(request, ctx.settings.max_body_bytes, spec, body_read, size)
+
+    try:
+        answer = await ctx.online.update(name, read, key=idempotency_key, wait=wait, wait_seconds=wait_s)
+    finally:
+        if size and size[0] > TRIM_BODY_BYTES:  # its text, arrays and objects are freed by now
+            release_free_memory()
     return _json(answer, 202)
 
 
