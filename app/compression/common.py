@@ -222,11 +222,6 @@ class CompressionDeps:
         self.jobs = jobs
         self.metrics = metrics
 
-    def spec(self, name: str) -> Model:
-        """The model (read, detached) for the checks made before a transaction opens."""
-        with self.db.read() as s:
-            return get_model(s, name)
-
     def finish(
         self,
         job: Job,

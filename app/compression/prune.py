@@ -31,7 +31,7 @@ from app.engine.compress import prune as engine
 from app.engine.nn.evaluation import evaluate
 from app.jobs.contract import Job, JobError, Progress
 from app.jobs.service import public_params
-from app.registry.models import get_model
+from app.registry.models import get_model, read_model
 from app.training import data
 from app.training.service import fit, train_options
 
@@ -80,7 +80,7 @@ def search_grid(cap: float | None) -> list[float]:
 
 def submit(svc: CompressionDeps, name: str, body: PruneIn) -> str:
     """Validate a prune request and enqueue it (one transaction); returns the job id."""
-    spec = svc.spec(name)
+    spec = read_model(svc.db, name)
     ft_blob = ev_blob = None
     if body.fine_tune is not None:
         ft_blob = data.pack_samples(svc.blobs, spec, body.fine_tune.samples, ["body", "fine_tune"], min_samples=2)

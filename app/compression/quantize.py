@@ -24,13 +24,13 @@ from app.engine.compress import quantize as engine
 from app.engine.nn.evaluation import evaluate
 from app.jobs.contract import Job, JobError, Progress
 from app.jobs.service import public_params
-from app.registry.models import get_model
+from app.registry.models import get_model, read_model
 from app.training import data
 
 
 def submit(svc: CompressionDeps, name: str, body: QuantizeIn) -> str:
     """Validate a quantize request and enqueue it (one transaction); returns the job id."""
-    ev_blob = data.pack_samples(svc.blobs, svc.spec(name), body.eval_samples, ["body"], field="eval_samples")
+    ev_blob = data.pack_samples(svc.blobs, read_model(svc.db, name), body.eval_samples, ["body"], field="eval_samples")
     with svc.db.write() as s:
         m = get_model(s, name, for_update=True)
         src, frm = svc.versions.resolve_from(s, m, body.from_)

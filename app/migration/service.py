@@ -87,7 +87,7 @@ from app.jobs.contract import Handlers, Job, JobError, Progress
 from app.jobs.service import JobService, public_params
 from app.migration.repository import ExportRepository
 from app.migration.schemas import TRANSFER_FIELDS, ExportOut, MigrateIn
-from app.registry.models import ModelService, get_model
+from app.registry.models import ModelService, get_model, read_model
 from app.registry.repository import ModelRepository, VersionRepository
 from app.registry.schemas import ModelCreate, VersionOut
 from app.registry.versions import VersionService, version_out
@@ -180,8 +180,7 @@ class MigrationService:
     def submit(self, name: str, body: MigrateIn) -> str:
         packed = None
         if body.mode == "transfer" and body.task is not None and body.samples is not None and body.log is None:
-            with self.db.read() as s:
-                src_model = get_model(s, name)
+            src_model = read_model(self.db, name)
             head = Model(task=body.task, input_dim=src_model.input_dim, output_dim=body.output_dim or 1)
             packed = data.pack_samples(self.blobs, head, body.samples, ["body"], min_samples=2)
         with self.db.write() as s:

@@ -28,6 +28,13 @@ def get_model(s: Session, name: str, *, for_update: bool = False) -> Model:
     return m
 
 
+def read_model(db: Database, name: str) -> Model:
+    """The model, read in a unit of work of its own and detached: for the checks and the
+    CPU work a service does before its write transaction opens (404 when unknown)."""
+    with db.read() as s:
+        return get_model(s, name)
+
+
 def online_state(m: Model, learner: Learner | None) -> OnlineState:
     applied_through = learner.applied_through if learner is not None else -1
     published: dict[str, Any] = dict(learner.prequential or {}) if learner is not None else {}

@@ -23,14 +23,13 @@ from app.core.blobs import BlobStore
 from app.core.db import Database
 from app.core.errors import Invalid
 from app.core.metrics import Metrics
-from app.core.tables import Model
 from app.engine.nn.evaluation import evaluate
 from app.engine.nn.network import Network
 from app.engine.nn.optim import MaskSpec, Optimizer, OptimizerConfig
 from app.engine.nn.train import Diverged, train
 from app.jobs.contract import Handlers, Job, JobError, Progress
 from app.jobs.service import JobService, public_params
-from app.registry.models import get_model
+from app.registry.models import get_model, read_model
 from app.registry.repository import AliasRepository
 from app.registry.versions import VersionService
 from app.training import data
@@ -113,7 +112,7 @@ class TrainingService:
     def submit(self, name: str, body: BatchUpdateIn) -> str:
         if body.promote == "latest":
             raise Invalid.at(["body", "promote"], "`latest` is implicit and cannot be moved")
-        data_blob = data.pack_samples(self.blobs, self._spec(name), body.samples, ["body"], min_samples=2)
+        data_blob = data.pack_samples(self.blobs, read_model(self.db, name), body.samples, ["body"], min_samples=2)
         with self.db.write() as s:
             m = get_model(s, name, for_update=True)
             _src, frm = self.versions.resolve_from(s, m, body.from_)
@@ -126,10 +125,6 @@ class TrainingService:
                 "keep_sparsity": body.keep_sparsity,
             }
             return self.jobs.enqueue(s, "batch_update", m, params).id
-
-    def _spec(self, name: str) -> Model:
-        with self.db.read() as s:
-            return get_model(s, name)
 
     def run(self, job: Job, progress: Progress) -> None:
         p = job.params
