@@ -38,7 +38,7 @@ def remove_leftovers(ctx: AppContext) -> int:
 
 def start_background(ctx: AppContext) -> Callable[[], None]:
     """Start what the settings ask for; return a function that stops it all gracefully."""
-    stops: list[Callable[[], None]] = []
+    stops: list[Callable[[], None]] = [ctx.caches.start()]
     if ctx.settings.run_learner:
         stops.append(ctx.start_learner().stop)
     if ctx.settings.run_worker:

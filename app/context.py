@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from app.compression.service import CompressionService
 from app.core.blobs import BlobStore
+from app.core.cache import Caches
 from app.core.db import Database
 from app.core.metrics import Metrics
 from app.core.settings import Settings
@@ -34,6 +35,7 @@ from app.training.service import TrainingService
 class AppContext:
     settings: Settings
     db: Database
+    caches: Caches
     blobs: BlobStore
     metrics: Metrics
     versions: VersionService
@@ -52,6 +54,7 @@ class AppContext:
     @classmethod
     def build(cls, settings: Settings) -> AppContext:
         db = Database(settings.url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+        caches = Caches(db, settings.cache_refresh_seconds)
         blobs = BlobStore(settings.blob_dir)
         metrics = Metrics()
         versions = VersionService(blobs, NetworkCache(), settings.max_header_bytes)
@@ -63,12 +66,13 @@ class AppContext:
         return cls(
             settings=settings,
             db=db,
+            caches=caches,
             blobs=blobs,
             metrics=metrics,
             versions=versions,
             models=models,
-            predict=PredictService(db, versions),
-            keys=KeyService(db, settings.admin_key),
+            predict=PredictService(db, versions, caches),
+            keys=KeyService(db, settings.admin_key, caches),
             jobs=jobs,
             online=online,
             gauges=gauges,

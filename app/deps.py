@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
 from app.core.errors import Forbidden, Invalid
@@ -24,27 +25,39 @@ VersionPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="Version numbe
 ModelNamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, description="Model name", examples=["churn"])]
 
 
-def get_principal(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
-    return ctx.keys.authenticate(creds.credentials if creds is not None else None)
+async def get_principal(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
+    """The caller: on the event loop when the key is cached (every request of a known key
+    after its first), else one hop to the thread pool for the database lookup."""
+    ctx: AppContext = request.app.state.ctx
+    token = creds.credentials if creds is not None else None
+    p = ctx.keys.cached(token)
+    return p if p is not None else await run_in_threadpool(ctx.keys.authenticate, token)
 
 
-def require(scope: str) -> Callable[..., Principal]:
+def _check_scope(p: Principal, scope: str) -> None:
+    if not p.has(scope):
+        raise Forbidden(f"this needs a key with scope {scope!r}; this key has {p.scope!r}")
+
+
+def require(scope: str) -> Callable[..., Any]:
     """A dependency that admits keys of ``scope`` or above."""
 
-    def dep(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
-        if not p.has(scope):
-            raise Forbidden(f"this needs a key with scope {scope!r}; this key has {p.scope!r}")
+    async def dep(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        _check_scope(p, scope)
         return p
 
     dep.__name__ = f"require_{scope}"
     return dep
 
 
-def require_model(scope: str) -> Callable[..., Principal]:
-    """Scope check plus the key's model restriction for the ``{name}`` in the path."""
-    base = require(scope)
+def require_model(scope: str) -> Callable[..., Any]:
+    """Scope check plus the key's model restriction for the ``{name}`` in the path (one
+    dependency: this guards the hot routes)."""
 
-    def dep(name: ModelNamePath, p: Annotated[Principal, Depends(base)]) -> Principal:
+    async def dep(name: ModelNamePath, p: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        _check_scope(p, scope)
         p.check_model(name)
         return p
 

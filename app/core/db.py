@@ -7,17 +7,31 @@ writers never deadlock on a lock upgrade. PostgreSQL uses psycopg 3.
 
 Services own the transaction: ``with db.write() as s: ...`` commits on success
 and rolls back on any exception; repositories never commit.
+
+**Cache generations.** A unit of work that changes what the request caches hold (an
+API key revoked, an alias moved, a version added, a model deleted) says so with
+:func:`mark_changed` (the repositories do, at every such write). Just before it commits,
+the ``cache_generation`` counter is bumped and each changed subject is marked with the
+new generation in ``cache_marks`` — last, so the counter's row lock is held only for the
+commit and never taken before another lock; it orders those commits, so generations
+become visible in increasing order. After the commit, the database's
+:attr:`Database.on_changes` callbacks get the subjects and the generation (this
+process's caches drop them at once); other processes read the marks
+(:mod:`app.core.cache`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,6 +68,40 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
     return sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+#: ``Session.info`` key: the cache subjects a unit of work changes (see the module doc).
+CHANGES = "steward.cache_changes"
+#: ``Session.info`` key: the generation the commit got.
+GENERATION = "steward.cache_generation"
+
+_generation = sa.table("cache_generation", sa.column("id", sa.Integer()), sa.column("value", sa.BigInteger()))
+_marks = sa.table("cache_marks", sa.column("subject", sa.String()), sa.column("generation", sa.BigInteger()))
+
+
+def mark_changed(s: Session, subject: str) -> None:
+    """This unit of work changes what is cached of ``subject`` (``keys``, ``model:<id>``)."""
+    s.info.setdefault(CHANGES, set()).add(subject)
+
+
+#: The cache subject of every API key.
+KEYS_SUBJECT = "keys"
+
+
+def model_subject(model_id: int) -> str:
+    """The cache subject of a model: its aliases, versions and existence."""
+    return f"model:{model_id}"
+
+
+def read_generation(s: Session) -> int:
+    value: int = s.execute(sa.select(_generation.c.value).where(_generation.c.id == 1)).scalar_one()
+    return value
+
+
+def read_marks(s: Session, after: int) -> list[tuple[str, int]]:
+    """``(subject, generation)`` of the marks above generation ``after``."""
+    q = sa.select(_marks.c.subject, _marks.c.generation).where(_marks.c.generation > after)
+    return [(str(row[0]), int(row[1])) for row in s.execute(q)]
+
+
 class Database:
     """The engine plus read and write units of work."""
 
@@ -64,6 +112,11 @@ class Database:
         writer_bind = self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(writer_bind, expire_on_commit=False)
+        #: called after a commit that changed cached subjects: ``(subjects, generation)``
+        self.on_changes: list[Callable[[set[str], int], None]] = []
+        event.listen(self._writer, "before_commit", self._bump)
+        event.listen(self._writer, "after_commit", self._announce)
+        event.listen(self._writer, "after_rollback", self._forget)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -77,6 +130,37 @@ class Database:
         """A write unit of work: commit on success, roll back on error."""
         with self._writer() as s, s.begin():
             yield s
+
+    def _bump(self, s: Session) -> None:
+        subjects = s.info.get(CHANGES)
+        if not subjects:
+            return
+        g: int = s.execute(
+            sa.update(_generation)
+            .where(_generation.c.id == 1)
+            .values(value=_generation.c.value + 1)
+            .returning(_generation.c.value)
+        ).scalar_one()
+        insert = sqlite_insert if self.is_sqlite else pg_insert
+        for subject in sorted(subjects):
+            stmt = insert(_marks).values(subject=subject, generation=g)
+            s.execute(stmt.on_conflict_do_update(index_elements=["subject"], set_={"generation": g}))
+        s.info[GENERATION] = g
+
+    def _announce(self, s: Session) -> None:
+        subjects = s.info.pop(CHANGES, None)
+        g = s.info.pop(GENERATION, None)
+        if subjects and g is not None:
+            for fn in self.on_changes:
+                try:
+                    fn(set(subjects), g)
+                except Exception:  # the commit stands; a cache that missed it is refreshed by its poller
+                    logging.getLogger("steward.db").exception("an on_changes callback failed")
+
+    @staticmethod
+    def _forget(s: Session) -> None:
+        s.info.pop(CHANGES, None)
+        s.info.pop(GENERATION, None)
 
     def ping(self) -> None:
         with self.engine.connect() as c:

@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, ge=1)
     worker_poll_seconds: float = Field(0.2, gt=0)
     learner_poll_seconds: float = Field(0.05, gt=0)
+    cache_refresh_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="How often each process polls for changes other processes made to API keys, aliases, "
+        "versions and models: the bound on how long another process may serve what it cached of them.",
+    )
     learner_lease_seconds: float = Field(15.0, gt=0)
     learner_window: int = Field(1000, ge=10, description="Size of the recent prequential window.")
     learner_idle_seconds: float = Field(

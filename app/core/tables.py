@@ -215,3 +215,24 @@ class Export(Base):
     filename: Mapped[str] = mapped_column(sa.String(128))
     meta: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CacheGeneration(Base):
+    """One row (``id`` 1): a counter bumped by every transaction that changes what the
+    request caches hold (:mod:`app.core.cache`). Its row lock orders those commits, so
+    generations become visible in increasing order."""
+
+    __tablename__ = "cache_generation"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class CacheMark(Base):
+    """What changed at a generation: ``subject`` is ``keys`` or ``model:<id>``; the poller
+    of every process reads the marks above the generation it has seen."""
+
+    __tablename__ = "cache_marks"
+
+    subject: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(sa.BigInteger, index=True)

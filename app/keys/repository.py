@@ -7,6 +7,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from app.core.db import KEYS_SUBJECT, mark_changed
 from app.core.tables import ApiKey
 
 
@@ -38,4 +39,5 @@ class ApiKeyRepository:
 
     def revoke(self, k: ApiKey, when: datetime) -> None:
         k.revoked_at = when
+        mark_changed(self.s, KEYS_SUBJECT)
         self.s.flush()

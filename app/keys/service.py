@@ -1,7 +1,10 @@
 """API keys: create (secret shown once, stored as sha256), list, revoke, authenticate.
 
 Keys are 256-bit random tokens, so a plain sha256 is the right hash: there is
-nothing to brute-force, and lookups stay one indexed query.
+nothing to brute-force, and lookups stay one indexed query — done once per process:
+a valid key's principal is cached by its hash (:mod:`app.core.cache`). Revoking a key
+drops it from this process's cache at once and from every other process's within
+``STEWARD_CACHE_REFRESH_SECONDS``; unknown and revoked keys are never cached.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from app.core.db import Database
+from app.core.cache import Caches, ReadCache
+from app.core.db import KEYS_SUBJECT, Database
 from app.core.errors import Forbidden, NotFound, Unauthorized
 from app.core.tables import ApiKey, utcnow
 from app.keys.repository import ApiKeyRepository
@@ -68,9 +72,14 @@ def key_out(k: ApiKey) -> KeyOut:
 
 
 class KeyService:
-    def __init__(self, db: Database, bootstrap_admin: str | None) -> None:
+    #: Most keys cached per process.
+    CACHED_KEYS = 10_000
+
+    def __init__(self, db: Database, bootstrap_admin: str | None, caches: Caches | None = None) -> None:
         self.db = db
         self._boot = hash_key(bootstrap_admin) if bootstrap_admin else None
+        self._caches = caches
+        self._cache: ReadCache[str, Principal] | None = caches.store(self.CACHED_KEYS) if caches else None
 
     def create(self, body: KeyCreate) -> KeyCreated:
         with self.db.write() as s:
@@ -112,17 +121,36 @@ class KeyService:
             return None
         return BOOTSTRAP
 
+    def cached(self, token: str | None) -> Principal | None:
+        """The caller of ``token`` when that needs no database: the bootstrap admin, or a
+        key this process has cached; None otherwise (then :meth:`authenticate`)."""
+        if not token:
+            return None
+        h = hash_key(token)
+        if self._boot is not None and hmac.compare_digest(h, self._boot):
+            return BOOTSTRAP
+        return self._cache.get(h) if self._cache is not None else None
+
     def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         boot = self.bootstrap(token)
         if boot is not None:
             return boot
+        h = hash_key(token)
+        if self._cache is not None:
+            hit = self._cache.get(h)
+            if hit is not None:
+                return hit
+        epoch = self._caches.epoch() if self._caches is not None else 0
         with self.db.read() as s:
-            k = ApiKeyRepository(s).by_hash(hash_key(token))
+            k = ApiKeyRepository(s).by_hash(h)
         if k is None or k.revoked_at is not None:
             raise Unauthorized("unknown or revoked API key")
-        return Principal(id=k.id, name=k.name, scope=k.scope, models=tuple(k.models) if k.models is not None else None)
+        p = Principal(id=k.id, name=k.name, scope=k.scope, models=tuple(k.models) if k.models is not None else None)
+        if self._cache is not None:
+            self._cache.put(h, p, KEYS_SUBJECT, epoch)
+        return p
 
     def ensure_admin(self) -> str | None:
         """On first start without STEWARD_ADMIN_KEY, create an admin key and return

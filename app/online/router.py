@@ -13,18 +13,16 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
 from app.core.body import read_body
-from app.core.errors import BadRequest, Forbidden, Invalid, PayloadTooLarge, UnsupportedMediaType
+from app.core.errors import BadRequest, Invalid, PayloadTooLarge, UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.memory import release_free_memory
 from app.core.schemas import problem_responses
-from app.deps import ModelMaintain, ModelNamePath, bearer
-from app.keys.service import Principal
+from app.deps import ModelIngest, ModelMaintain, ModelNamePath
 from app.online.ingest import NDJSONParser, parse_json
 from app.online.samples import SampleSpec
 from app.online.schemas import UPDATE_BODY, ResumeIn, UpdateOut
@@ -53,25 +51,6 @@ IdempotencyKey = Annotated[
 
 def _ctx(request: Request) -> AppContext:
     return request.app.state.ctx
-
-
-async def ingest_key(
-    request: Request,
-    name: ModelNamePath,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Principal:
-    """``ModelIngest`` in one thread-pool hop instead of one per nested sync dependency
-    (this route is the service's hot path): the key, its scope, its model restriction."""
-    ctx = _ctx(request)
-    token = creds.credentials if creds is not None else None
-
-    p = ctx.keys.bootstrap(token)
-    if p is None:
-        p = await run_in_threadpool(ctx.keys.authenticate, token)
-    if not p.has("ingest"):
-        raise Forbidden(f"this needs a key with scope 'ingest'; this key has {p.scope!r}")
-    p.check_model(name)
-    return p
 
 
 def _json(body: Any, status: int) -> Response:
@@ -145,7 +124,7 @@ async def _read_samples(
 async def update(
     request: Request,
     name: ModelNamePath,
-    _: Annotated[Principal, Depends(ingest_key)],
+    _: ModelIngest,
     idempotency_key: IdempotencyKey = None,
     wait: Annotated[bool, Query(description="Answer once the samples are applied")] = False,
     wait_s: Annotated[

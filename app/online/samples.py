@@ -322,3 +322,20 @@ def check_matrix(rows: Any, width: int, loc: list[str | int]) -> np.ndarray:
             if why is not None:
                 raise Invalid.at([*loc, i, j], why)
     raise Invalid.at(loc, "expected a list of rows of numbers")  # pragma: no cover - a value numpy refused
+
+
+def plain_matrix(rows: Any, width: int) -> np.ndarray | None:
+    """:func:`check_matrix`'s result without its per-value type check, for rows that the
+    caller knows hold nothing but numbers, ``null`` and nesting (parsed from bytes with no
+    string and no boolean: :func:`app.predict.service.plain_request`); None when anything
+    is off (ragged, wrong width, out of float32 range, ``null``) — then
+    :func:`check_matrix` says what."""
+    if type(rows) is not list or not rows:
+        return None
+    try:
+        arr = np.asarray(rows, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if arr.shape != (len(rows), width) or not _in_f32_range(arr):
+        return None
+    return arr.astype(np.float32)

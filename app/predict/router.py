@@ -1,9 +1,16 @@
-"""/v1/models/{name}/predict and /evaluate."""
+"""/v1/models/{name}/predict and /evaluate.
+
+``/predict`` is a hot path: it reads its body raw and answers bytes (orjson), so a valid
+request with a cached key and target costs no pydantic model and no thread hop
+(:mod:`app.predict.service`); the request and answer schemas are still the documented ones.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
+from app.core.body import read_body
+from app.core.errors import UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.schemas import problem_responses
 from app.deps import Ctx, ModelNamePath, ModelRead
@@ -11,16 +18,36 @@ from app.predict.schemas import EvaluateIn, EvaluateOut, PredictIn, PredictOut
 
 router = APIRouter(route_class=JSONRoute, tags=["predict"])
 
+JSON_TYPES = frozenset({"", "application/json"})
+
+PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": PredictIn.model_json_schema(),
+            "example": PredictIn.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+        }
+    },
+}
+
 
 @router.post(
     "/models/{name}/predict",
     response_model=PredictOut,
     summary="Predict with a version (default: alias production, else latest)",
-    responses=problem_responses(400, 401, 403, 404, 413, 422),
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
+    openapi_extra={"requestBody": PREDICT_BODY},
     operation_id="predict",
 )
-def predict(name: ModelNamePath, body: PredictIn, ctx: Ctx, _: ModelRead) -> PredictOut:
-    return ctx.predict.predict(name, body.inputs, version=body.version, alias=body.alias)
+async def predict(request: Request, name: ModelNamePath, ctx: Ctx, _: ModelRead) -> Response:
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype not in JSON_TYPES:
+        raise UnsupportedMediaType(
+            f"unsupported Content-Type {ctype!r}: send application/json",
+            errors=[{"loc": ["header", "Content-Type"], "msg": "expected application/json"}],
+        )
+    body = await read_body(request, ctx.settings.max_body_bytes)
+    return Response(await ctx.predict.predict_body(name, body), media_type="application/json")
 
 
 @router.post(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from app.core.db import mark_changed, model_subject
 from app.core.tables import Alias, Learner, Model, Version, utcnow
 
 
@@ -41,6 +42,7 @@ class ModelRepository:
         return model
 
     def delete(self, model: Model) -> None:
+        mark_changed(self.s, model_subject(model.id))
         self.s.delete(model)
         self.s.flush()
 
@@ -92,6 +94,7 @@ class VersionRepository:
         return list(self.s.scalars(q))
 
     def add(self, v: Version) -> Version:
+        mark_changed(self.s, model_subject(v.model_id))  # `latest` moves
         self.s.add(v)
         self.s.flush()
         return v
@@ -115,6 +118,7 @@ class AliasRepository:
 
     def put(self, model_id: int, name: str, version: int) -> tuple[Alias, bool]:
         """Create or move an alias; returns (alias, created)."""
+        mark_changed(self.s, model_subject(model_id))
         a = self.get(model_id, name)
         if a is None:
             a = Alias(model_id=model_id, name=name, version=version, updated_at=utcnow())
@@ -127,5 +131,6 @@ class AliasRepository:
         return a, False
 
     def delete(self, a: Alias) -> None:
+        mark_changed(self.s, model_subject(a.model_id))
         self.s.delete(a)
         self.s.flush()
