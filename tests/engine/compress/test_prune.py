@@ -277,10 +277,11 @@ def test_neurons_layer_scope_shapes_and_outputs(sparsity):
     assert res.hidden == ref.hidden == [16 - len(removed[0]), 8 - len(removed[1])]
     for a, b in zip(res.network.weights + res.network.biases, ref.weights + ref.biases, strict=True):
         assert bits_equal(a, b)
-    # kept units compute exactly what they computed before
+    # kept units compute what they computed before (to float32 rounding: BLAS may sum a
+    # narrower product in another order, depending on the CPU's kernels)
     before = hidden_activations(net, X)
     after = hidden_activations(res.network, X)
-    np.testing.assert_array_equal(after[0], before[0][:, res.kept_units[0]])
+    np.testing.assert_allclose(after[0], before[0][:, res.kept_units[0]], rtol=1e-5, atol=1e-6)
     assert res.params_after == res.network.n_params < res.params_before == net.n_params
     assert res.unit_sparsity == [len(removed[0]) / 16, len(removed[1]) / 8]
 
