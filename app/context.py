@@ -98,4 +98,5 @@ class AppContext:
         return learner
 
     def close(self) -> None:
+        self.online.close()
         self.db.dispose()

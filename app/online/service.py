@@ -15,9 +15,12 @@ ranges in commit order), inserts the packed arrays as ``sample_batches`` rows
 several rows in the same transaction), records the ``Idempotency-Key``, advances
 ``next_offset`` and commits — all before the 202.
 
-**Group commit.** Appends that arrive while another one is committing wait and
-are then committed together, in arrival order, in one transaction: one fsync for
-many requests, each with its own answer or error. A request *announces* its append
+**Group commit.** One committer thread per process commits the queued appends:
+those that arrive while it is committing wait and are then committed together, in
+arrival order, in one transaction: one fsync for many requests, each with its own
+answer or error. A request queues its append on the event loop and awaits a future
+the committer resolves — no thread of its own, so a one-sample request costs no
+thread hop. A request *announces* its append
 once its body has arrived (:meth:`OnlineService.announce`), while it parses; the committing
 thread waits up to ``STEWARD_INGEST_GROUP_WAIT_MS`` for the appends announced before
 it started to join its transaction, so concurrent clients share fsyncs even though
@@ -55,7 +58,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -128,6 +131,20 @@ class _Append:
     done: bool = False
     answer: dict[str, Any] | None = None
     error: BaseException | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+    future: asyncio.Future[None] | None = None
+
+    def finish(self) -> None:
+        """Wake whoever waits for this append (the committer calls this after the commit)."""
+        self.finished.set()
+        fut = self.future
+        if fut is not None:
+            fut.get_loop().call_soon_threadsafe(_resolve, fut)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():  # a request that went away cancelled it
+        fut.set_result(None)
 
 
 def _key_conflict(key: str) -> Conflict:
@@ -159,7 +176,8 @@ class OnlineService:
         self._queue: list[_Append] = []
         self._queue_lock = threading.Lock()
         self._joined = threading.Condition(self._queue_lock)  # an announced append joined or withdrew
-        self._commit_lock = threading.Lock()
+        self._committer: threading.Thread | None = None
+        self._stopping = False
         self._announced: dict[int, None] = {}  # announcements still to join, oldest first
         self._seq = 0
         self._group_wait = settings.ingest_group_wait_ms / 1000.0
@@ -225,43 +243,61 @@ class OnlineService:
         """Append validated samples durably; the 202 answer (or the first answer of ``key``).
 
         Raises :class:`NotFound` when the model is gone and :class:`Conflict` when
-        ``key`` was used with other samples. Blocks until committed: call it from a
-        worker thread. Concurrent calls are committed together (see :meth:`_commit`).
+        ``key`` was used with other samples. Blocks until committed (from a thread; on the
+        event loop use :meth:`submit` and :meth:`wait_committed`). Concurrent appends are
+        committed together (see :meth:`_commit`).
         """
         return self.committed(self.submit(t, X, Y, key, announced))
 
     def submit(
-        self, t: Target, X: np.ndarray, Y: np.ndarray, key: str | None = None, announced: int | None = None
+        self,
+        t: Target,
+        X: np.ndarray,
+        Y: np.ndarray,
+        key: str | None = None,
+        announced: int | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> _Append:
-        """Queue an append without blocking (safe on the event loop): a commit already
-        waiting can take it before the request gets a thread. Then :meth:`committed`, or
-        :meth:`abandon` if the request ends first."""
+        """Queue an append for the committer without blocking (safe on the event loop; with
+        ``loop``, :meth:`wait_committed` awaits it there). Then :meth:`committed` or
+        :meth:`wait_committed`, or :meth:`abandon` if the request ends first."""
         append = _Append(t, X, Y, key, request_hash(X, Y) if key is not None else "")
+        if loop is not None:
+            append.future = loop.create_future()
         with self._joined:
+            if self._stopping:
+                raise Unavailable("the service is shutting down")
             self._queue.append(append)
             if announced is not None:
                 self._settle(announced)
+            self._joined.notify_all()
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_loop, name="steward-commit", daemon=True)
+                self._committer.start()
         return append
 
     def abandon(self, append: _Append) -> None:
-        """Drop a submitted append that no commit has taken yet (its request is gone)."""
+        """Drop a submitted append that the committer has not taken yet (its request is gone)."""
         with self._joined:
             if append in self._queue:
                 self._queue.remove(append)
+                append.error = RuntimeError("this append was abandoned before it was committed")
+                append.finish()
 
     def committed(self, append: _Append) -> dict[str, Any]:
-        """Block until ``append`` is committed (committing it, and whatever else is queued,
-        if no other thread is); its answer, or its error raised."""
+        """Block until ``append`` is committed; its answer, or its error raised."""
+        append.finished.wait()
+        return self._outcome(append)
+
+    async def wait_committed(self, append: _Append) -> dict[str, Any]:
+        """:meth:`committed` on the event loop (``append`` submitted with ``loop``)."""
+        assert append.future is not None
+        await append.future
+        return self._outcome(append)
+
+    def _outcome(self, append: _Append) -> dict[str, Any]:
         t, X = append.t, append.X
-        with self._commit_lock:
-            while not append.done:
-                with self._joined:
-                    self._wait_for_announced()
-                    batch, rest = self._take(self._queue)
-                    self._queue = rest
-                if not batch:  # neither queued nor in flight: it was abandoned
-                    raise RuntimeError("this append was abandoned before it was committed")
-                self._commit(batch)
         if append.error is not None:
             if isinstance(append.error, SpecChanged | NotFound):
                 self.forget(t.name)
@@ -270,8 +306,36 @@ class OnlineService:
         assert answer is not None
         if not answer["duplicate"]:
             self.metrics.samples_accepted.labels(t.name).inc(len(X))
-        self._maybe_purge()
         return answer
+
+    def _commit_loop(self) -> None:
+        """The committer: commit what is queued (with the appends announced meanwhile),
+        again and again; on :meth:`close`, drain the queue and stop."""
+        while True:
+            with self._joined:
+                while not self._queue and not self._stopping:
+                    self._joined.wait()
+                if not self._queue:
+                    return
+                self._wait_for_announced()
+                batch, self._queue = self._take(self._queue)
+            try:
+                self._commit(batch)
+            except BaseException as e:  # never leave a request waiting
+                for append in batch:
+                    if not append.done:
+                        append.error, append.done = e, True
+            for append in batch:
+                append.finish()
+            self._maybe_purge()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit what is queued, then stop the committer."""
+        with self._joined:
+            self._stopping = True
+            self._joined.notify_all()
+        if self._committer is not None:
+            self._committer.join(timeout)
 
     @staticmethod
     def _take(queue: list[_Append]) -> tuple[list[_Append], list[_Append]]:
@@ -497,8 +561,8 @@ class OnlineService:
         append = None
         try:
             X, Y = await read(target.spec, body_read)
-            append = self.submit(target, X, Y, key, token)  # on the loop: no thread needed to join
-            answer = await run_in_threadpool(self.committed, append)
+            append = self.submit(target, X, Y, key, token, loop=asyncio.get_running_loop())
+            answer = await self.wait_committed(append)
         finally:
             self.withdraw(token)
             if append is not None and not append.done:

@@ -122,22 +122,59 @@ def test_nothing_announced_commits_at_once(svc, target):
     assert time.monotonic() - t0 < WAIT_MS / 1000
 
 
-def test_submitted_appends_are_committed_by_whichever_thread_commits(svc, target):
-    """A request queues its append on the event loop (``submit``); a commit that is already
-    running takes it even before the request gets a thread of its own."""
-    sizes = record_batches(svc)
+def hold_first_commit(svc: OnlineService) -> tuple[threading.Event, threading.Event, list[int]]:
+    """Make the committer stop inside its first commit until ``release`` is set (``inside``
+    is set once it is there); returns (inside, release, sizes of every committed batch)."""
+    inside, release = threading.Event(), threading.Event()
+    sizes: list[int] = []
+    commit = svc._commit
+
+    def held(batch):  # type: ignore[no-untyped-def]
+        if not sizes:
+            inside.set()
+            assert release.wait(10)
+        sizes.append(len(batch))
+        return commit(batch)
+
+    svc._commit = held  # type: ignore[method-assign]
+    return inside, release, sizes
+
+
+def test_appends_queued_during_a_commit_are_committed_together_next(svc, target):
+    """A request queues its append on the event loop (``submit``); the committer takes
+    everything queued while it was committing into its next transaction."""
+    inside, release, sizes = hold_first_commit(svc)
+    first = svc.submit(target, *samples(1, 19))
+    assert inside.wait(10)
     a, b = svc.submit(target, *samples(2, 20)), svc.submit(target, *samples(3, 21))
-    assert svc.committed(a)["last_offset"] == 1
-    assert b.done and sizes == [2]
-    assert svc.committed(b) == {"accepted": 3, "first_offset": 2, "last_offset": 4, "duplicate": False}
+    release.set()
+    assert svc.committed(first)["last_offset"] == 0
+    assert svc.committed(a)["last_offset"] == 2
+    assert svc.committed(b) == {"accepted": 3, "first_offset": 3, "last_offset": 5, "duplicate": False}
+    assert sizes == [1, 2]
+
+
+def test_an_append_is_awaited_on_the_event_loop_without_a_thread(svc, target):
+    import asyncio
+
+    async def go() -> dict:
+        loop = asyncio.get_running_loop()
+        return await svc.wait_committed(svc.submit(target, *samples(2, 30), loop=loop))
+
+    assert asyncio.run(go()) == {"accepted": 2, "first_offset": 0, "last_offset": 1, "duplicate": False}
 
 
 def test_an_abandoned_append_is_never_committed(svc, target):
+    inside, release, _ = hold_first_commit(svc)
+    first = svc.submit(target, *samples(1, 22))
+    assert inside.wait(10)
     gone = svc.submit(target, *samples(4, 22))
     svc.abandon(gone)
-    assert svc.append(target, *samples(1, 23))["first_offset"] == 0  # its offsets were never taken
+    release.set()
+    assert svc.committed(first)["first_offset"] == 0
+    assert svc.append(target, *samples(1, 23))["first_offset"] == 1  # the abandoned offsets were never taken
     assert not gone.done
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="abandoned"):
         svc.committed(gone)
 
 
@@ -155,12 +192,19 @@ def test_a_failed_commit_fails_its_batch_and_is_not_retried(svc, target, monkeyp
             yield s
             raise RuntimeError("commit failed")
 
+    svc._last_purge = time.monotonic()  # no housekeeping write in this test
+    inside, release, _ = hold_first_commit(svc)
+    before = svc.submit(target, *samples(1, 23))
+    assert inside.wait(10)
     monkeypatch.setattr(svc.db, "write", failing_write)
     a, b = svc.submit(target, *samples(1, 24)), svc.submit(target, *samples(1, 25))
+    release.set()  # the held commit fails too (it opens its transaction after the patch)
+    with pytest.raises(RuntimeError, match="commit failed"):
+        svc.committed(before)
     with pytest.raises(RuntimeError, match="commit failed"):
         svc.committed(a)
     with pytest.raises(RuntimeError, match="commit failed"):
         svc.committed(b)
-    assert calls["write"] == 1
+    assert calls["write"] == 2  # one per batch, never one per append
     monkeypatch.setattr(svc.db, "write", real)
     assert svc.append(target, *samples(1, 26))["first_offset"] == 0  # nothing of the batch was stored
