@@ -22,7 +22,7 @@ from app.core.errors import BadRequest, Invalid, PayloadTooLarge, UnsupportedMed
 from app.core.jsonbody import JSONRoute
 from app.core.memory import release_free_memory
 from app.core.schemas import problem_responses
-from app.deps import ModelIngest, ModelMaintain, ModelNamePath
+from app.deps import BEARER_SECURITY, ModelMaintain, ModelNamePath, authorize
 from app.online.ingest import NDJSONParser, parse_json
 from app.online.samples import SampleSpec
 from app.online.schemas import UPDATE_BODY, ResumeIn, UpdateOut
@@ -118,19 +118,19 @@ async def _read_samples(
         202: {"description": "Accepted and durably logged (or, with `?wait=true`, also applied)"},
         **problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
     },
-    openapi_extra={"requestBody": UPDATE_BODY},
+    openapi_extra={"requestBody": UPDATE_BODY, **BEARER_SECURITY},
     operation_id="update_model",
 )
 async def update(
     request: Request,
     name: ModelNamePath,
-    _: ModelIngest,
     idempotency_key: IdempotencyKey = None,
     wait: Annotated[bool, Query(description="Answer once the samples are applied")] = False,
     wait_s: Annotated[
         float, Query(alias="timeout", gt=0, le=600, description="Longest wait in seconds (`wait=true`)")
     ] = 30.0,
 ) -> Response:
+    await authorize(request, "ingest", name)  # not a dependency: see app.deps
     ctx = _ctx(request)
     if idempotency_key is not None and (not idempotency_key or not set(idempotency_key) <= KEY_CHARS):
         raise Invalid.at(["header", "Idempotency-Key"], "expected 1–255 printable ASCII characters without spaces")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from app.context import AppContext
 from app.core.body import read_body
 from app.core.errors import UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.schemas import problem_responses
-from app.deps import Ctx, ModelNamePath, ModelRead
+from app.deps import BEARER_SECURITY, Ctx, ModelNamePath, ModelRead, authorize
 from app.predict.schemas import EvaluateIn, EvaluateOut, PredictIn, PredictOut
 
 router = APIRouter(route_class=JSONRoute, tags=["predict"])
@@ -36,10 +37,12 @@ PREDICT_BODY = {
     response_model=PredictOut,
     summary="Predict with a version (default: alias production, else latest)",
     responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
-    openapi_extra={"requestBody": PREDICT_BODY},
+    openapi_extra={"requestBody": PREDICT_BODY, **BEARER_SECURITY},
     operation_id="predict",
 )
-async def predict(request: Request, name: ModelNamePath, ctx: Ctx, _: ModelRead) -> Response:
+async def predict(request: Request, name: ModelNamePath) -> Response:
+    await authorize(request, "read", name)  # not a dependency: see app.deps
+    ctx: AppContext = request.app.state.ctx
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype not in JSON_TYPES:
         raise UnsupportedMediaType(
