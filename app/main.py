@@ -20,7 +20,7 @@ from app.compression import router as compression
 from app.context import AppContext
 from app.core import errors
 from app.core.errors import PROBLEM, PayloadTooLarge
-from app.core.migrations import upgrade
+from app.core.migrations import upgraded
 from app.core.schemas import problem_responses
 from app.core.settings import Settings
 from app.deps import document_page_limit
@@ -162,7 +162,7 @@ def tune_gc() -> Any:
     return restore
 
 
-def _announce_admin_key(secret: str) -> None:
+def announce_admin_key(secret: str) -> None:
     msg = (
         "\n" + "=" * 72 + "\nSteward generated an admin API key. It is shown ONCE; store it now:\n\n"
         f"    {secret}\n\n" + "=" * 72 + "\n"
@@ -230,12 +230,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        upgrade(cfg.url)
-        ctx = AppContext.build(cfg)
+        # Under the start-up lock: N processes starting at once on a fresh database
+        # migrate it once and make one bootstrap admin key (app.core.migrations).
+        with upgraded(cfg.url):
+            ctx = AppContext.build(cfg)
+            secret = ctx.keys.ensure_admin()
         remove_leftovers(ctx)
-        secret = ctx.keys.ensure_admin()
         if secret:
-            _announce_admin_key(secret)
+            announce_admin_key(secret)
         holder["ctx"] = ctx
         app.state.ctx = ctx
         # before the background threads start: what they hold is not frozen
