@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import orjson
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,9 +27,13 @@ def healthz() -> dict[str, str]:
     responses={503: {"description": "Not ready", "content": {"application/problem+json": {}}}},
 )
 def readyz(ctx: Ctx) -> Response:
+    """Ready: ``{"status": "ok", "checks": {...}, "pid": …}``. ``pid`` is the answering
+    process: with ``steward serve --workers N`` each request is served by one of N
+    processes (the online learner's lease owner, ``host:pid:…``, names one of them)."""
     checks = ctx.operations.readiness()
     if all(v == "ok" for v in checks.values()):
-        return Response(orjson.dumps({"status": "ok", "checks": checks}), media_type="application/json")
+        body = {"status": "ok", "checks": checks, "pid": os.getpid()}
+        return Response(orjson.dumps(body), media_type="application/json")
     return problem(
         503,
         {

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def test_healthz_is_open(anon):
 def test_readyz_checks_database_and_blob_store(anon):
     r = anon.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "checks": {"database": "ok", "blob_store": "ok"}}
+    assert r.json() == {"status": "ok", "checks": {"database": "ok", "blob_store": "ok"}, "pid": os.getpid()}
 
 
 def test_readyz_fails_when_the_database_is_unreachable(anon):
