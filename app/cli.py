@@ -2,7 +2,7 @@
 
 ::
 
-    steward serve [--host H] [--port P] [--no-worker] [--no-learner]
+    steward serve [--host H] [--port P] [--workers N] [--no-worker] [--no-learner]
     steward worker [--concurrency N]
     steward db upgrade [REV] | downgrade REV | current | check
     steward keys create --name N --scope S [--model M ...] [--json]
@@ -60,12 +60,51 @@ def limit_blas_threads(n: int) -> None:
         os.environ.setdefault(var, str(n))
 
 
+#: What the processes of ``steward serve --workers N`` serve: uvicorn's supervisor needs
+#: an import string; each process builds its app from the environment (``Settings()``).
+APP_FACTORY = "app.main:create_app"
+
+
+def export_settings(settings: Settings, names: Sequence[str]) -> None:
+    """Put the settings ``names`` (given on the command line) into this process's
+    environment as ``STEWARD_*`` variables, where the API processes that the supervisor
+    spawns read them (they build their own :class:`Settings`)."""
+    prefix = Settings.model_config.get("env_prefix", "STEWARD_")
+    for name in names:
+        value = settings.url if name == "database_url" else getattr(settings, name)
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        os.environ[f"{prefix}{name.upper()}"] = text
+
+
+def prepare(settings: Settings) -> None:
+    """What the supervisor of several API processes does once, before it starts them:
+    migrate the database and make (and show) the bootstrap admin key. The processes
+    then find both done. (Each still does it under the start-up lock, so processes
+    started by another supervisor are just as safe.)"""
+    from app.core.db import Database
+    from app.core.migrations import upgraded
+    from app.keys.service import KeyService
+    from app.main import announce_admin_key
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with upgraded(settings.url):
+        db = Database(settings.url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+        try:
+            secret = KeyService(db, settings.admin_key).ensure_admin()
+        finally:
+            db.dispose()
+    if secret:
+        announce_admin_key(secret)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.host is not None:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     if args.no_worker:
         overrides["run_worker"] = False
     if args.no_learner:
@@ -76,21 +115,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from app.main import create_app
 
+    n = settings.workers
     print(
-        f"steward: serving on http://{settings.host}:{settings.port} (docs at /docs); "
-        f"database {_safe_url(settings.url)}; data in {settings.data_dir}",
+        f"steward: serving on http://{settings.host}:{settings.port} (docs at /docs)"
+        + (f" with {n} processes" if n > 1 else "")
+        + f"; database {_safe_url(settings.url)}; data in {settings.data_dir}",
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        functools.partial(create_app, settings),
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        access_log=settings.access_log,
-        proxy_headers=True,
-        log_level="info",
-    )
+    common: dict[str, Any] = {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "access_log": settings.access_log,
+        "proxy_headers": True,
+        "log_level": "info",
+        "workers": n,  # explicit: uvicorn would otherwise read WEB_CONCURRENCY
+    }
+    if n == 1:
+        uvicorn.run(functools.partial(create_app, settings), **common)
+        return 0
+    prepare(settings)
+    export_settings(settings, ["data_dir", "database_url", *overrides])
+    uvicorn.run(APP_FACTORY, **common)
     return 0
 
 
@@ -222,8 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API (with the in-process worker and learner)")
     serve.add_argument("--host", help="interface to bind (STEWARD_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (STEWARD_PORT, default 8000)")
-    serve.add_argument("--no-worker", action="store_true", help="do not run a job worker in this process")
-    serve.add_argument("--no-learner", action="store_true", help="do not run the online learner in this process")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="API processes sharing the port, each with its own job worker and learner (STEWARD_WORKERS, default 1)",
+    )
+    serve.add_argument("--no-worker", action="store_true", help="do not run a job worker in the API process(es)")
+    serve.add_argument("--no-learner", action="store_true", help="do not run the online learner in the API process(es)")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run job workers against the shared database and blob store")

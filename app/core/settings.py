@@ -25,6 +25,13 @@ class Settings(BaseSettings):
     metrics_enabled: bool = Field(True, description="Serve /metrics (open).")
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=1, description="How long Idempotency-Keys are kept.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes of `steward serve` sharing the port (uvicorn's supervisor); each runs its own "
+        "job worker and learner runtime unless turned off.",
+    )
     run_worker: bool = Field(True, description="Run a job worker thread inside the API process.")
     run_learner: bool = Field(True, description="Run the online learner inside the API process.")
     job_lease_seconds: float = Field(30.0, gt=0)
