@@ -1,6 +1,7 @@
 # Steward: the API with its in-process job worker and online learner.
 #   docker build -t steward .
 #   docker run -p 8000:8000 -v steward-data:/data steward      (SQLite + blobs in /data)
+#   docker run -e STEWARD_WORKERS=2 …                            (2 API processes sharing the port)
 # With PostgreSQL: docker compose up (docker-compose.yml).
 FROM python:3.11-slim
 
