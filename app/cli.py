@@ -63,6 +63,7 @@ def limit_blas_threads(n: int) -> None:
 #: What the processes of ``steward serve --workers N`` serve: uvicorn's supervisor needs
 #: an import string; each process builds its app from the environment (``Settings()``).
 APP_FACTORY = "app.main:create_app"
+HEALTHCHECK_SECONDS = 30
 
 
 def export_settings(settings: Settings, names: Sequence[str]) -> None:
@@ -84,7 +85,6 @@ def prepare(settings: Settings) -> None:
     from app.core.db import Database
     from app.core.migrations import upgraded
     from app.keys.service import KeyService
-    from app.main import announce_admin_key
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with upgraded(settings.url):
@@ -94,6 +94,8 @@ def prepare(settings: Settings) -> None:
         finally:
             db.dispose()
     if secret:
+        from app.main import announce_admin_key  # only then: the supervisor stays small
+
         announce_admin_key(secret)
 
 
@@ -113,8 +115,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limit_blas_threads(settings.blas_threads)
     import uvicorn
 
-    from app.main import create_app
-
     n = settings.workers
     print(
         f"steward: serving on http://{settings.host}:{settings.port} (docs at /docs)"
@@ -133,11 +133,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "workers": n,  # explicit: uvicorn would otherwise read WEB_CONCURRENCY
     }
     if n == 1:
+        from app.main import create_app
+
         uvicorn.run(functools.partial(create_app, settings), **common)
         return 0
     prepare(settings)
     export_settings(settings, ["data_dir", "database_url", *overrides])
-    uvicorn.run(APP_FACTORY, **common)
+    # The supervisor replaces a process that does not answer its ping within this many
+    # seconds; a long C call holding the GIL (an ONNX check or serialisation of a large
+    # model in the in-process job worker) must not pass for a hung process.
+    uvicorn.run(APP_FACTORY, timeout_worker_healthcheck=HEALTHCHECK_SECONDS, **common)
     return 0
 
 

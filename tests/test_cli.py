@@ -240,3 +240,30 @@ def test_serve_sets_the_blas_threads_before_numpy_loads(tmp_path, extra, want):
     out = subprocess.run([sys.executable, "-c", BLAS_PROBE], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[-1]) == want, out.stdout
+
+
+def test_serve_workers_runs_the_app_factory_with_the_options_in_the_environment(monkeypatch, tmp_path, db_url):
+    """``--workers N``: the supervisor migrates, makes the admin key, and hands uvicorn the
+    factory's import string; the processes it spawns read the options from the environment."""
+    import uvicorn
+
+    from app.core.settings import Settings
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEWARD_")}
+    monkeypatch.setattr(os, "environ", env)  # what the command exports stays in this dict
+    monkeypatch.chdir(tmp_path)  # no .env
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: seen.update(target=target, **kw))
+    data = tmp_path / "d"
+    argv = ["--data-dir", str(data), "--database-url", db_url, "serve", "--workers", "3", "--no-learner"]
+    argv += ["--port", "9123"]
+    assert main(argv) == 0
+    assert seen["target"] == "app.main:create_app" and seen["factory"] is True
+    assert seen["workers"] == 3 and seen["port"] == 9123
+    child = Settings()  # what each spawned process builds
+    assert (child.data_dir, child.url, child.run_learner, child.run_worker) == (data, db_url, False, True)
+    db = Database(db_url)
+    try:
+        assert KeyService(db, None).page(cursor=None, limit=10)[0][0].scope == "admin"  # made before forking
+    finally:
+        db.dispose()
