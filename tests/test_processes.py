@@ -108,7 +108,8 @@ def test_two_processes_share_the_port_the_log_and_one_learner_per_model(served, 
 
     with httpx.Client(base_url=served.url, headers=auth(admin), timeout=60) as c:
         spec = {"name": "m", "task": "binary", "input_dim": DIM, "hidden": [8], "checkpoint_every": 1_000_000}
-        assert c.post("/v1/models", json=spec).status_code == 201
+        for name in ("m", "n1", "n2", "n3"):
+            assert c.post("/v1/models", json={**spec, "name": name}).status_code == 201
         r = c.post("/v1/keys", json={"name": "app", "scope": "ingest", "models": ["m"]})
         assert r.status_code == 201, r.text
         ingest = r.json()["key"]
@@ -143,14 +144,16 @@ def test_two_processes_share_the_port_the_log_and_one_learner_per_model(served, 
         r = c.post("/v1/models/m/prune", json={"from": "latest", "sparsity": 0.5}, headers={"Prefer": "wait=60"})
         assert r.status_code == 201 and r.json()["status"] == "succeeded", r.text
         assert c.get("/v1/models/m").json()["online"]["applied"] == n + 1
-        online = query(
-            db_url, "SELECT count(*) FROM versions JOIN models ON models.id = model_id WHERE operation = 'online'"
-        )
-        assert online == [(1,)]
+        assert query(db_url, "SELECT count(*) FROM versions WHERE operation = 'online'") == [(1,)]
+        for name in ("n1", "n2", "n3"):  # each held by either process
+            r = c.post(f"/v1/models/{name}/update?wait=true", json={"samples": [{"x": [1.0] * DIM, "y": 0}]})
+            assert r.status_code == 202 and r.json()["applied"] is True, r.text
+        owners = {o for (o,) in query(db_url, "SELECT owner FROM learners")}
+        assert None not in owners and {int(o.split(":")[-2]) for o in owners} <= pids, owners
 
-    # SIGTERM to the supervisor: every process shuts down gracefully, the lease is released
+    # SIGTERM to the supervisor: every process shuts down gracefully, the leases are released
     assert served.terminate() == 0, served.text()[-3000:]
     wait_until(lambda: not any(alive(p) for p in pids), 30, "the API processes to exit")
     text = served.text()
     assert text.count("Application shutdown complete") == 2, text[-3000:]
-    assert query(db_url, "SELECT owner FROM learners") == [(None,)]
+    assert query(db_url, "SELECT owner FROM learners") == [(None,)] * 4  # every lease released
