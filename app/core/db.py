@@ -112,6 +112,7 @@ class Database:
         writer_bind = self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(writer_bind, expire_on_commit=False)
+        self._writer_bind = writer_bind
         #: called after a commit that changed cached subjects: ``(subjects, generation)``
         self.on_changes: list[Callable[[set[str], int], None]] = []
         event.listen(self._writer, "before_commit", self._bump)
@@ -161,6 +162,12 @@ class Database:
     def _forget(s: Session) -> None:
         s.info.pop(CHANGES, None)
         s.info.pop(GENERATION, None)
+
+    def writer_connection(self) -> sa.Connection:
+        """A Core connection for a writer that keeps it (the sample-log committer): its
+        transactions begin as :meth:`write`'s do (``BEGIN IMMEDIATE`` on SQLite). Cache
+        marks (:func:`mark_changed`) are for sessions; what this connection writes needs none."""
+        return self._writer_bind.connect()
 
     def ping(self) -> None:
         with self.engine.connect() as c:

@@ -36,11 +36,17 @@ _SET_NEXT_OFFSET = (
 _INSERT_BATCH = sa.insert(table(SampleBatch))
 
 
+def _core(s: Session | sa.Connection) -> sa.Connection:
+    return s.connection() if isinstance(s, Session) else s
+
+
 class SampleRepository:
     """The sample log: ``sample_batches`` rows of packed arrays, offsets allocated
-    from ``models.next_offset`` (the number of samples ever accepted)."""
+    from ``models.next_offset`` (the number of samples ever accepted). The append's
+    queries run on a Core connection — the committer's own (no ORM session per commit)
+    or a session's."""
 
-    def __init__(self, s: Session) -> None:
+    def __init__(self, s: Session | sa.Connection) -> None:
         self.s = s
 
     def lock_models(self, model_ids: Sequence[int]) -> dict[int, tuple[str, int, int, int]]:
@@ -49,19 +55,20 @@ class SampleRepository:
 
         Returns ``{id: (task, input_dim, output_dim, next_offset)}`` for the models that exist.
         """
-        rows = self.s.connection().execute(_LOCK_MODELS, {"ids": list(model_ids)})
+        rows = _core(self.s).execute(_LOCK_MODELS, {"ids": list(model_ids)})
         return {int(r[0]): (r[1], int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
     def set_next_offset(self, model_id: int, next_offset: int) -> None:
         """``models.next_offset`` after an append (the caller holds the row lock)."""
-        self.s.connection().execute(_SET_NEXT_OFFSET, {"mid": model_id, "next_offset": next_offset})
+        _core(self.s).execute(_SET_NEXT_OFFSET, {"mid": model_id, "next_offset": next_offset})
 
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
         """Insert rows made by :func:`app.online.log.pack_rows`."""
         if rows:
-            self.s.connection().execute(_INSERT_BATCH, rows)
+            _core(self.s).execute(_INSERT_BATCH, rows)
 
     def covering(self, model_id: int, lo: int, hi: int) -> list[SampleBatch]:
+        assert isinstance(self.s, Session)
         """Rows holding any offset in ``lo..hi`` (inclusive), in offset order."""
         start = (
             sa.select(sa.func.max(SampleBatch.first_offset))
@@ -80,27 +87,37 @@ class SampleRepository:
         return list(self.s.scalars(q))
 
 
+_KEYS = table(IdempotencyKey)
+_GET_KEY = sa.select(_KEYS.c.request_hash, _KEYS.c.response, _KEYS.c.created_at).where(
+    _KEYS.c.model_id == sa.bindparam("mid"), _KEYS.c.key == sa.bindparam("key")
+)
+_DELETE_KEY = sa.delete(_KEYS).where(_KEYS.c.model_id == sa.bindparam("mid"), _KEYS.c.key == sa.bindparam("key"))
+
+
 class IdempotencyRepository:
-    def __init__(self, s: Session) -> None:
+    """Idempotency-Keys, in Core (the append's queries: see :class:`SampleRepository`)."""
+
+    def __init__(self, s: Session | sa.Connection) -> None:
         self.s = s
 
-    def get(self, model_id: int, key: str) -> IdempotencyKey | None:
-        return self.s.get(IdempotencyKey, (model_id, key))
+    def get(self, model_id: int, key: str) -> tuple[str, dict[str, Any], datetime] | None:
+        """``(request_hash, response, created_at)`` of a remembered key."""
+        row = _core(self.s).execute(_GET_KEY, {"mid": model_id, "key": key}).first()
+        return None if row is None else (str(row[0]), dict(row[1]), row[2])
 
     def add_many(self, rows: list[dict[str, Any]]) -> None:
         """Insert ``{"model_id", "key", "request_hash", "response"}`` rows."""
         if rows:
             now = utcnow()
-            self.s.execute(sa.insert(table(IdempotencyKey)), [{**r, "created_at": now} for r in rows])
+            _core(self.s).execute(sa.insert(_KEYS), [{**r, "created_at": now} for r in rows])
 
-    def delete(self, row: IdempotencyKey) -> None:
-        self.s.delete(row)
-        self.s.flush()
+    def delete(self, model_id: int, key: str) -> None:
+        _core(self.s).execute(_DELETE_KEY, {"mid": model_id, "key": key})
 
     def purge(self, before: datetime) -> int:
         """Forget keys created before ``before``; returns how many."""
-        res = self.s.execute(sa.delete(table(IdempotencyKey)).where(IdempotencyKey.created_at < before))
-        return int(res.rowcount or 0)  # type: ignore[attr-defined]
+        res = _core(self.s).execute(sa.delete(_KEYS).where(_KEYS.c.created_at < before))
+        return int(res.rowcount or 0)
 
 
 class LearnerRepository:

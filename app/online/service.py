@@ -52,17 +52,19 @@ The learner keeps its own keys there too (``prequential``, ``base``, …; see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 
 from app.core.db import Database
@@ -147,6 +149,10 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+#: One append's outcome in a commit: (append, its answer, its error).
+_Outcome = tuple[_Append, dict[str, Any] | None, BaseException | None]
+
+
 def _key_conflict(key: str) -> Conflict:
     return Conflict(
         f"Idempotency-Key {key!r} was already used with a different request body",
@@ -177,6 +183,7 @@ class OnlineService:
         self._queue_lock = threading.Lock()
         self._joined = threading.Condition(self._queue_lock)  # an announced append joined or withdrew
         self._committer: threading.Thread | None = None
+        self._conn: sa.Connection | None = None  # the committer's
         self._stopping = False
         self._announced: dict[int, None] = {}  # announcements still to join, oldest first
         self._seq = 0
@@ -336,6 +343,9 @@ class OnlineService:
             self._joined.notify_all()
         if self._committer is not None:
             self._committer.join(timeout)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     @staticmethod
     def _take(queue: list[_Append]) -> tuple[list[_Append], list[_Append]]:
@@ -355,8 +365,8 @@ class OnlineService:
         committed: a retry could append twice), it fails every append of the batch."""
         wrote = False
         try:
-            with self.db.write() as s:
-                outcomes = self._write(s, batch)
+            with self._unit() as conn:
+                outcomes = self._write(conn, batch)
                 wrote = True
         except Exception as e:
             if wrote or len(batch) == 1:
@@ -369,7 +379,24 @@ class OnlineService:
         for append, answer, error in outcomes:
             append.answer, append.error, append.done = answer, error, True
 
-    def _write(self, s: Any, batch: list[_Append]) -> list[tuple[_Append, dict[str, Any] | None, BaseException | None]]:
+    @contextlib.contextmanager
+    def _unit(self) -> Iterator[sa.Connection]:
+        """The committer's transaction, on its own long-lived Core connection (no session
+        or pool checkout per commit); a connection that broke is replaced next time."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self.db.writer_connection()
+        conn = self._conn
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            if conn.invalidated or conn.closed:
+                self._conn = None
+            raise
+
+    def _write(
+        self, s: sa.Connection, batch: list[_Append]
+    ) -> list[tuple[_Append, dict[str, Any] | None, BaseException | None]]:
         samples, keys = SampleRepository(s), IdempotencyRepository(s)
         fresh_after = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
         models = samples.lock_models(sorted({j.t.model_id for j in batch}))
@@ -377,7 +404,7 @@ class OnlineService:
         seen: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
         sample_rows: list[dict[str, Any]] = []
         key_rows: list[dict[str, Any]] = []
-        out: list[tuple[_Append, dict[str, Any] | None, BaseException | None]] = []
+        out: list[_Outcome] = []
         for append in sorted(batch, key=lambda a: a.t.model_id):  # stable: arrival order per model
             t, mid = append.t, append.t.model_id
             got = models.get(mid)
@@ -392,10 +419,10 @@ class OnlineService:
                 prior = seen.get((mid, append.key))
                 if prior is None:
                     row = keys.get(mid, append.key)
-                    if row is not None and row.created_at > fresh_after:
-                        prior = (row.request_hash, dict(row.response))
+                    if row is not None and row[2] > fresh_after:
+                        prior = (row[0], row[1])
                     elif row is not None:
-                        keys.delete(row)  # expired: the key is unknown again
+                        keys.delete(mid, append.key)  # expired: the key is unknown again
                 if prior is not None:
                     if prior[0] != append.digest:
                         out.append((append, None, _key_conflict(append.key)))

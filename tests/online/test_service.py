@@ -182,21 +182,21 @@ def test_a_failed_commit_fails_its_batch_and_is_not_retried(svc, target, monkeyp
     """A COMMIT that raises may have committed: retrying job by job could append twice."""
     from contextlib import contextmanager
 
-    real = svc.db.write
+    real = svc._unit
     calls = {"write": 0}
 
     @contextmanager
     def failing_write():  # type: ignore[no-untyped-def]
         calls["write"] += 1
-        with real() as s:
-            yield s
+        with real() as conn:
+            yield conn
             raise RuntimeError("commit failed")
 
     svc._last_purge = time.monotonic()  # no housekeeping write in this test
     inside, release, _ = hold_first_commit(svc)
     before = svc.submit(target, *samples(1, 23))
     assert inside.wait(10)
-    monkeypatch.setattr(svc.db, "write", failing_write)
+    monkeypatch.setattr(svc, "_unit", failing_write)
     a, b = svc.submit(target, *samples(1, 24)), svc.submit(target, *samples(1, 25))
     release.set()  # the held commit fails too (it opens its transaction after the patch)
     with pytest.raises(RuntimeError, match="commit failed"):
@@ -206,5 +206,5 @@ def test_a_failed_commit_fails_its_batch_and_is_not_retried(svc, target, monkeyp
     with pytest.raises(RuntimeError, match="commit failed"):
         svc.committed(b)
     assert calls["write"] == 2  # one per batch, never one per append
-    monkeypatch.setattr(svc.db, "write", real)
+    monkeypatch.setattr(svc, "_unit", real)
     assert svc.append(target, *samples(1, 26))["first_offset"] == 0  # nothing of the batch was stored
