@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
 from app.core.errors import Forbidden, Invalid
+from app.core.routes import model_name
 from app.core.schemas import CURSOR_PATTERN, NAME_PATTERN
 from app.keys.service import Principal
 
@@ -62,14 +63,15 @@ def _check_scope(p: Principal, scope: str) -> None:
         raise Forbidden(f"this needs a key with scope {scope!r}; this key has {p.scope!r}")
 
 
-async def authorize(request: Request, scope: str, model: str | None = None) -> Principal:
-    """What ``Depends(require_model(scope))`` checks, called in the endpoint (hot routes):
-    401 without a valid key, 403 below ``scope`` or when the key may not use ``model``."""
+async def authorize_model(request: Request, scope: str) -> str:
+    """What ``Depends(require_model(scope))`` checks, for a :class:`~app.core.routes.HotRoute`
+    endpoint, in the same order: the key (401), the ``{name}`` path parameter (422), the
+    scope and the key's model restriction (403). Returns the model name."""
     p = await _principal(request.app.state.ctx, bearer_token(request))
+    name = model_name(request)
     _check_scope(p, scope)
-    if model is not None:
-        p.check_model(model)
-    return p
+    p.check_model(name)
+    return name
 
 
 def require(scope: str) -> Callable[..., Any]:

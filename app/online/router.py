@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
@@ -21,8 +21,9 @@ from app.core.body import read_body
 from app.core.errors import BadRequest, Invalid, PayloadTooLarge, UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.memory import release_free_memory
+from app.core.routes import HotRoute, path_name_param, query_bool, query_float, query_param
 from app.core.schemas import problem_responses
-from app.deps import BEARER_SECURITY, ModelMaintain, ModelNamePath, authorize
+from app.deps import BEARER_SECURITY, ModelMaintain, ModelNamePath, authorize_model
 from app.online.ingest import NDJSONParser, parse_json
 from app.online.samples import SampleSpec
 from app.online.schemas import UPDATE_BODY, ResumeIn, UpdateOut
@@ -38,14 +39,22 @@ INLINE_PARSE_BYTES = 1 << 20
 TRIM_BODY_BYTES = 8 << 20
 KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=255,
-        description="Makes a retry a no-op: the retry answers 202 with the first answer and "
-        '`"duplicate": true`; the same key with a different body is 409. Printable ASCII, ≤ 255 characters.',
+UPDATE_PARAMS = [
+    path_name_param(),
+    query_param("wait", {"type": "boolean", "default": False}, "Answer once the samples are applied"),
+    query_param(
+        "timeout",
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 600, "default": 30.0},
+        "Longest wait in seconds (`wait=true`)",
     ),
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Makes a retry a no-op: the retry answers 202 with the first answer and "
+        '`"duplicate": true`; the same key with a different body is 409. Printable ASCII, ≤ 255 characters.',
+        "schema": {"type": "string", "maxLength": 255},
+    },
 ]
 
 
@@ -99,8 +108,36 @@ async def _read_samples(
     )
 
 
-@router.post(
+async def update(request: Request) -> Response:
+    """``{name}``, the key and the parameters are read here, not by dependencies (a hot
+    route: see :mod:`app.core.routes`)."""
+    name = await authorize_model(request, "ingest")
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and len(idempotency_key) > 255:
+        raise Invalid.at(["header", "Idempotency-Key"], "String should have at most 255 characters")
+    wait = query_bool(request, "wait", False)
+    wait_s = query_float(request, "timeout", 30.0, gt=0, le=600)
+    ctx = _ctx(request)
+    if idempotency_key is not None and (not idempotency_key or not set(idempotency_key) <= KEY_CHARS):
+        raise Invalid.at(["header", "Idempotency-Key"], "expected 1–255 printable ASCII characters without spaces")
+
+    size: list[int] = []
+
+    async def read(spec: SampleSpec, body_read: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
+        return await _read_samples(request, ctx.settings.max_body_bytes, spec, body_read, size)
+
+    try:
+        answer = await ctx.online.update(name, read, key=idempotency_key, wait=wait, wait_seconds=wait_s)
+    finally:
+        if size and size[0] > TRIM_BODY_BYTES:  # its text, arrays and objects are freed by now
+            release_free_memory()
+    return _json(answer, 202)
+
+
+router.add_api_route(
     "/models/{name}/update",
+    update,
+    methods=["POST"],
     status_code=202,
     response_model=UpdateOut,
     response_model_exclude_none=True,
@@ -118,34 +155,10 @@ async def _read_samples(
         202: {"description": "Accepted and durably logged (or, with `?wait=true`, also applied)"},
         **problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
     },
-    openapi_extra={"requestBody": UPDATE_BODY, **BEARER_SECURITY},
+    openapi_extra={"parameters": UPDATE_PARAMS, "requestBody": UPDATE_BODY, **BEARER_SECURITY},
     operation_id="update_model",
+    route_class_override=HotRoute,
 )
-async def update(
-    request: Request,
-    name: ModelNamePath,
-    idempotency_key: IdempotencyKey = None,
-    wait: Annotated[bool, Query(description="Answer once the samples are applied")] = False,
-    wait_s: Annotated[
-        float, Query(alias="timeout", gt=0, le=600, description="Longest wait in seconds (`wait=true`)")
-    ] = 30.0,
-) -> Response:
-    await authorize(request, "ingest", name)  # not a dependency: see app.deps
-    ctx = _ctx(request)
-    if idempotency_key is not None and (not idempotency_key or not set(idempotency_key) <= KEY_CHARS):
-        raise Invalid.at(["header", "Idempotency-Key"], "expected 1–255 printable ASCII characters without spaces")
-
-    size: list[int] = []
-
-    async def read(spec: SampleSpec, body_read: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
-        return await _read_samples(request, ctx.settings.max_body_bytes, spec, body_read, size)
-
-    try:
-        answer = await ctx.online.update(name, read, key=idempotency_key, wait=wait, wait_seconds=wait_s)
-    finally:
-        if size and size[0] > TRIM_BODY_BYTES:  # its text, arrays and objects are freed by now
-            release_free_memory()
-    return _json(answer, 202)
 
 
 @router.post(

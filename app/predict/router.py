@@ -13,8 +13,9 @@ from app.context import AppContext
 from app.core.body import read_body
 from app.core.errors import UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
+from app.core.routes import HotRoute, path_name_param
 from app.core.schemas import problem_responses
-from app.deps import BEARER_SECURITY, Ctx, ModelNamePath, ModelRead, authorize
+from app.deps import BEARER_SECURITY, Ctx, ModelNamePath, ModelRead, authorize_model
 from app.predict.schemas import EvaluateIn, EvaluateOut, PredictIn, PredictOut
 
 router = APIRouter(route_class=JSONRoute, tags=["predict"])
@@ -32,16 +33,10 @@ PREDICT_BODY = {
 }
 
 
-@router.post(
-    "/models/{name}/predict",
-    response_model=PredictOut,
-    summary="Predict with a version (default: alias production, else latest)",
-    responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
-    openapi_extra={"requestBody": PREDICT_BODY, **BEARER_SECURITY},
-    operation_id="predict",
-)
-async def predict(request: Request, name: ModelNamePath) -> Response:
-    await authorize(request, "read", name)  # not a dependency: see app.deps
+async def predict(request: Request) -> Response:
+    """``{name}`` and the key are checked here, not by dependencies (a hot route: see
+    :mod:`app.core.routes`)."""
+    name = await authorize_model(request, "read")
     ctx: AppContext = request.app.state.ctx
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype not in JSON_TYPES:
@@ -51,6 +46,19 @@ async def predict(request: Request, name: ModelNamePath) -> Response:
         )
     body = await read_body(request, ctx.settings.max_body_bytes)
     return Response(await ctx.predict.predict_body(name, body), media_type="application/json")
+
+
+router.add_api_route(
+    "/models/{name}/predict",
+    predict,
+    methods=["POST"],
+    response_model=PredictOut,
+    summary="Predict with a version (default: alias production, else latest)",
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422),
+    openapi_extra={"parameters": [path_name_param()], "requestBody": PREDICT_BODY, **BEARER_SECURITY},
+    operation_id="predict",
+    route_class_override=HotRoute,
+)
 
 
 @router.post(
