@@ -194,3 +194,17 @@ def test_two_serve_processes_share_changes_within_the_refresh_bound(db_url, tmp_
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_a_version_the_learner_commits_is_served_at_once(client):
+    create_model(client, task="binary")
+    assert served(client)[0] == 1
+    samples = [{"x": [float(i % 3), 1.0, -1.0], "y": float(i % 2)} for i in range(20)]
+    assert client.post("/v1/models/m/update?wait=true", json={"samples": samples}).status_code == 202
+    r = client.post("/v1/models/m/checkpoint")
+    assert r.status_code == 201, r.text
+    v = r.json()["version"]
+    assert v > 1 and served(client)[0] == v
+    assert np.allclose(
+        served(client)[1], ref_forward(weights(client, "m", v), "binary", "relu", np.asarray(X)), rtol=1e-5, atol=1e-6
+    )
