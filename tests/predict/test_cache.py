@@ -208,3 +208,23 @@ def test_a_version_the_learner_commits_is_served_at_once(client):
     assert np.allclose(
         served(client)[1], ref_forward(weights(client, "m", v), "binary", "relu", np.asarray(X)), rtol=1e-5, atol=1e-6
     )
+
+
+def test_a_key_revoked_by_the_command_line_is_refused_after_the_next_poll(two_apps, settings):
+    """``steward keys revoke`` runs in a process of its own, with no cache: its revocation
+    bumps the generation like the API's does."""
+    from app.core.db import Database
+    from app.keys.service import KeyService
+
+    a, _ = two_apps
+    create_model(a)
+    made = a.post("/v1/keys", json={"name": "app", "scope": "read"}).json()
+    k = {"Authorization": f"Bearer {made['key']}"}
+    assert a.post("/v1/models/m/predict", json={"inputs": X}, headers=k).status_code == 200
+    db = Database(settings.url)
+    try:
+        KeyService(db, None).revoke(made["id"])
+    finally:
+        db.dispose()
+    poll(a)
+    assert_problem(a.post("/v1/models/m/predict", json={"inputs": X}, headers=k), 401)
