@@ -66,6 +66,7 @@ class Model(Base):
     activation: Mapped[str] = mapped_column(sa.String(16))
     optimizer: Mapped[dict[str, Any]]
     checkpoint_every: Mapped[int]
+    checkpoint_seconds: Mapped[float] = mapped_column(sa.Float, default=1.0, server_default="1.0")
     seed: Mapped[int] = mapped_column(sa.BigInteger)
     description: Mapped[str] = mapped_column(sa.Text, default="")
     tags: Mapped[dict[str, Any]]

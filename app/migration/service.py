@@ -240,6 +240,7 @@ class MigrationService:
                 activation=m.activation,  # type: ignore[arg-type]
                 optimizer=body.optimizer if body.optimizer is not None else dict(m.optimizer),  # type: ignore[arg-type]
                 checkpoint_every=m.checkpoint_every,
+                checkpoint_seconds=m.checkpoint_seconds,
                 seed=body.seed,
                 description=body.description
                 if body.description is not None

@@ -31,10 +31,22 @@ appears): from the model's newest version, whatever made it.
 
 **Checkpoints.** A version (operation ``online``, ``parent`` = the version the
 parameters continue from, ``applied_through`` = inclusive last offset,
-``metrics.prequential``, state blob) is committed every ``checkpoint_every``
-samples applied since the newest version, when a ``/checkpoint`` request is due
-(see :mod:`app.online.service`), and when a resumed model skips its refused
-sample. Before committing, the learner checks under the model row lock that no
+``metrics.prequential``, state blob) is committed when a ``/checkpoint`` request is
+due (see :mod:`app.online.service`), when a resumed model skips its refused sample,
+and by the model's cadence: once ``checkpoint_every`` samples were applied since the
+newest version (*due by count*) **and** at least ``checkpoint_seconds`` passed since
+the learner's last version of the model (:attr:`Held.version_at`, monotonic: the last
+version it committed or adopted, or when it loaded the model). A checkpoint costs a
+snapshot, two fsynced blobs and a write transaction (milliseconds); the time floor
+(default 1 s) keeps that from stopping learning every 1,000 samples under sustained
+ingestion. Reads are sliced at the count, so ``checkpoint_seconds = 0`` gives versions
+exactly at every ``checkpoint_every``-th sample; while a checkpoint due by count waits
+for its time the learner applies whole slices and commits it at the first slice end
+(or turn, if no sample arrives) after the time has come. A checkpoint waiting so is
+work: the model is not idle (:meth:`LearnerRuntime._idle`: not evicted, and
+:meth:`LearnerRuntime.drain` waits for it), and an eviction for memory commits it.
+Where a checkpoint lands never changes the parameters: the state blob makes the replay
+after it exact. Before committing, the learner checks under the model row lock that no
 newer version appeared; if one did, it drops its own progress and adopts it.
 
 **Guard.** A step the engine refuses (non-finite parameters, loss blow-up past
@@ -129,6 +141,24 @@ class Held:
     cache: LogRows | None = field(default=None, repr=False)  # the last log row read
     active: float = field(default_factory=time.monotonic)  # last sample applied or request answered
     nbytes: int = 0  # the learner's arrays (OnlineLearner.nbytes)
+    #: monotonic time of the learner's last version of this model (committed or adopted)
+    version_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def every(self) -> int:
+        return max(int(self.model.checkpoint_every), 1)
+
+    def count_due(self) -> bool:
+        """``checkpoint_every`` samples applied since the newest version: a checkpoint is
+        due, now or (``checkpoint_seconds``) once enough time has passed."""
+        return self.since_version >= self.every
+
+    def wait_left(self, now: float) -> float:
+        """Seconds until the time cadence allows the next checkpoint (0: it does)."""
+        return max(float(self.model.checkpoint_seconds) - (now - self.version_at), 0.0)
+
+    def checkpoint_due(self, now: float) -> bool:
+        return self.count_due() and self.wait_left(now) <= 0
 
 
 @dataclass
@@ -321,9 +351,18 @@ class LearnerRuntime:
                 ctls = self._controls()
                 if idle and not any(mid in ctls and ctls[mid].has_work(ctls[mid].published) for mid in self.parked):
                     return
+                # a checkpoint due by count waits for its time: sleep until then, not spin
+                now = time.monotonic()
+                waits = [h.wait_left(now) for h in self.held.values() if h.count_due()]
+                if waits:
+                    time.sleep(min(min(waits), self.settings.learner_poll_seconds, max(deadline - now, 0)))
         raise TimeoutError("the learner did not catch up in time")
 
     def _idle(self, h: Held, ctl: Control | None = None) -> bool:
+        """Nothing to do for ``h``: no samples to apply, no request to answer, and no
+        checkpoint due by count that waits for its time (``checkpoint_seconds``)."""
+        if h.count_due():
+            return False
         ctl = ctl or self._controls().get(h.model_id)
         return ctl is None or (not ctl.requests and ctl.resume is None and (h.lag == 0 or ctl.status == "paused"))
 
@@ -360,7 +399,7 @@ class LearnerRuntime:
     def _evict(self, h: Held, *, reason: str) -> None:
         """Drop ``h``'s learner from memory and keep its lease (see the module doc)."""
         try:
-            if h.lag > 0 and h.since_version > 0 and h.learner.paused is None:
+            if (h.lag > 0 or h.count_due()) and h.since_version > 0 and h.learner.paused is None:
                 self._checkpoint(h, cause="evicted")
                 h = self.held.get(h.model_id, h)
             self._publish(h, force=True)
@@ -511,6 +550,7 @@ class LearnerRuntime:
         self._restart(h, m, v)
         h.version = h.parent = v.version
         h.since_version = 0
+        h.version_at = time.monotonic()
         h.cache = None
         self._record_base(h)
         log.info(
@@ -552,10 +592,13 @@ class LearnerRuntime:
             limit = min(limit, ctl.paused_offset - 1)
         if resume is not None:
             limit = min(limit, int(resume["offset"]) - 1)
-        every = max(int(h.model.checkpoint_every), 1)
+        every = h.every
         applied = 0
         while h.applied_through < limit and applied < TURN_SAMPLES and not self.stopping.is_set():
-            hi = min(limit, h.applied_through + min(READ_SAMPLES, max(every - h.since_version, 1)))
+            # a slice ends where the count makes a checkpoint due (checkpoint_seconds 0: the
+            # exact count cadence); while a due checkpoint waits for its time, whole slices
+            step = READ_SAMPLES if h.count_due() else min(READ_SAMPLES, every - h.since_version)
+            hi = min(limit, h.applied_through + step)
             X, Y = self._read(h, h.applied_through + 1, hi)
             t0 = time.perf_counter()
             res = h.learner.learn_many(X, Y, first_offset=h.applied_through + 1)
@@ -574,10 +617,14 @@ class LearnerRuntime:
                 self._pause(h, res.pause.offset, f"{res.pause.reason}: {res.pause.detail}")
                 limit = h.applied_through
                 break
-            if h.since_version >= every:
-                self._checkpoint(h, cause=f"every {every} samples")
+            if h.checkpoint_due(time.monotonic()):
+                self._checkpoint(h, cause=self._cadence(h))
                 if self.held.get(mid) is not h:  # a newer version was adopted instead
                     return applied
+        if h.checkpoint_due(time.monotonic()):  # due by count earlier, its time came now
+            self._checkpoint(h, cause=self._cadence(h))
+            if self.held.get(mid) is not h:
+                return applied
         h.lag = max(ctl.accepted - 1 - h.applied_through, 0)
         self.metrics.learner_lag.labels(h.name).set(h.lag)
         if ctl.requests and resume is None:
@@ -586,6 +633,11 @@ class LearnerRuntime:
         if self.held.get(mid) is h:
             self._publish(h, force=h.lag == 0)
         return applied
+
+    @staticmethod
+    def _cadence(h: Held) -> str:
+        wait = float(h.model.checkpoint_seconds)
+        return f"every {h.every} samples" + (f" and {wait:g} s" if wait > 0 else "")
 
     def _read(self, h: Held, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         """Samples ``lo..hi`` from the log (the last row read is kept for the next call)."""
@@ -678,6 +730,7 @@ class LearnerRuntime:
         self.metrics.versions.labels("online").inc()
         h.version = h.parent = number
         h.since_version = 0
+        h.version_at = time.monotonic()
         if h.applied_through >= h.publish_floor:
             h.published = h.applied_through
             h.dirty = False

@@ -58,6 +58,7 @@ def model_out(m: Model, latest: int, aliases: dict[str, int], learner: Learner |
         activation=m.activation,  # type: ignore[arg-type]
         optimizer=dict(m.optimizer),
         checkpoint_every=m.checkpoint_every,
+        checkpoint_seconds=m.checkpoint_seconds,
         seed=m.seed,
         description=m.description,
         tags=dict(m.tags),
@@ -158,6 +159,7 @@ class ModelService:
             activation=spec.activation,
             optimizer=spec.optimizer.model_dump(),
             checkpoint_every=spec.checkpoint_every,
+            checkpoint_seconds=spec.checkpoint_seconds,
             seed=spec.seed,
             description=spec.description,
             tags=dict(spec.tags),

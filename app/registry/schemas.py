@@ -58,6 +58,7 @@ class ModelCreate(Strict):
                     "activation": "relu",
                     "optimizer": {"kind": "sgd", "learning_rate": 0.01, "momentum": 0.0, "l2": 0.0},
                     "checkpoint_every": 1000,
+                    "checkpoint_seconds": 1.0,
                     "seed": 0,
                     "description": "",
                     "tags": {},
@@ -74,6 +75,14 @@ class ModelCreate(Strict):
     activation: Activation = "relu"
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     checkpoint_every: int = Field(1000, ge=1, le=1_000_000_000)
+    checkpoint_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="An online version is committed once checkpoint_every samples were applied since the newest"
+        " version and at least this many seconds passed since the learner's last version; 0: by count only",
+    )
     seed: int = Field(0, ge=0, le=2**63 - 1)
     description: Text = Field("", max_length=10_000)
     tags: dict[Annotated[Text, Field(max_length=128)], Annotated[Text, Field(max_length=1024)]] = Field(
@@ -125,6 +134,7 @@ class ModelOut(BaseModel):
     activation: Activation
     optimizer: dict[str, Any]
     checkpoint_every: int
+    checkpoint_seconds: float
     seed: int
     description: str
     tags: dict[str, str]

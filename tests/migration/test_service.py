@@ -25,7 +25,9 @@ def ctx(make_settings):
     settings = make_settings(run_worker=False)
     upgrade(settings.url)
     c = AppContext.build(settings)
-    c.models.create(ModelCreate(name="m", task="binary", input_dim=3, hidden=[4]))
+    c.models.create(
+        ModelCreate(name="m", task="binary", input_dim=3, hidden=[4], checkpoint_every=250, checkpoint_seconds=7.5)
+    )
     yield c
     c.close()
 
@@ -163,6 +165,9 @@ def test_transfer_retry_after_commit_reports_the_same_version(ctx):
     with ctx.db.read() as s:
         child = get_model(s, "child")
         assert child.lineage == {"model": "m", "version": 1, "frozen": 1, "copied_layers": 1}
+        parent = get_model(s, "m")  # the online-learning cadence is copied with the spec
+        cadence = ("checkpoint_every", "checkpoint_seconds")
+        assert [getattr(child, k) for k in cadence] == [getattr(parent, k) for k in cadence]
         assert ctx.versions.get(s, child, 1).job_id == jid
         from app.registry.repository import VersionRepository
 

@@ -223,7 +223,7 @@ def test_online_mlp_equals_torch_autograd(lc, task, act, opt):
 # --------------------------------------------------------------------------- checkpoints
 def test_checkpoints_every_n_and_on_request(lc):
     X, Y = data("binary", 250, 4)
-    create(lc, "m", task="binary", input_dim=4, checkpoint_every=100)
+    create(lc, "m", task="binary", input_dim=4, checkpoint_every=100, checkpoint_seconds=0)
     send(lc, "m", X, Y)
     wait_until(lambda: len(lc.get("/v1/models/m/versions").json()["items"]) == 3, 30, "two automatic checkpoints")
     items = lc.get("/v1/models/m/versions").json()["items"]
@@ -244,6 +244,82 @@ def test_checkpoints_every_n_and_on_request(lc):
     create(lc, "empty", task="binary", input_dim=4)
     assert checkpoint(lc, "empty", expect=200)["version"] == 1
     assert lc.post("/v1/models/nope/checkpoint").status_code == 404
+
+
+def online_versions(ctx: AppContext, name: str) -> list[tuple[int, int, dict]]:
+    """(version, applied_through, params) of the model's ``online`` versions, oldest first."""
+    with ctx.db.read() as s:
+        m = get_model(s, name)
+        q = sa.select(Version).where(Version.model_id == m.id, Version.operation == "online").order_by(Version.version)
+        return [(v.version, int(v.applied_through), dict(v.params)) for v in s.scalars(q)]
+
+
+def test_a_checkpoint_due_by_count_waits_for_its_time_then_comes_without_new_samples(make_settings):
+    """``checkpoint_seconds``: a checkpoint due by count is committed once the time since the
+    learner's last version has passed, whether or not samples arrive meanwhile; the versions
+    it makes continue bit-identically after a crash (lease run out, another learner replays)."""
+    st = make_settings(run_worker=False, run_learner=False, learner_lease_seconds=0.5)
+    with TestClient(create_app(st), headers=auth()) as c:
+        ctx: AppContext = c.app.state.ctx  # type: ignore[attr-defined]
+        spec = {"task": "multiclass", "input_dim": 4, "output_dim": 3, "hidden": [6], "checkpoint_every": 100,
+                "checkpoint_seconds": 600}  # fmt: skip
+        create(c, "m", **spec)
+        X, Y = data("multiclass", 600, 4)
+        send(c, "m", X[:250], Y[:250], wait=False)
+        a = LearnerRuntime(ctx.db, ctx.settings, ctx.blobs, ctx.versions, ctx.metrics, owner="A")
+        a.run_once()
+        h = a.held[1]
+        assert h.applied_through == 249 and h.since_version == 250  # due by count since 99, not by time
+        assert online_versions(ctx, "m") == []
+        assert not a._idle(h)  # a due checkpoint is work: not evicted, and drain() waits for it
+        h.version_at -= spec["checkpoint_seconds"]  # the time comes (no sleeping in tests)
+        a.run_once()  # no new sample: the turn commits it
+        [(v2, at2, params)] = online_versions(ctx, "m")
+        assert (v2, at2, params["samples"]) == (2, 249, 250)
+        assert params["checkpoint"] == f"every {spec['checkpoint_every']} samples and {spec['checkpoint_seconds']} s"
+        assert a._idle(a.held[1]) and a.held[1].since_version == 0
+
+        # drain() does not return while a checkpoint waits, and does not skip it
+        def cadence(seconds: float) -> None:
+            with ctx.db.write() as s:
+                get_model(s, "m").checkpoint_seconds = seconds
+            a.held[1].model.checkpoint_seconds = seconds
+
+        cadence(0.2)
+        a.held[1].version_at = time.monotonic()
+        send(c, "m", X[250:400], Y[250:400], wait=False)
+        a.drain()
+        assert [(v, at) for v, at, _ in online_versions(ctx, "m")] == [(2, 249), (3, 399)]
+        # A "crashes" mid-way to the next checkpoint: B replays from version 3 to the same parameters
+        cadence(spec["checkpoint_seconds"])
+        send(c, "m", X[400:], Y[400:], wait=False)
+        a.run_once()
+        assert a.held[1].applied_through == 599 and len(online_versions(ctx, "m")) == 2
+        time.sleep(0.6)
+        b = LearnerRuntime(ctx.db, ctx.settings, ctx.blobs, ctx.versions, ctx.metrics, owner="B")
+        b.run_once()
+        b._load(1)
+        assert b.held[1].version == 3 and b.held[1].applied_through == 399
+        b.run_once()  # (drain() would wait the 600 s for the checkpoint now due by count)
+        assert b.held[1].applied_through == 599 and not b._idle(b.held[1])
+        assert b._checkpoint(b.held[1], cause="test") == 4
+        with ctx.db.read() as s:
+            Xl, Yl = read_log(s, get_model(s, "m"), 0, 599)
+        got = model_params(ctx, "m", 4)
+        want = engine_run(spec, model_params(ctx, "m", 1), Xl, Yl)
+        for g, w in zip(got.weights + got.biases, want.weights + want.biases, strict=True):
+            np.testing.assert_array_equal(g, w)  # bit for bit
+        b.stop()
+
+
+def test_the_learner_thread_commits_a_waiting_checkpoint_when_its_time_comes(lc):
+    create(lc, "m", task="binary", input_dim=4, checkpoint_every=100, checkpoint_seconds=0.3)
+    X, Y = data("binary", 150, 4)
+    send(lc, "m", X, Y)  # applied (wait=true); no sample follows
+    v = wait_until(lambda: lc.get("/v1/models/m").json()["latest_version"] == 2, 30, "the timed checkpoint")
+    assert v
+    [item] = [i for i in lc.get("/v1/models/m/versions").json()["items"] if i["operation"] == "online"]
+    assert item["applied_through"] == 149 and item["params"]["samples"] == 150
 
 
 def test_checkpoint_without_learner_is_503(make_settings):
@@ -413,7 +489,8 @@ def test_restart_replays_to_the_same_parameters_and_leases_are_exclusive(make_se
     st = make_settings(run_worker=False, run_learner=False, learner_lease_seconds=0.5)
     with TestClient(create_app(st), headers=auth()) as c:
         ctx: AppContext = c.app.state.ctx  # type: ignore[attr-defined]
-        spec = {"task": "multiclass", "input_dim": 4, "output_dim": 3, "hidden": [6], "checkpoint_every": 150}
+        spec = {"task": "multiclass", "input_dim": 4, "output_dim": 3, "hidden": [6], "checkpoint_every": 150,
+                "checkpoint_seconds": 0}  # fmt: skip
         create(c, "m", **spec)
         X, Y = data("multiclass", 400, 4)
         send(c, "m", X[:340], Y[:340], wait=False)
@@ -483,7 +560,7 @@ def test_deleting_a_model_stops_its_learner(lc):
 def test_sigkill_mid_stream_then_restart_reaches_the_same_parameters(db_url, tmp_path):
     data_dir = tmp_path / "data"
     spec = {"name": "m", "task": "binary", "input_dim": 8, "hidden": [16], "checkpoint_every": 700,
-            "optimizer": {"kind": "sgd", "learning_rate": 0.02, "momentum": 0.5}}  # fmt: skip
+            "checkpoint_seconds": 0, "optimizer": {"kind": "sgd", "learning_rate": 0.02, "momentum": 0.5}}  # fmt: skip
     rng = np.random.default_rng(3)
     reqs = []
     for k in range(60):

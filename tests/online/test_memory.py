@@ -23,7 +23,8 @@ from tests.conftest import auth
 from tests.online.test_learner import checkpoint, create, data, engine_run, model_params, send
 from tests.online_helpers import wait_until
 
-SPEC = {"task": "multiclass", "input_dim": 4, "output_dim": 3, "hidden": [6], "checkpoint_every": 150}
+SPEC = {"task": "multiclass", "input_dim": 4, "output_dim": 3, "hidden": [6], "checkpoint_every": 150,
+        "checkpoint_seconds": 0}  # fmt: skip
 
 
 def runtime(ctx: AppContext, owner: str = "A") -> LearnerRuntime:

@@ -6,11 +6,13 @@ import hashlib
 from datetime import datetime
 
 import numpy as np
+import orjson
 import pytest
 import safetensors.numpy as stnp
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.registry.schemas import ModelCreate
 from tests.api_helpers import assert_problem, create_model, model_spec, weights
 from tests.conftest import auth
 
@@ -24,6 +26,7 @@ def test_create_answers_the_model_with_version_1(client, settings):
         activation="tanh",
         optimizer={"kind": "adam", "learning_rate": 0.001},
         checkpoint_every=500,
+        checkpoint_seconds=2.5,
         seed=7,
         description="who leaves",
         tags={"team": "growth"},
@@ -32,7 +35,8 @@ def test_create_answers_the_model_with_version_1(client, settings):
     assert r.status_code == 201, r.text
     assert r.headers["location"] == "/v1/models/churn"
     m = r.json()
-    for k in ("name", "task", "input_dim", "output_dim", "hidden", "activation", "checkpoint_every", "seed"):
+    for k in ("name", "task", "input_dim", "output_dim", "hidden", "activation", "checkpoint_every",
+              "checkpoint_seconds", "seed"):  # fmt: skip
         assert m[k] == spec[k]
     assert m["description"] == "who leaves" and m["tags"] == {"team": "growth"}
     assert m["optimizer"]["kind"] == "adam" and m["optimizer"]["learning_rate"] == 0.001
@@ -67,6 +71,15 @@ def test_defaults_fill_the_spec(client):
     m = r.json()
     assert m["hidden"] == [] and m["output_dim"] == 1 and m["activation"] == "relu"
     assert m["optimizer"]["kind"] == "sgd" and m["checkpoint_every"] == 1000 and m["seed"] == 0
+    assert m["checkpoint_seconds"] == ModelCreate.model_fields["checkpoint_seconds"].default
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "1e999", "-1"])
+def test_checkpoint_seconds_must_be_a_finite_non_negative_number(client, text):
+    body = orjson.dumps(model_spec("bad"))[:-1] + b', "checkpoint_seconds": ' + text.encode() + b"}"
+    r = client.post("/v1/models", content=body, headers={"Content-Type": "application/json"})
+    assert_problem(r, 422, ["body", "checkpoint_seconds"])
+    assert client.get("/v1/models").json()["items"] == []
 
 
 BAD_SPECS = [
@@ -92,6 +105,10 @@ BAD_SPECS = [
     ({"guard": {"enabled": "yes"}}, ["body", "guard", "enabled"]),
     ({"optimizer": {"lr": 0.1}}, ["body", "optimizer", "lr"]),
     ({"checkpoint_every": 0}, ["body", "checkpoint_every"]),
+    ({"checkpoint_seconds": -0.5}, ["body", "checkpoint_seconds"]),
+    ({"checkpoint_seconds": 10**9}, ["body", "checkpoint_seconds"]),
+    ({"checkpoint_seconds": "1"}, ["body", "checkpoint_seconds"]),
+    ({"checkpoint_seconds": True}, ["body", "checkpoint_seconds"]),
     ({"seed": -1}, ["body", "seed"]),
     ({"tags": {"k": 1}}, ["body", "tags", "k"]),
     ({"colour": "red"}, ["body", "colour"]),
