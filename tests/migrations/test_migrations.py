@@ -114,12 +114,12 @@ def test_0002_splits_the_learner_json_into_what_it_holds_and_back(db_url):
         eng.dispose()
 
 
-def test_0003_gives_existing_models_the_default_checkpoint_seconds(db_url):
-    """0003 adds ``models.checkpoint_seconds`` with a server default, so a model made
+def test_0004_gives_existing_models_the_default_checkpoint_seconds(db_url):
+    """0004 adds ``models.checkpoint_seconds`` with a server default, so a model made
     before it gets the default cadence (1 second); the downgrade drops it."""
     from app.registry.schemas import ModelCreate
 
-    upgrade(db_url, "0002")
+    upgrade(db_url, "0003")
     eng = sa.create_engine(db_url)
     try:
         with eng.begin() as c:
@@ -129,13 +129,13 @@ def test_0003_gives_existing_models_the_default_checkpoint_seconds(db_url):
                 " VALUES (1, 'm', 'binary', 2, 1, '[]', 'relu', '{}', 10, 0, '', '{}', '{}', 'active', 0,"
                 " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
             )
-        upgrade(db_url, "0003")
+        upgrade(db_url, "0004")
         models = sa.Table("models", sa.MetaData(), autoload_with=eng)
         with eng.connect() as c:
             row = c.execute(sa.select(models)).mappings().one()
         assert row["checkpoint_seconds"] == ModelCreate.model_fields["checkpoint_seconds"].default
         assert row["checkpoint_every"] == 10
-        downgrade(db_url, "0002")
+        downgrade(db_url, "0003")
         models = sa.Table("models", sa.MetaData(), autoload_with=eng)
         assert "checkpoint_seconds" not in models.c
     finally:

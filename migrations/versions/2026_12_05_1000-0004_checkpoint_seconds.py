@@ -3,9 +3,9 @@ version is committed once ``checkpoint_every`` samples were applied since the ne
 version *and* at least ``checkpoint_seconds`` passed since the learner's last version;
 0 is the count-only cadence). Existing models get the default, 1 second.
 
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-12-05 09:00:00
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-05 10:00:00
 """
 
 from collections.abc import Sequence
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
