@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from app.core.tables import SampleBatch, utcnow
+from app.core.tables import utcnow
 from app.online.repository import SampleRepository
 from app.online.samples import SampleSpec
 
@@ -59,8 +59,9 @@ def pack_rows(model_id: int, first_offset: int, X: np.ndarray, Y: np.ndarray, *,
     return out
 
 
-def unpack_row(spec: SampleSpec, row: SampleBatch) -> LogRows:
-    """The arrays of one ``sample_batches`` row (read-only views of its bytes)."""
+def unpack_row(spec: SampleSpec, row: Any) -> LogRows:
+    """The arrays of one ``sample_batches`` row (a :class:`SampleBatch` or a row with its
+    ``first_offset``, ``count``, ``x``, ``y``), as read-only views of its bytes."""
     X = np.frombuffer(row.x, dtype=np.float32).reshape(row.count, spec.input_dim)
     Y = np.frombuffer(row.y, dtype=spec.y_dtype).reshape(row.count, *spec.y_shape)
     return LogRows(int(row.first_offset), X, Y)

@@ -34,6 +34,23 @@ _SET_NEXT_OFFSET = (
     .values(next_offset=sa.bindparam("next_offset"))
 )
 _INSERT_BATCH = sa.insert(table(SampleBatch))
+_batches = table(SampleBatch).c
+#: the rows holding offsets lo..hi: from the last row starting at or before lo
+_COVERING = (
+    sa.select(_batches.first_offset, _batches.count, _batches.x, _batches.y)
+    .where(
+        _batches.model_id == sa.bindparam("mid"),
+        _batches.first_offset
+        >= sa.func.coalesce(
+            sa.select(sa.func.max(_batches.first_offset))
+            .where(_batches.model_id == sa.bindparam("mid"), _batches.first_offset <= sa.bindparam("lo"))
+            .scalar_subquery(),
+            sa.bindparam("lo"),
+        ),
+        _batches.first_offset <= sa.bindparam("hi"),
+    )
+    .order_by(_batches.first_offset)
+)
 
 
 def _core(s: Session | sa.Connection) -> sa.Connection:
@@ -67,24 +84,11 @@ class SampleRepository:
         if rows:
             _core(self.s).execute(_INSERT_BATCH, rows)
 
-    def covering(self, model_id: int, lo: int, hi: int) -> list[SampleBatch]:
-        assert isinstance(self.s, Session)
-        """Rows holding any offset in ``lo..hi`` (inclusive), in offset order."""
-        start = (
-            sa.select(sa.func.max(SampleBatch.first_offset))
-            .where(SampleBatch.model_id == model_id, SampleBatch.first_offset <= lo)
-            .scalar_subquery()
-        )
-        q = (
-            sa.select(SampleBatch)
-            .where(
-                SampleBatch.model_id == model_id,
-                SampleBatch.first_offset >= sa.func.coalesce(start, lo),
-                SampleBatch.first_offset <= hi,
-            )
-            .order_by(SampleBatch.first_offset)
-        )
-        return list(self.s.scalars(q))
+    def covering(self, model_id: int, lo: int, hi: int) -> Sequence[sa.Row[tuple[int, int, bytes, bytes]]]:
+        """Rows holding any offset in ``lo..hi`` (inclusive), in offset order, as
+        ``(first_offset, count, x, y)`` (a Core query built once: no ORM objects, the
+        learner reads the log with it on every slice)."""
+        return _core(self.s).execute(_COVERING, {"mid": model_id, "lo": lo, "hi": hi}).all()  # type: ignore[return-value]
 
 
 _KEYS = table(IdempotencyKey)
