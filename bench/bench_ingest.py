@@ -19,11 +19,8 @@ What it does, in one process tree:
    endpoint in interleaved rounds (A B, B A, …): ``wrk`` (if installed; else a
    Python ``http.client`` loop, said in the output) for the JSON bodies, and a
    Python client streaming the NDJSON body chunked (64 KiB chunks) for the stream;
-3. learner throughput: Steward's learner runtime (log reads, per-sample steps,
-   progress, checkpoints with fsynced blobs) draining the log on CPU 0, for a
-   logistic and a 32-64-1 MLP model, beside the bare engine loop (no I/O);
-4. ingestion and learning together: a Steward with its learner on, fed NDJSON
-   requests for a few seconds — accepted/s, applied/s and the lag it leaves.
+(The learner runtime beside the engine alone is in ``bench/bench_learner.py``;
+ingestion and learning together in ``bench/bench_ingest_learn.py``.)
 
 Figures are samples/s (acknowledged durably for Steward); "ratio" is Steward ÷
 bare in the same round (median and min–max over rounds). ``OPENBLAS_CORETYPE`` /
@@ -359,104 +356,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{accepted:,} samples were acknowledged into the log during the run.")
         for v in verdicts:
             print("target:", v)
-
-        learner_section(tmp, pin)
-        mixed_section(tmp, env, pin, nd, Xnd, Ynd)
-
-
-def learner_section(tmp: Path, pin: bool) -> None:
-    """The learner runtime draining a log in this process (pinned to CPU 0)."""
-    from app.context import AppContext
-    from app.core.migrations import upgrade
-    from app.core.settings import Settings
-    from app.engine.nn.network import init_network
-    from app.engine.nn.online import LearnerConfig, OnlineLearner
-    from app.engine.nn.optim import OptimizerConfig
-    from app.online.learner import LearnerRuntime
-    from app.registry.schemas import ModelCreate
-
-    if pin:
-        os.sched_setaffinity(0, {0})
-    settings = Settings(data_dir=tmp / "learn", admin_key=KEY, run_worker=False)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.url)
-    ctx = AppContext.build(settings)
-    svc = ctx.online
-    n = 200_000
-    X, Y = make_samples(n, 7)
-    print("\nLearner: the runtime draining the log (SQLite reads, one step per sample, progress, checkpoints)")
-    header = f"{'model':<44} {'runtime steps/s':>16} {'engine only':>13} {'ratio':>7}"
-    print(header)
-    print("-" * len(header))
-    cases = [
-        ("logistic 32, checkpoint_every 1,000", [], 1000),
-        ("logistic 32, checkpoint_every 100,000", [], 100_000),
-        ("MLP 32-64-1 relu, checkpoint_every 100,000", [64], 100_000),
-    ]
-    try:
-        for k, (label, hidden, every) in enumerate(cases):
-            name = f"learn-{k}"
-            ctx.models.create(
-                ModelCreate(
-                    name=name,
-                    task="binary",
-                    input_dim=DIM,
-                    hidden=hidden,
-                    checkpoint_every=every,
-                    guard={"enabled": False},
-                )
-            )
-            t = svc.target(name)
-            for lo in range(0, n, 10_000):
-                svc.append(t, X[lo : lo + 10_000], Y[lo : lo + 10_000].astype(np.float32))
-            rt = LearnerRuntime(ctx.db, ctx.settings, ctx.blobs, ctx.versions, ctx.metrics, owner=f"bench-{k}")
-            t0 = time.perf_counter()
-            rt.drain(timeout=300)
-            dt = time.perf_counter() - t0
-            rt.stop()
-            net = init_network("binary", "relu", DIM, 1, hidden, 0)
-            eng = OnlineLearner(net, OptimizerConfig(), config=LearnerConfig(guard_factor=None))
-            t1 = time.perf_counter()
-            eng.learn_many(X, Y.astype(np.float32))
-            de = time.perf_counter() - t1
-            print(f"{label:<44} {n / dt:>16,.0f} {n / de:>13,.0f} {de / dt:>7.2f}")
-    finally:
-        ctx.close()
-    if pin:
-        os.sched_setaffinity(0, {1})
-
-
-def mixed_section(tmp: Path, env: dict[str, str], pin: bool, nd: bytes, X: np.ndarray, Y: np.ndarray) -> None:
-    """Ingestion with the learner on in the same server process (both on CPU 0)."""
-    port = free_port()
-    live_env = {**env, "STEWARD_DATA_DIR": str(tmp / "live"), "STEWARD_RUN_WORKER": "false"}
-    srv = start_server("app.main:app", port, live_env, pin, tmp / "live.log")
-    try:
-        call(port, "POST", "/v1/models", {"name": "live", "task": "binary", "input_dim": DIM})
-        part = ndjson_body(X[:10_000], Y[:10_000])
-        t0 = time.perf_counter()
-        sent = 0
-        while time.perf_counter() - t0 < 5.0:
-            stream_seconds(port, "/v1/models/live/update", part)
-            sent += 10_000
-        dt = time.perf_counter() - t0
-        _, m1 = call(port, "GET", "/v1/models/live")
-        t1 = time.perf_counter()
-        while True:
-            _, m2 = call(port, "GET", "/v1/models/live")
-            if m2["online"]["lag"] == 0 or time.perf_counter() - t1 > 60:
-                break
-            time.sleep(0.05)
-        catch_up = time.perf_counter() - t1
-    finally:
-        stop_server(srv)
-    o = m1["online"]
-    print("\nIngestion and learning together (one Steward process on CPU 0, logistic 32, checkpoint_every 1,000):")
-    print(
-        f"  {sent:,} samples in {dt:.1f} s as 10,000-line NDJSON requests: accepted {sent / dt:,.0f}/s, "
-        f"applied {o['applied'] / dt:,.0f}/s meanwhile; lag at the end {o['lag']:,} samples, "
-        f"drained {catch_up:.1f} s later"
-    )
 
 
 if __name__ == "__main__":

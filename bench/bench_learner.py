@@ -159,14 +159,116 @@ def sklearn_prequential(X: np.ndarray, y: np.ndarray) -> float:
     return correct / len(y)
 
 
+# --------------------------------------------------------------------------- the runtime
+RUNTIME_CASES = [
+    # label, hidden, spec overrides (the default spec: checkpoint_every 1,000, checkpoint_seconds 1)
+    ("logistic 32, default spec", [], {}),
+    ("logistic 32, count only (checkpoint_seconds 0)", [], {"checkpoint_seconds": 0}),
+    ("MLP 32-64-1 relu, default spec", [64], {}),
+]
+
+
+def runtime_section(rounds: int, n_logistic: int, n_mlp: int) -> None:
+    """Steward's learner runtime draining a log (SQLite reads in 1,000-sample rows as
+    ``/update`` writes them, one step per sample, progress publishes, checkpoints with
+    fsynced blobs) beside the engine alone on the same stream, interleaved per round."""
+    import tempfile
+    from pathlib import Path
+
+    from app.context import AppContext
+    from app.core.migrations import upgrade
+    from app.core.settings import Settings
+    from app.online.learner import LearnerRuntime
+    from app.registry.schemas import ModelCreate
+
+    print(
+        f"\nLearner runtime at the model's spec vs the engine alone on the same stream; "
+        f"{rounds} interleaved rounds (engine, runtime)"
+    )
+    print("(the runtime: SQLite log read in 1,000-sample rows, steps, progress, online versions with fsynced blobs)\n")
+    hdr = (
+        f"{'case':48s} {'samples':>9s} {'runtime steps/s':>16s} {'engine steps/s':>15s} "
+        f"{'ratio (min–max)':>20s} {'versions':>9s}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    verdicts = []
+    with tempfile.TemporaryDirectory(prefix="steward-bench-learner-") as tmp:
+        settings = Settings(data_dir=Path(tmp), run_worker=False, run_learner=False)
+        upgrade(settings.url)
+        ctx = AppContext.build(settings)
+        try:
+            for k, (label, hidden, over) in enumerate(RUNTIME_CASES):
+                n = n_mlp if hidden else n_logistic
+                X, y = make_stream(n, seed=k)
+                rt_rates, eng_rates, ratios, versions = [], [], [], []
+                for r in range(rounds):
+                    name = f"case-{k}-{r}"
+                    ctx.models.create(
+                        ModelCreate(
+                            name=name, task="binary", input_dim=D, hidden=hidden, guard={"enabled": False}, **over
+                        )
+                    )
+                    t = ctx.online.target(name)
+                    for lo in range(0, n, 1000):  # one row per 1,000-sample /update request
+                        ctx.online.append(t, X[lo : lo + 1000], y[lo : lo + 1000])
+                    net = init_network("binary", "relu", D, 1, hidden, 0)
+                    eng = OnlineLearner(net, OptimizerConfig("sgd", LR))
+                    t0 = time.perf_counter()
+                    eng.learn_many(X, y)
+                    de = time.perf_counter() - t0
+                    rt = LearnerRuntime(ctx.db, ctx.settings, ctx.blobs, ctx.versions, ctx.metrics, owner=name)
+                    rt._claim()  # leases and the first load outside the timing
+                    t0 = time.perf_counter()
+                    while True:  # until the whole log is applied (a checkpoint waiting for its time is not awaited)
+                        rt.run_once()
+                        h = next((x for x in rt.held.values() if x.name == name), None)
+                        if h is not None and h.applied_through == n - 1:
+                            break
+                    dt = time.perf_counter() - t0
+                    versions.append(h.version - 1)
+                    rt.stop()
+                    ctx.models.delete(name)
+                    rt_rates.append(n / dt)
+                    eng_rates.append(n / de)
+                    ratios.append(de / dt)
+                ratio = statistics.median(ratios)
+                print(
+                    f"{label:48s} {n:>9,} {statistics.median(rt_rates):>16,.0f} {statistics.median(eng_rates):>15,.0f} "
+                    f"{f'{ratio:.2f} ({min(ratios):.2f}–{max(ratios):.2f})':>20s} {statistics.median(versions):>9.0f}"
+                )
+                if over == {}:
+                    verdicts.append(
+                        f"{label}: runtime ÷ engine {ratio:.2f} (target ≥ 0.80) {'PASS' if ratio >= 0.8 else 'FAIL'}"
+                    )
+        finally:
+            ctx.close()
+    print("\ntargets (runtime at the default spec ÷ the engine alone ≥ 0.8):")
+    for v in verdicts:
+        print("  " + v)
+
+
 # --------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n", type=int, default=200_000, help="samples per run for the fast contestants")
     ap.add_argument("--acc-samples", type=int, default=10_000)
+    ap.add_argument("--quick", action="store_true", help="fewer rounds, shorter streams")
+    ap.add_argument("--only", choices=["engine", "runtime"], help="run one of the two sections")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    if args.quick:
+        args.rounds = min(args.rounds, 3)
+        args.n = min(args.n, 100_000)
+    if args.only != "runtime":
+        engine_section(args)
+    if args.only != "engine":
+        big = 1 if args.quick else 2
+        runtime_section(args.rounds, n_logistic=big * 1_000_000, n_mlp=big * 250_000)
+
+
+def engine_section(args: argparse.Namespace) -> None:
 
     X, y = make_stream(max(args.n, args.acc_samples))
     keys = [f"x{i}" for i in range(D)]
