@@ -662,11 +662,10 @@ class LearnerRuntime:
         now = time.monotonic()
         if not force and now - h.last_publish < PUBLISH_SECONDS:
             return
+        pre = h.learner.metrics()
         with self.db.write() as s:
-            row = self._own_row(s, h)
-            row.prequential = h.learner.metrics()
-            row.applied_through = h.applied_through
-            row.updated_at = utcnow()
+            if not LearnerRepository(s).publish(h.model_id, self.owner, h.applied_through, pre):
+                raise LearnerLeaseLost(h.name)
         h.published = h.applied_through
         h.last_publish = now
         h.dirty = False

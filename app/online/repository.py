@@ -124,6 +124,35 @@ class IdempotencyRepository:
         return int(res.rowcount or 0)
 
 
+_models, _learners, _versions = table(Model).c, table(Learner).c, table(Version).c
+#: what the learner reads once per turn about its held models (built once: see :data:`_COVERING`)
+_CONTROLS = (
+    sa.select(
+        _models.id,
+        _models.status,
+        _models.paused_offset,
+        _models.next_offset,
+        sa.select(sa.func.max(_versions.version)).where(_versions.model_id == _models.id).scalar_subquery(),
+        _learners.owner,
+        _learners.mailbox,
+        _learners.applied_through,
+    )
+    .select_from(table(Model).join(table(Learner), _learners.model_id == _models.id))
+    .where(_models.id.in_(sa.bindparam("ids", expanding=True)))
+)
+#: the learner's progress, written only while ``owner`` holds the lease (one statement: the
+#: UPDATE takes the row lock and checks the owner at once)
+_PUBLISH = (
+    sa.update(table(Learner))
+    .where(_learners.model_id == sa.bindparam("mid"), _learners.owner == sa.bindparam("me"))
+    .values(
+        prequential=sa.bindparam("prequential", type_=sa.JSON()),
+        applied_through=sa.bindparam("applied_through"),
+        updated_at=sa.bindparam("now"),
+    )
+)
+
+
 class LearnerRepository:
     """``learners`` rows: which process holds a model's online learner (a lease) and
     the progress it publishes. Leases are taken and renewed by conditional UPDATEs,
@@ -149,28 +178,21 @@ class LearnerRepository:
         """Per held model, what the learner reads once per turn: ``(id, status,
         paused_offset, next_offset, latest version, lease owner, mailbox, published
         applied_through)``."""
-        latest = (
-            sa.select(sa.func.max(Version.version))
-            .where(Version.model_id == Model.id)
-            .correlate(Model)
-            .scalar_subquery()
+        return list(self.s.connection().execute(_CONTROLS, {"ids": list(model_ids)}).all())
+
+    def publish(self, model_id: int, owner: str, applied_through: int, prequential: dict[str, Any]) -> bool:
+        """Write the learner's progress if ``owner`` still holds the lease (False: it does not)."""
+        res = self.s.connection().execute(
+            _PUBLISH,
+            {
+                "mid": model_id,
+                "me": owner,
+                "applied_through": applied_through,
+                "prequential": prequential,
+                "now": utcnow(),
+            },
         )
-        return list(
-            self.s.execute(
-                sa.select(
-                    Model.id,
-                    Model.status,
-                    Model.paused_offset,
-                    Model.next_offset,
-                    latest,
-                    Learner.owner,
-                    Learner.mailbox,
-                    Learner.applied_through,
-                )
-                .join(Learner, Learner.model_id == Model.id)
-                .where(Model.id.in_(model_ids))
-            ).all()
-        )
+        return bool(res.rowcount)
 
     def progress_all(self) -> list[Any]:
         """Every model's ``(name, next_offset, status, applied_through)`` (for /metrics)."""
