@@ -557,10 +557,14 @@ def test_deleting_a_model_stops_its_learner(lc):
 
 # --------------------------------------------------------------------------- SIGKILL
 @pytest.mark.slow
-def test_sigkill_mid_stream_then_restart_reaches_the_same_parameters(db_url, tmp_path):
+@pytest.mark.parametrize("cadence", [0, 0.5], ids=["count-only", "count-and-time"])
+def test_sigkill_mid_stream_then_restart_reaches_the_same_parameters(db_url, tmp_path, cadence):
+    """SIGKILL while streaming, with checkpoints exactly every 700 samples (``checkpoint_seconds``
+    0) or once 700 samples and 0.5 s have passed (at offsets that depend on timing)."""
     data_dir = tmp_path / "data"
     spec = {"name": "m", "task": "binary", "input_dim": 8, "hidden": [16], "checkpoint_every": 700,
-            "checkpoint_seconds": 0, "optimizer": {"kind": "sgd", "learning_rate": 0.02, "momentum": 0.5}}  # fmt: skip
+            "checkpoint_seconds": cadence,
+            "optimizer": {"kind": "sgd", "learning_rate": 0.02, "momentum": 0.5}}  # fmt: skip
     rng = np.random.default_rng(3)
     reqs = []
     for k in range(60):
