@@ -16,7 +16,8 @@ What it does:
    admin key; the load uses only that key;
 3. for each model (logistic 32 features, MLP 32-64-1 relu; binary; every other field of
    the spec at its default: ``checkpoint_every`` 1,000, ``checkpoint_seconds`` 1) and each
-   rate of the search (25k, 50k, 75k … samples/s, until the first failure):
+   rate of the search (25k, 50k, 75k … samples/s until the first failure, then the rate
+   halfway back, 12.5k below it):
    a fresh model, then a load generator in a **separate process** (also unpinned; it only
    sends prebuilt bodies) paces 1,000-sample JSON requests open loop at the rate — request
    ``k`` is due at ``start + k / (rate / 1000)``, spread over 8 connections (threads with
@@ -29,7 +30,9 @@ What it does:
    minus the arrival time of the earliest 202 that had arrived by t and acknowledged an
    offset after a (0 when every acknowledged sample was applied) — how long ago the
    oldest not-yet-applied sample was acknowledged. A rate passes when p99 of the lag
-   samples is under 1 s, and the accepted rate is within 5 % of the target.
+   samples is under 1 s, and the accepted rate is within 5 % of the target. A sample's
+   time is when its answer arrived (conservative: a saturated server answers the sampler
+   late too, and that delay counts as lag).
 
 Figures depend on what else runs on the machine (2 shared cores): the header prints the
 load average; rerun on a quiet machine. ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` are
@@ -65,6 +68,7 @@ PER_REQUEST = 1000
 CONNECTIONS = 8
 SAMPLE_EVERY = 0.1
 GOAL = 100_000
+STEP = 25_000  # the search's step (samples/s); after the first failure, one step of half that
 LAG_LIMIT = 1.0
 MODELS = [("logistic 32", []), ("MLP 32-64-1 relu", [64])]
 
@@ -315,8 +319,10 @@ def main() -> None:
                 print(hdr)
                 print("-" * len(hdr))
                 best = 0
-                rates = fixed or [25_000 * i for i in range(1, 41)]
-                for i, rate in enumerate(rates):
+                rates = list(fixed or [STEP * i for i in range(1, 41)])
+                i = 0
+                while i < len(rates):
+                    rate = rates[i]
                     name = f"{'mlp' if hidden else 'logistic'}-{i}"
                     r = run_rate(port, key, name, hidden, rate, seconds, tmp)
                     print(
@@ -324,10 +330,15 @@ def main() -> None:
                         f"{r['late_p99']:>11.3f} {r['errors']:>7d} {r['drained']:>10.1f}  {'pass' if r['pass'] else 'FAIL'}",
                         flush=True,
                     )
+                    i += 1
                     if r["pass"]:
                         best = max(best, rate)
                     elif fixed is None:
-                        break
+                        # one refinement: halfway between the last pass and this failure
+                        if rate % STEP == 0 and rate - STEP // 2 > best:
+                            rates[i:] = [rate - STEP // 2]
+                        else:
+                            break
                 verdict = "PASS" if best >= GOAL else "FAIL"
                 print(
                     f"highest passing rate: {best:,} samples/s; target {GOAL:,} samples/s with lag p99 < {LAG_LIMIT:g} s: {verdict}"
