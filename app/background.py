@@ -1,9 +1,15 @@
 """Background components started by the lifespan (and by ``steward worker``): the
-online learner and the job workers. Each is a thread with a ``stop()``."""
+online learner and the job workers. Each is a thread with a ``stop()`` — or, with
+``STEWARD_LEARNER_PROCESS``, the learner runtime runs in a child process of its own
+(:class:`LearnerProcess`): the learner talks to the API only through the database
+(leases, the log, the mailbox), so it can run anywhere, and in a process of its own it
+does not share the API's interpreter lock."""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -39,7 +45,9 @@ def remove_leftovers(ctx: AppContext) -> int:
 def start_background(ctx: AppContext) -> Callable[[], None]:
     """Start what the settings ask for; return a function that stops it all gracefully."""
     stops: list[Callable[[], None]] = [ctx.caches.start()]
-    if ctx.settings.run_learner:
+    if ctx.settings.run_learner and ctx.settings.learner_process:
+        stops.append(LearnerProcess(ctx.settings).start().stop)
+    elif ctx.settings.run_learner:
         stops.append(ctx.start_learner().stop)
     if ctx.settings.run_worker:
         stops.append(make_worker(ctx).start().stop)
@@ -73,3 +81,66 @@ def run_worker_process(settings: Settings, concurrency: int = 1) -> None:
     for w in workers:
         w.stop()
     ctx.close()
+
+
+def run_learner_process(settings: Settings, parent_pid: int) -> None:
+    """The child of :class:`LearnerProcess`: the learner runtime alone, until SIGTERM or
+    until its parent is gone; then it stops gracefully (publishes, releases its leases)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    ctx = AppContext.build(settings)
+    learner = ctx.start_learner()
+    log.info("learner process %d started (parent %d)", os.getpid(), parent_pid)
+    while not done.wait(0.5):
+        if os.getppid() != parent_pid:  # the parent died: we were handed to another
+            log.warning("learner process: the API process %d is gone; stopping", parent_pid)
+            break
+    learner.stop()
+    ctx.close()
+
+
+class LearnerProcess:
+    """The learner runtime in a spawned child process, restarted if it dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._watch: threading.Thread | None = None
+
+    def start(self) -> LearnerProcess:
+        self._spawn()
+        self._watch = threading.Thread(target=self._watching, name="steward-learner-watch", daemon=True)
+        self._watch.start()
+        return self
+
+    def _spawn(self) -> None:
+        mp = multiprocessing.get_context("spawn")
+        proc = mp.Process(
+            target=run_learner_process, args=(self.settings, os.getpid()), name="steward-learner", daemon=True
+        )
+        proc.start()
+        self.proc = proc
+
+    def _watching(self) -> None:
+        while not self._stop.wait(1.0):
+            proc = self.proc
+            if proc is not None and not proc.is_alive() and not self._stop.is_set():
+                log.warning("learner process %s exited (%s); starting another", proc.pid, proc.exitcode)
+                self.restarts += 1
+                self._spawn()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.join(5)
+        proc = self.proc
+        if proc is not None and proc.is_alive():
+            proc.terminate()  # SIGTERM: a graceful stop
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)

@@ -60,7 +60,7 @@ class AppContext:
         versions = VersionService(blobs, NetworkCache(), settings.max_header_bytes)
         models = ModelService(db, versions, settings.max_params)
         jobs = JobService(db, Queue(db, settings.job_lease_seconds), settings.job_max_attempts)
-        online = OnlineService(db, settings, metrics, models)
+        online = OnlineService(db, settings, metrics, models, caches)
         models.on_deleted.append(online.forget)
         gauges = OnlineGauges(db, metrics)
         return cls(

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     )
     run_worker: bool = Field(True, description="Run a job worker thread inside the API process.")
     run_learner: bool = Field(True, description="Run the online learner inside the API process.")
+    learner_process: bool = Field(
+        False,
+        description="Run the learner runtime in a child process of the API process (its own "
+        "interpreter lock, so parsing requests and learning use two cores) instead of a thread.",
+    )
     job_lease_seconds: float = Field(30.0, gt=0)
     job_max_attempts: int = Field(3, ge=1)
     worker_poll_seconds: float = Field(0.2, gt=0)

@@ -67,7 +67,8 @@ import numpy as np
 import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 
-from app.core.db import Database
+from app.core.cache import Caches
+from app.core.db import Database, model_subject
 from app.core.errors import Conflict, Invalid, NotFound, Unavailable
 from app.core.metrics import Metrics
 from app.core.settings import Settings
@@ -172,8 +173,11 @@ def request_hash(X: np.ndarray, Y: np.ndarray) -> str:
 class OnlineService:
     """Request-side online learning; one per app (``AppContext.online``)."""
 
-    def __init__(self, db: Database, settings: Settings, metrics: Metrics, models: ModelService) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, metrics: Metrics, models: ModelService, caches: Caches | None = None
+    ) -> None:
         self.db = db
+        self._caches = caches
         self.settings = settings
         self.metrics = metrics
         self.models = models
@@ -648,6 +652,9 @@ class OnlineService:
         except BaseException:
             await run_in_threadpool(self.cancel_checkpoint, model_id, rid)
             raise
+        if self._caches is not None and reply.get("created"):
+            # made by a learner maybe in another process: serve it here at once, not at the next poll
+            self._caches.invalidate({model_subject(model_id)})
         m, v = await run_in_threadpool(self.version, model_id, int(reply["version"]))
         return version_out(m, v), bool(reply.get("created"))
 
