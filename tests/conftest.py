@@ -80,6 +80,9 @@ def make_settings(tmp_path: Path, db_url: str):  # type: ignore[no-untyped-def]
             "admin_key": ADMIN,
             "worker_poll_seconds": 0.02,
             "learner_poll_seconds": 0.01,
+            # the learner thread in the test process (tests drive it); its own process is
+            # tested in tests/test_learner_process.py
+            "learner_process": False,
             # process-wide; tested on its own in tests/test_main.py
             "gc_tuning": False,
         }

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     run_worker: bool = Field(True, description="Run a job worker thread inside the API process.")
     run_learner: bool = Field(True, description="Run the online learner inside the API process.")
     learner_process: bool = Field(
-        False,
+        True,
         description="Run the learner runtime in a child process of the API process (its own "
         "interpreter lock, so parsing requests and learning use two cores) instead of a thread.",
     )
