@@ -45,6 +45,14 @@ class _AppendSQL:
 _SQL: dict[str, _AppendSQL] = {}
 
 
+def raw_execute(cur: Any, sql: str, params: Any, *, many: bool = False) -> None:
+    """Every statement of the append's DBAPI path goes through here (one place to see them)."""
+    if many:
+        cur.executemany(sql, params)
+    else:
+        cur.execute(sql, params)
+
+
 def _append_sql(dialect: sa.Dialect) -> _AppendSQL:
     sql = _SQL.get(dialect.name)
     if sql is None:
@@ -96,7 +104,7 @@ class SampleRepository:
         """
         cur, sql = self._cursor()
         try:
-            cur.execute(sql.lock(len(model_ids)), list(model_ids))
+            raw_execute(cur, sql.lock(len(model_ids)), list(model_ids))
             return {int(r[0]): (r[1], int(r[2]), int(r[3]), int(r[4])) for r in cur.fetchall()}
         finally:
             cur.close()
@@ -105,7 +113,7 @@ class SampleRepository:
         """``models.next_offset`` after an append (the caller holds the row lock)."""
         cur, sql = self._cursor()
         try:
-            cur.execute(sql.set_next, (next_offset, model_id))
+            raw_execute(cur, sql.set_next, (next_offset, model_id))
         finally:
             cur.close()
 
@@ -116,10 +124,10 @@ class SampleRepository:
         cur, sql = self._cursor()
         try:
             stamp = sql.stamp
-            cur.executemany(
-                sql.insert,
-                [(r["model_id"], r["first_offset"], r["count"], r["x"], r["y"], stamp(r["created_at"])) for r in rows],
-            )
+            values = [
+                (r["model_id"], r["first_offset"], r["count"], r["x"], r["y"], stamp(r["created_at"])) for r in rows
+            ]
+            raw_execute(cur, sql.insert, values, many=True)
         finally:
             cur.close()
 

@@ -97,7 +97,10 @@ def _full_error(db_url: str) -> Exception:
 @contextmanager
 def database_full(engine: sa.Engine, db_url: str, table: str) -> Iterator[list[int]]:
     """Every INSERT into ``table`` fails as the driver does on a full disk (raised where
-    the driver would raise it, so SQLAlchemy wraps it as it wraps the real one)."""
+    the driver would raise it, so SQLAlchemy wraps it as it wraps the real one; the sample
+    log's append runs its statements on the DBAPI cursor, through ``raw_execute``)."""
+    from app.online import repository
+
     calls = [0]
 
     def fail(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -105,11 +108,19 @@ def database_full(engine: sa.Engine, db_url: str, table: str) -> Iterator[list[i
             calls[0] += 1
             raise _full_error(db_url)
 
+    real = repository.raw_execute
+
+    def raw(cur: Any, sql: str, params: Any, *, many: bool = False) -> None:
+        fail(None, cur, sql)
+        real(cur, sql, params, many=many)
+
     event.listen(engine, "before_cursor_execute", fail)
+    repository.raw_execute = raw  # type: ignore[assignment]
     try:
         yield calls
     finally:
         event.remove(engine, "before_cursor_execute", fail)
+        repository.raw_execute = real  # type: ignore[assignment]
 
 
 def samples(n: int, seed: int) -> dict[str, Any]:
