@@ -39,7 +39,6 @@ import http.client  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -54,6 +53,9 @@ import orjson  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _http import free_port, start_uvicorn, stop  # noqa: E402
 
 KEY = "bench-admin-key-0123456789abcdef"
 #: The load's key: an ordinary one made through POST /v1/keys (set in main()), as a
@@ -63,41 +65,11 @@ DIM = 32
 
 
 # --------------------------------------------------------------------------- servers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(app: str, port: int, env: dict[str, str], pin: bool, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--no-access-log", "--log-level", "warning"]
-    if pin:
-        cmd = ["taskset", "-c", "0", *cmd]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{app} exited: {log.read_text()[-2000:]}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            c.request("GET", "/openapi.json")
-            if c.getresponse().status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.terminate()
-    raise SystemExit(f"{app} did not start within 60 s")
+    return start_uvicorn(app, port, env, cpus="0" if pin else None, log=log)
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop_server = stop
 
 
 def call(port: int, method: str, path: str, body: object | None = None) -> tuple[int, dict]:
