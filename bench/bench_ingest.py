@@ -37,7 +37,6 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # before numpy is import
 import argparse  # noqa: E402
 import http.client  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -55,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _http import free_port, start_uvicorn, stop  # noqa: E402
+from _http import free_port, start_uvicorn, stop, wrk_rate  # noqa: E402
 
 KEY = "bench-admin-key-0123456789abcdef"
 #: The load's key: an ordinary one made through POST /v1/keys (set in main()), as a
@@ -101,49 +100,6 @@ def ndjson_body(X: np.ndarray, Y: np.ndarray) -> bytes:
 
 
 # --------------------------------------------------------------------------- load
-WRK_LUA = """
-wrk.method = "POST"
-local f = io.open("{body}", "rb")
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {key}"
-"""
-
-
-def wrk_rate(url: str, body_file: Path, conns: int, seconds: float, pin: bool, tmp: Path) -> tuple[float, int]:
-    """(requests/s, non-2xx responses) from a wrk run."""
-    lua = tmp / f"{body_file.stem}.lua"
-    lua.write_text(WRK_LUA.format(body=body_file, key=CLIENT_KEY))
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(lua), url]
-    if pin:
-        cmd = ["taskset", "-c", "1", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not m:
-        raise SystemExit(f"could not read wrk's output:\n{out}")
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errs = re.search(r"Socket errors:.*", out)
-    if errs:
-        print(f"    wrk: {errs.group(0)}")
-    return float(m.group(1)), int(bad.group(1)) if bad else 0
-
-
-def wrk_latency(url: str, body_file: Path, seconds: float, pin: bool, tmp: Path) -> tuple[float, float]:
-    """(requests/s, p50 latency µs) of one client (``wrk -c1``)."""
-    lua = tmp / f"{body_file.stem}-1.lua"
-    lua.write_text(WRK_LUA.format(body=body_file, key=CLIENT_KEY))
-    cmd = ["wrk", "-t1", "-c1", f"-d{seconds:g}s", "--latency", "-s", str(lua), url]
-    if pin:
-        cmd = ["taskset", "-c", "1", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
-    if not rate or not p50:
-        raise SystemExit(f"could not read wrk's output:\n{out}")
-    return float(rate.group(1)), float(p50.group(1)) * {"us": 1.0, "ms": 1e3, "s": 1e6}[p50.group(2)]
-
-
 def fsync_seconds(where: Path, n: int = 200) -> float:
     """Median time of a 4 KiB write + fsync in ``where`` (the data directory's disk)."""
     where.mkdir(parents=True, exist_ok=True)
@@ -225,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     if pin:
         os.sched_setaffinity(0, {1})
     have_wrk = bool(shutil.which("wrk"))
+    load_cpus = "1" if pin else None
 
     with tempfile.TemporaryDirectory(prefix="steward-bench-ingest-") as tmpd:
         tmp = Path(tmpd)
@@ -273,9 +230,9 @@ def main(argv: list[str] | None = None) -> None:
                     order = [("steward", sp, "/v1/models/bench/update"), ("bare", bp, "/json")]
                     for who, port, path in order if r % 2 == 0 else order[::-1]:
                         if have_wrk:
-                            rate, bad = wrk_rate(
-                                f"http://127.0.0.1:{port}{path}", f, args.conns, args.seconds, pin, tmp
-                            )
+                            url = f"http://127.0.0.1:{port}{path}"
+                            rate, bad, _ = wrk_rate(url, f, CLIENT_KEY, conns=args.conns, seconds=args.seconds,
+                                                    cpus=load_cpus, tmp=tmp)  # fmt: skip
                         else:
                             rate, bad = loop_rate(port, path, body, args.conns, args.seconds)
                         if bad:
@@ -290,10 +247,11 @@ def main(argv: list[str] | None = None) -> None:
             results["100,000-line NDJSON stream"] = rs
             if have_wrk:  # one client: each request waits for its own commit and fsync
                 f1 = tmp / "body-1.json"
-                one = {
-                    who: wrk_latency(f"http://127.0.0.1:{port}{path}", f1, args.seconds, pin, tmp)
-                    for who, port, path in (("steward", sp, "/v1/models/bench/update"), ("bare", bp, "/json"))
-                }
+                one = {}  # (requests/s, p50 µs)
+                for who, port, path in (("steward", sp, "/v1/models/bench/update"), ("bare", bp, "/json")):
+                    url = f"http://127.0.0.1:{port}{path}"
+                    rate, _, p50 = wrk_rate(url, f1, CLIENT_KEY, conns=1, seconds=args.seconds, cpus=load_cpus, tmp=tmp)
+                    one[who] = (rate, p50)
             _, m = call(sp, "GET", "/v1/models/bench")
             accepted = m["online"]["accepted"]
         finally:

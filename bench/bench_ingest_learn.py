@@ -50,7 +50,6 @@ import argparse  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -62,6 +61,10 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _http import free_port, start_uvicorn, stop  # noqa: E402
+
 ADMIN = "bench-admin-key-0123456789abcdef"
 DIM = 32
 PER_REQUEST = 1000
@@ -74,45 +77,18 @@ MODELS = [("logistic 32", []), ("MLP 32-64-1 relu", [64])]
 
 
 # --------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(port: int, data_dir: Path, log: Path) -> subprocess.Popen:
+    """Steward at defaults, not pinned (both cores), job worker off."""
     env = {
         **os.environ,
         "STEWARD_DATA_DIR": str(data_dir),
         "STEWARD_ADMIN_KEY": ADMIN,
         "STEWARD_RUN_WORKER": "false",
     }
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--no-access-log", "--log-level", "warning"]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {log.read_text()[-2000:]}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            c.request("GET", "/healthz")
-            if c.getresponse().status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.terminate()
-    raise SystemExit("the server did not start within 60 s")
+    return start_uvicorn("app.main:app", port, env, cpus=None, log=log)
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop_server = stop
 
 
 def call(port: int, method: str, path: str, key: str, body: object | None = None) -> tuple[int, dict]:
