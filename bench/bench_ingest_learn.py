@@ -217,6 +217,11 @@ def run_rate(port: int, key: str, model: str, hidden: list[int], rate: int, seco
         port, "POST", "/v1/models", ADMIN, {"name": model, "task": "binary", "input_dim": DIM, "hidden": hidden}
     )
     assert st == 201, body
+    # the learner holds the model before the clock starts (a learner process may still be
+    # starting, and a new model is claimed within a second): one sample, applied
+    warm = {"samples": [{"x": [0.0] * DIM, "y": 0}]}
+    st, body = call(port, "POST", f"/v1/models/{model}/update?wait=true&timeout=120", key, warm)
+    assert st == 202 and body.get("applied"), body
     out = tmp / f"{model}.npz"
     cmd = [sys.executable, __file__, "--loadgen", json.dumps([port, model, key, rate, seconds, str(out)])]
     subprocess.run(cmd, check=True, cwd=ROOT)
