@@ -67,6 +67,30 @@ def test_sqlite_writers_take_the_lock_at_begin_and_readers_do_not(sqlite_url):
         d.dispose()
 
 
+def test_a_busy_sqlite_database_at_begin_is_an_operational_error(sqlite_url):
+    """The BEGIN runs inside SQLAlchemy's error handling (the dialect's ``do_begin``): a
+    writer that finds the write lock taken gets ``sa.exc.OperationalError`` as for any
+    statement, and its connection is usable again once the lock is free."""
+    upgrade(sqlite_url)
+    d = Database(sqlite_url, busy_timeout_ms=50)
+    other = sqlite3.connect(sqlite_url.split("///", 1)[1], timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        for _ in range(2):
+            with pytest.raises(sa.exc.OperationalError, match="locked"), d.write() as s:
+                s.execute(sa.select(ApiKey)).all()
+        with d.read() as s:  # a reader's deferred BEGIN takes no lock
+            assert s.execute(sa.select(ApiKey)).all() == []
+        other.execute("ROLLBACK")
+        with d.write() as s:
+            s.add(key(1))
+        with d.read() as s:
+            assert [k.id for k in s.scalars(sa.select(ApiKey))] == ["k1"]
+    finally:
+        other.close()
+        d.dispose()
+
+
 def test_write_commits_and_rolls_back(db):
     with db.write() as s:
         s.add(key(1))
