@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.background import remove_leftovers, start_background
@@ -21,6 +22,7 @@ from app.context import AppContext
 from app.core import errors
 from app.core.errors import PROBLEM, PayloadTooLarge
 from app.core.migrations import upgraded
+from app.core.routes import HotLane
 from app.core.schemas import problem_responses
 from app.core.settings import Settings
 from app.deps import document_page_limit
@@ -76,6 +78,21 @@ def route_template(scope: Scope) -> str:
     return "/".join(parts[: len(parts) - n]) + template
 
 
+def declared_too_large(scope: Scope, limit: int) -> Response | None:
+    """The 413 for a request whose ``Content-Length`` is over ``limit``, else None."""
+    for k, v in scope.get("headers", ()):
+        if k == b"content-length" and v.isdigit() and int(v) > limit:
+            err = PayloadTooLarge(f"body of {int(v)} bytes exceeds the limit of {limit} bytes")
+            return errors.problem(413, err.body())
+    return None
+
+
+def measure(ctx: AppContext, method: str, template: str, status: int, t0: float) -> None:
+    """Count a request and record its latency (since ``t0``, a ``perf_counter``)."""
+    ctx.metrics.requests.labels(method, template, str(status)).inc()
+    ctx.metrics.latency.labels(method, template).observe(time.perf_counter() - t0)
+
+
 class LimitAndMeasure:
     """Pure ASGI middleware: refuses bodies over the limit (413) and records
     request counts and latency per route template."""
@@ -93,12 +110,11 @@ class LimitAndMeasure:
         status = 500
         t0 = time.perf_counter()
         try:
-            for k, v in scope.get("headers", ()):
-                if k == b"content-length" and v.isdigit() and int(v) > limit:
-                    status = 413
-                    err = PayloadTooLarge(f"body of {int(v)} bytes exceeds the limit of {limit} bytes")
-                    await errors.problem(413, err.body())(scope, receive, send)
-                    return
+            refused = declared_too_large(scope, limit)
+            if refused is not None:
+                status = 413
+                await refused(scope, receive, send)
+                return
             seen = 0
             exceeded = False
 
@@ -128,9 +144,37 @@ class LimitAndMeasure:
 
             await self.app(scope, limited, sending)
         finally:
-            path = route_template(scope)
-            ctx.metrics.requests.labels(scope["method"], path, str(status)).inc()
-            ctx.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - t0)
+            measure(ctx, scope["method"], route_template(scope), status, t0)
+
+
+class Steward(FastAPI):
+    """The app: FastAPI with the hot lane in front (:class:`app.core.routes.HotLane`).
+
+    A request for a hot route is answered here, as the middleware and the router would
+    answer it — the 413 of :func:`declared_too_large`, the endpoint (whose body reading
+    enforces the limit as it streams), the app's error answers, :func:`measure` — without
+    running them; every other request goes through the whole stack."""
+
+    hot_lane: HotLane
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hit = self.hot_lane.match(scope) if scope["type"] == "http" else None
+        ctx: AppContext | None = getattr(self.state, "ctx", None)
+        if hit is None or ctx is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        hot, params = hit
+        status = 500
+        t0 = time.perf_counter()
+        try:
+            response = declared_too_large(scope, ctx.settings.max_body_bytes)
+            if response is None:
+                response = await HotLane.respond(hot, params, scope, receive)
+            status = response.status_code
+            await response(scope, receive, send)
+        finally:
+            measure(ctx, hot.method, hot.template, status, t0)
 
 
 #: Allocations (net of deallocations) between two collections of the youngest generation.
@@ -221,7 +265,7 @@ def _document_common_errors(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> Steward:
     """Build the app for ``settings`` (default: from the environment / .env)."""
     holder: dict[str, AppContext] = {}
     # Read once, when the app is built: the OpenAPI document states this app's bounds.
@@ -253,7 +297,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 restore_gc()
             ctx.close()
 
-    app = FastAPI(
+    app = Steward(
         title="Steward",
         version="0.1.0",
         summary="Keeps deployed ML models healthy: online learning, retraining, pruning, quantization, migration.",
@@ -266,8 +310,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(LimitAndMeasure, get_ctx=lambda: holder["ctx"])
     # Routes are matched in order: the ingestion and predict routes (the hot paths) come
     # first. No two routers share a path, so the order changes nothing else.
+    app.hot_lane = HotLane()
     for module in (online, predict, registry, training, compression, migration, jobs, keys):
         app.include_router(module.router, prefix="/v1")
+        app.hot_lane.add_router(module.router, prefix="/v1")
     app.include_router(ops.router)
     return app
 

@@ -357,12 +357,34 @@ class StorageFull:
         try:
             await self.app(scope, receive, sending)
         except Exception as exc:
-            err = insufficient_storage(exc)
-            if err is None or started:
+            answer = _storage_full(scope, exc)
+            if answer is None or started:
                 raise
-            why = err.__cause__
-            log.error("%s %s failed: %s (%s: %s)", scope["method"], scope["path"], err.detail, type(why).__name__, why)
-            await _render(err)(scope, receive, send)
+            await answer(scope, receive, send)
+
+
+def _storage_full(scope: Scope, exc: Exception) -> Response | None:
+    """The 507 for an exception meaning a full disk (logged), else None."""
+    err = insufficient_storage(exc)
+    if err is None:
+        return None
+    why = err.__cause__
+    log.error("%s %s failed: %s (%s: %s)", scope["method"], scope["path"], err.detail, type(why).__name__, why)
+    return _render(err)
+
+
+async def escaped(request: Request, exc: Exception) -> Response:
+    """What the app answers when ``exc`` escapes a route: the handler registered for its
+    class by :func:`install`, the 507 of :class:`StorageFull`, or the 500 — for code that
+    runs an endpoint outside the middleware (the hot lane, :mod:`app.core.routes`). Call
+    it in the ``except`` block (the 500 logs the traceback)."""
+    if isinstance(exc, StewardError):
+        return await _steward_handler(request, exc)
+    if isinstance(exc, RequestValidationError):
+        return await _validation_handler(request, exc)
+    if isinstance(exc, StarletteHTTPException):
+        return await _http_handler(request, exc)
+    return _storage_full(request.scope, exc) or await _unhandled(request, exc)
 
 
 def install(app: FastAPI) -> None:
