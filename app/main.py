@@ -89,8 +89,7 @@ def declared_too_large(scope: Scope, limit: int) -> Response | None:
 
 def measure(ctx: AppContext, method: str, template: str, status: int, t0: float) -> None:
     """Count a request and record its latency (since ``t0``, a ``perf_counter``)."""
-    ctx.metrics.requests.labels(method, template, str(status)).inc()
-    ctx.metrics.latency.labels(method, template).observe(time.perf_counter() - t0)
+    ctx.metrics.observe_request(method, template, status, time.perf_counter() - t0)
 
 
 class LimitAndMeasure:

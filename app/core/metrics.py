@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: Label sets whose metric children are kept at hand (beyond, ``labels()`` each time).
+CHILDREN_KEPT = 4096
 
 
 class Metrics:
@@ -11,6 +16,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # prometheus_client's labels() takes a lock and builds the key on every call: the
+        # hot paths keep their children (observe_request, accept_samples)
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._accepted_children: dict[str, Any] = {}
         self.requests = Counter("steward_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
         self.latency = Histogram(
             "steward_http_request_seconds", "HTTP request latency", ["method", "route"], registry=r
@@ -31,3 +40,23 @@ class Metrics:
         )
         self.jobs = Counter("steward_jobs_finished", "Jobs finished", ["kind", "status"], registry=r)
         self.versions = Counter("steward_versions_created", "Versions created", ["operation"], registry=r)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count an HTTP request under its route template and record its latency."""
+        key = (method, route, status)
+        pair = self._request_children.get(key)
+        if pair is None:
+            pair = (self.requests.labels(method, route, str(status)), self.latency.labels(method, route))
+            if len(self._request_children) < CHILDREN_KEPT:
+                self._request_children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def accept_samples(self, model: str, n: int) -> None:
+        """Count ``n`` samples accepted into ``model``'s log."""
+        child = self._accepted_children.get(model)
+        if child is None:
+            child = self.samples_accepted.labels(model)
+            if len(self._accepted_children) < CHILDREN_KEPT:
+                self._accepted_children[model] = child
+        child.inc(n)

@@ -132,7 +132,7 @@ def model_name(request: Request) -> str:
 
 def query_float(request: Request, name: str, default: float, *, gt: float, le: float) -> float:
     """A float query parameter in ``(gt, le]``."""
-    raw = request.query_params.get(name)
+    raw = request.query_params.get(name) if request.scope.get("query_string") else None
     if raw is None:
         return default
     try:
@@ -159,7 +159,7 @@ _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 def query_bool(request: Request, name: str, default: bool) -> bool:
     """A boolean query parameter, read as pydantic reads one (``true``/``1``/``yes``/``on``…)."""
-    raw = request.query_params.get(name)
+    raw = request.query_params.get(name) if request.scope.get("query_string") else None
     if raw is None:
         return default
     v = raw.lower()
