@@ -71,8 +71,9 @@ class Settings(BaseSettings):
         ge=0,
         le=1000,
         allow_inf_nan=False,
-        description="How long a sample append waits for concurrent /update requests still reading "
-        "their bodies, to commit (fsync) them together; 0 commits at once.",
+        description="How long a sample append may wait for company, to commit (fsync) together: "
+        "concurrent /update requests still reading their bodies, and as many appends as the last "
+        "commit carried; 0 commits at once.",
     )
     blob_tmp_grace_seconds: float = Field(
         600.0,

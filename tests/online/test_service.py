@@ -154,6 +154,63 @@ def test_appends_queued_during_a_commit_are_committed_together_next(svc, target)
     assert sizes == [1, 2]
 
 
+def carry_three(svc: OnlineService, target: Target) -> list[int]:
+    """Make the committer's last commit carry 3 appends; returns the recorded batch sizes."""
+    inside, release, sizes = hold_first_commit(svc)
+    first = svc.submit(target, *samples(1, 40))
+    assert inside.wait(10)
+    queued = [svc.submit(target, *samples(1, 41 + k)) for k in range(3)]
+    release.set()
+    for append in (first, *queued):
+        svc.committed(append)
+    assert sizes == [1, 3]
+    return sizes
+
+
+def test_the_next_commit_waits_for_as_many_appends_as_the_last_carried(svc, target):
+    """Clients answered together come back together: the first of them to arrive waits
+    (bounded) for the others, so the three share one commit again instead of going 1 + 2."""
+    sizes = carry_three(svc, target)
+    t0 = time.monotonic()
+    lone = svc.submit(target, *samples(1, 50))
+    time.sleep(0.05)
+    assert not lone.done  # waiting for company
+    rest = [svc.submit(target, *samples(1, 51 + k)) for k in range(2)]
+    offsets = [svc.committed(a)["first_offset"] for a in (lone, *rest)]
+    assert offsets == [4, 5, 6]
+    assert sizes == [1, 3, 3]
+    assert time.monotonic() - t0 < WAIT_MS / 1000 * 0.75  # ended by the third append, not the limit
+
+
+def test_the_wait_for_company_is_bounded_and_follows_the_load_down(svc, target):
+    """When fewer clients come back, the lone append commits once the group wait is over;
+    from then on each commit expects one append and none waits."""
+    sizes = carry_three(svc, target)
+    t0 = time.monotonic()
+    assert svc.append(target, *samples(1, 60))["first_offset"] == 4
+    assert WAIT_MS / 1000 * 0.9 <= time.monotonic() - t0 < 5
+    t0 = time.monotonic()
+    for k in range(3):
+        svc.append(target, *samples(1, 61 + k))
+    assert time.monotonic() - t0 < WAIT_MS / 1000
+    assert sizes == [1, 3, 1, 1, 1, 1]
+
+
+def test_no_group_wait_commits_at_once_whatever_the_last_commit_carried(make_settings):
+    settings = make_settings(run_worker=False, run_learner=False, ingest_group_wait_ms=0)
+    upgrade(settings.url)
+    c = AppContext.build(settings)
+    try:
+        c.models.create(ModelCreate(name="g", task="binary", input_dim=3))
+        t = c.online.target("g")
+        carry_three(c.online, t)
+        t0 = time.monotonic()
+        assert c.online.append(t, *samples(1, 70))["first_offset"] == 4
+        assert time.monotonic() - t0 < 1
+    finally:
+        c.close()
+
+
 def test_an_append_is_awaited_on_the_event_loop_without_a_thread(svc, target):
     import asyncio
 
