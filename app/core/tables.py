@@ -128,7 +128,8 @@ class ApiKey(Base):
 
 
 class SampleBatch(Base):
-    """One accepted /update request: packed float32 inputs and targets, offsets
+    """Samples of one model's log accepted by one group commit (the /update requests it
+    carried; see :mod:`app.online.log`): packed float32 inputs and targets, offsets
     ``first_offset .. first_offset + count − 1``."""
 
     __tablename__ = "sample_batches"

@@ -1,8 +1,9 @@
 """The sample log's packed rows: how samples are stored and the one way they are read back.
 
 A ``sample_batches`` row holds the samples with offsets ``first_offset ..
-first_offset + count − 1`` of one model: one row per ``/update`` request, or per
-:data:`app.online.service.MAX_ROW_SAMPLES` samples of a larger one. ``x`` is float32
+first_offset + count − 1`` of one model: one row per group commit and model (the
+``/update`` requests it carried), or per :data:`app.online.service.MAX_ROW_SAMPLES`
+samples of more. ``x`` is float32
 ``[count, input_dim]`` and ``y`` the packed labels of :mod:`app.online.samples` (float32
 ``[count, output_dim]`` for regression, float32 ``[count]`` in {0, 1} for binary, int64
 ``[count]`` class indices for multiclass), both as raw little-endian bytes in C order.

@@ -11,9 +11,10 @@ accepted. An append locks the model row (``SELECT … FOR UPDATE``; on SQLite th
 ``BEGIN IMMEDIATE`` write lock), takes its offsets from ``next_offset`` (so
 concurrent appends, from this or any other process, get contiguous, disjoint
 ranges in commit order), inserts the packed arrays as ``sample_batches`` rows
-(one per request; requests over :data:`MAX_ROW_SAMPLES` samples are split into
-several rows in the same transaction), records the ``Idempotency-Key``, advances
-``next_offset`` and commits — all before the 202.
+(the requests a group commit carries for one model, whose offsets are contiguous, in
+one row — one B-tree insert, not one per request; more than :data:`MAX_ROW_SAMPLES`
+samples are split into several rows in the same transaction), records the
+``Idempotency-Key``, advances ``next_offset`` and commits — all before the 202.
 
 **Group commit.** One committer thread per process commits the queued appends:
 those that arrive while it is committing wait and are then committed together, in
@@ -441,8 +442,8 @@ class OnlineService:
         fresh_after = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
         models = samples.lock_models(sorted({j.t.model_id for j in batch}))
         nexts: dict[int, int] = {}
+        arrays: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}  # what each model gets, in order
         seen: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
-        sample_rows: list[dict[str, Any]] = []
         key_rows: list[dict[str, Any]] = []
         out: list[_Outcome] = []
         for append in sorted(batch, key=lambda a: a.t.model_id):  # stable: arrival order per model
@@ -473,11 +474,17 @@ class OnlineService:
             first = nexts.get(mid, got[3])
             nexts[mid] = first + n
             answer = {"accepted": n, "first_offset": first, "last_offset": first + n - 1, "duplicate": False}
-            sample_rows += pack_rows(mid, first, append.X, append.Y, max_rows=MAX_ROW_SAMPLES)
+            xs, ys = arrays.setdefault(mid, ([], []))
+            xs.append(append.X)
+            ys.append(append.Y)
             if append.key is not None:
                 seen[(mid, append.key)] = (append.digest, answer)
                 key_rows.append({"model_id": mid, "key": append.key, "request_hash": append.digest, "response": answer})
             out.append((append, answer, None))
+        sample_rows: list[dict[str, Any]] = []
+        for mid, (xs, ys) in arrays.items():  # contiguous offsets from the model's next_offset
+            X, Y = (xs[0], ys[0]) if len(xs) == 1 else (np.concatenate(xs), np.concatenate(ys))
+            sample_rows += pack_rows(mid, models[mid][3], X, Y, max_rows=MAX_ROW_SAMPLES)
         for mid, nxt in nexts.items():
             samples.set_next_offset(mid, nxt)
         samples.add_rows(sample_rows)

@@ -211,6 +211,34 @@ def test_no_group_wait_commits_at_once_whatever_the_last_commit_carried(make_set
         c.close()
 
 
+def test_a_commit_stores_each_models_appends_as_one_row(ctx, svc, target):
+    """Appends a group commit carries for one model have contiguous offsets: one row each
+    model, read back as the requests' samples in offset order."""
+    import sqlalchemy as sa
+
+    from app.core.tables import Model, SampleBatch
+    from app.online.log import read_log
+
+    ctx.models.create(ModelCreate(name="h", task="binary", input_dim=3))
+    other = svc.target("h")
+    inside, release, sizes = hold_first_commit(svc)
+    first = svc.submit(target, *samples(1, 80))
+    assert inside.wait(10)
+    parts = [(target, samples(2, 81)), (other, samples(3, 82)), (target, samples(1, 83)), (other, samples(4, 84))]
+    appends = [svc.submit(t, *xy) for t, xy in parts]
+    release.set()
+    answers = [svc.committed(a) for a in (first, *appends)]
+    assert sizes == [1, 4]
+    assert [(a["first_offset"], a["last_offset"]) for a in answers] == [(0, 0), (1, 2), (0, 2), (3, 3), (3, 6)]
+    with ctx.db.read() as s:
+        rows = s.execute(sa.select(SampleBatch.model_id, SampleBatch.first_offset, SampleBatch.count)).all()
+        assert sorted(rows) == sorted([(target.model_id, 0, 1), (target.model_id, 1, 3), (other.model_id, 0, 7)])
+        for t, lo, hi, got in ((target, 1, 3, [0, 2]), (other, 0, 6, [1, 3])):
+            X, Y = read_log(s, s.get(Model, t.model_id), lo, hi)
+            np.testing.assert_array_equal(X, np.concatenate([parts[k][1][0] for k in got]))
+            np.testing.assert_array_equal(Y, np.concatenate([parts[k][1][1] for k in got]))
+
+
 def test_an_append_is_awaited_on_the_event_loop_without_a_thread(svc, target):
     import asyncio
 
