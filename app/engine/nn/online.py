@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from app.engine.drift import DriftMonitor
 from app.engine.nn.network import ACTIVATIONS, F32, Network, labels, per_sample_loss
 from app.engine.nn.optim import MaskSpec, Optimizer, OptimizerConfig, param_layout
 
@@ -311,6 +312,8 @@ class OnlineLearner:
         self._metrics = _Metrics(self.config.window, self.task != "regression")
         self.applied_through = -1
         self.paused: Pause | None = None
+        #: watches the applied samples' losses and inputs when set (the runtime sets it)
+        self.drift: DriftMonitor | None = None
         self._build_kernel()
 
     # ---------------------------------------------------------------- public
@@ -520,6 +523,11 @@ class OnlineLearner:
         else:
             stop, reason = n, None
         self._metrics = metrics
+        applied = n if reason is None else stop
+        if self.drift is not None and applied:
+            self.drift.observe(first, losses[:applied], X[:applied])
+        if self.drift is not None and reason == LOSS_BLOWUP:  # the guard saw the loss rise first
+            self.drift.loss_rose(first + stop)
         if reason is None:
             return n, None
         self._restore(snap)
