@@ -42,9 +42,40 @@ def remove_leftovers(ctx: AppContext) -> int:
     return n
 
 
+#: Seconds between two rounds of :class:`Housekeeping`.
+HOUSEKEEPING_SECONDS = 60.0
+
+
+class Housekeeping:
+    """A daemon thread that runs periodic upkeep (expired recorded predictions) every
+    :data:`HOUSEKEEPING_SECONDS`; a task that fails is logged and tried again next round."""
+
+    def __init__(self, tasks: list[Callable[[], object]], interval: float = HOUSEKEEPING_SECONDS) -> None:
+        self.tasks = tasks
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steward-housekeeping", daemon=True)
+
+    def start(self) -> Housekeeping:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for task in self.tasks:
+                try:
+                    task()
+                except Exception:
+                    log.warning("housekeeping task %r failed", task, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def start_background(ctx: AppContext) -> Callable[[], None]:
     """Start what the settings ask for; return a function that stops it all gracefully."""
-    stops: list[Callable[[], None]] = [ctx.caches.start()]
+    stops: list[Callable[[], None]] = [ctx.caches.start(), Housekeeping([ctx.feedback.purge]).start().stop]
     if ctx.settings.run_learner and ctx.settings.learner_process:
         stops.append(LearnerProcess(ctx.settings).start().stop)
     elif ctx.settings.run_learner:

@@ -16,6 +16,7 @@ from app.core.cache import Caches
 from app.core.db import Database
 from app.core.metrics import Metrics
 from app.core.settings import Settings
+from app.feedback.service import FeedbackService
 from app.jobs.contract import Handlers
 from app.jobs.queue import Queue
 from app.jobs.service import JobService
@@ -44,6 +45,7 @@ class AppContext:
     keys: KeyService
     jobs: JobService
     online: OnlineService
+    feedback: FeedbackService
     gauges: OnlineGauges
     training: TrainingService
     compression: CompressionService
@@ -63,6 +65,7 @@ class AppContext:
         online = OnlineService(db, settings, metrics, models, caches)
         models.on_deleted.append(online.forget)
         gauges = OnlineGauges(db, metrics)
+        feedback = FeedbackService(db, settings, metrics)
         return cls(
             settings=settings,
             db=db,
@@ -71,10 +74,11 @@ class AppContext:
             metrics=metrics,
             versions=versions,
             models=models,
-            predict=PredictService(db, versions, caches),
+            predict=PredictService(db, versions, caches, recorder=feedback),
             keys=KeyService(db, settings.admin_key, caches),
             jobs=jobs,
             online=online,
+            feedback=feedback,
             gauges=gauges,
             training=TrainingService(db, blobs, versions, jobs, metrics),
             compression=CompressionService(db, blobs, versions, jobs, metrics),

@@ -67,11 +67,16 @@ async def authorize_model(request: Request, scope: str) -> str:
     """What ``Depends(require_model(scope))`` checks, for a :class:`~app.core.routes.HotRoute`
     endpoint, in the same order: the key (401), the ``{name}`` path parameter (422), the
     scope and the key's model restriction (403). Returns the model name."""
+    return (await authorize_model_as(request, scope))[0]
+
+
+async def authorize_model_as(request: Request, scope: str) -> tuple[str, Principal]:
+    """:func:`authorize_model`, and the caller (for a further check of scope)."""
     p = await _principal(request.app.state.ctx, bearer_token(request))
     name = model_name(request)
     _check_scope(p, scope)
     p.check_model(name)
-    return name
+    return name, p
 
 
 def require(scope: str) -> Callable[..., Any]:

@@ -26,6 +26,7 @@ from app.core.routes import HotLane
 from app.core.schemas import problem_responses
 from app.core.settings import Settings
 from app.deps import document_page_limit
+from app.feedback import router as feedback
 from app.jobs import router as jobs
 from app.keys import router as keys
 from app.migration import router as migration
@@ -310,7 +311,7 @@ def create_app(settings: Settings | None = None) -> Steward:
     # Routes are matched in order: the ingestion and predict routes (the hot paths) come
     # first. No two routers share a path, so the order changes nothing else.
     app.hot_lane = HotLane()
-    for module in (online, predict, registry, training, compression, migration, jobs, keys):
+    for module in (online, predict, feedback, registry, training, compression, migration, jobs, keys):
         app.include_router(module.router, prefix="/v1")
         app.hot_lane.add_router(module.router, prefix="/v1")
     app.include_router(ops.router)

@@ -17,7 +17,18 @@ from pathlib import Path
 import pytest
 
 APP = Path(__file__).resolve().parents[1] / "app"
-CAPABILITIES = ("registry", "predict", "online", "jobs", "training", "compression", "migration", "keys", "operations")
+CAPABILITIES = (
+    "registry",
+    "predict",
+    "online",
+    "feedback",
+    "jobs",
+    "training",
+    "compression",
+    "migration",
+    "keys",
+    "operations",
+)
 
 
 def module_name(path: Path) -> str:

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     metrics_enabled: bool = Field(True, description="Serve /metrics (open).")
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=1, description="How long Idempotency-Keys are kept.")
+    prediction_ttl_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        description="How long recorded predictions (predict with record) wait for their labels; "
+        "labelled ones live on as samples in the log.",
+    )
     workers: int = Field(
         1,
         ge=1,

@@ -4,7 +4,7 @@ migrations (``migrations/``); a test checks that both agree on SQLite and Postgr
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -50,6 +50,11 @@ class Base(DeclarativeBase):
         dict[str, Any]: sa.JSON(),
         list[Any]: sa.JSON(),
     }
+
+
+def table(model: type[Base]) -> sa.Table:
+    """The Core table of an ORM class (typed: ``__table__`` is declared as a FromClause)."""
+    return cast(sa.Table, model.__table__)
 
 
 class Model(Base):
@@ -154,6 +159,50 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class PredictionBatch(Base):
+    """One recorded ``/predict`` request (``"record": true``): the inputs it got and the
+    outputs the version served, packed (float32 ``x`` ``[count, input_dim]`` and
+    ``outputs`` ``[count, output_dim]``, raw little-endian bytes in C order)."""
+
+    __tablename__ = "prediction_batches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int]
+    count: Mapped[int]
+    x: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    outputs: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Prediction(Base):
+    """A recorded prediction's id: where its input and output are (batch and position) and,
+    once labelled, its label and the offset of the sample it became."""
+
+    __tablename__ = "predictions"
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    pid: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    batch_id: Mapped[int] = mapped_column(sa.ForeignKey("prediction_batches.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int]
+    label: Mapped[Any | None] = mapped_column(sa.JSON)
+    offset: Mapped[int | None] = mapped_column(sa.BigInteger)
+
+
+class ServedMetrics(Base):
+    """What a version really served: recorded predictions, how many were labelled, and the
+    sums of their losses and correct labels (``served`` of the version answer)."""
+
+    __tablename__ = "served_metrics"
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    predictions: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    labelled: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    loss_sum: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    correct: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
 class Learner(Base):
     """Who holds a model's online learner (lease), what it has published, and its mailbox.
 
@@ -162,7 +211,10 @@ class Learner(Base):
     version the learner continues from (None once an online version supersedes it).
     ``mailbox``: messages between request handlers and the learner, changed only under the
     row lock: ``checkpoint_requests`` ``{request id: offset}``, ``checkpoint_replies``
-    ``{request id: {"version", "created"}}``, ``resume`` ``{"offset", "from_version", …}``.
+    ``{request id: {"version", "created"}}``, ``resume`` ``{"offset", "from_version", …}``,
+    ``drift_reset`` (a request id: start drift detection again).
+    ``drift``: the drift block the learner publishes with its progress
+    (:meth:`app.engine.drift.DriftMonitor.state`, with its recent ``transitions``).
     """
 
     __tablename__ = "learners"
@@ -174,6 +226,7 @@ class Learner(Base):
     prequential: Mapped[dict[str, Any]] = mapped_column(default=dict)
     base: Mapped[dict[str, Any] | None]
     mailbox: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    drift: Mapped[dict[str, Any] | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

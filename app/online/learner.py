@@ -101,6 +101,7 @@ from app.core.db import Database
 from app.core.metrics import Metrics
 from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
+from app.engine.drift import DriftMonitor
 from app.engine.nn.network import Network
 from app.engine.nn.online import LearnerConfig, OnlineLearner
 from app.engine.nn.optim import OptimizerConfig
@@ -143,6 +144,8 @@ class Held:
     nbytes: int = 0  # the learner's arrays (OnlineLearner.nbytes)
     #: monotonic time of the learner's last version of this model (committed or adopted)
     version_at: float = field(default_factory=time.monotonic)
+    #: the last ``drift_reset`` request of the mailbox this learner carried out
+    drift_reset: str | None = None
 
     @property
     def every(self) -> int:
@@ -181,6 +184,7 @@ class Control:
     requests: dict[str, int]
     resume: dict[str, Any] | None
     published: int = -1  # learners.applied_through
+    drift_reset: str | None = None  # the mailbox's last drift reset request
 
     def has_work(self, applied_through: int) -> bool:
         """Samples to apply after ``applied_through``, or a request to answer."""
@@ -208,8 +212,25 @@ def learner_config(m: Model, window: int) -> LearnerConfig:
 
 
 def new_learner(m: Model, net: Network, window: int, *, masked: bool) -> OnlineLearner:
+    """A learner for ``net``, watched by a new drift monitor (detection starts afresh with
+    every new learner: a new version to continue from, a restart)."""
     masks = [W != 0 for W in net.weights] if masked else None
-    return OnlineLearner(net, OptimizerConfig.from_spec(m.optimizer), config=learner_config(m, window), masks=masks)
+    learner = OnlineLearner(net, OptimizerConfig.from_spec(m.optimizer), config=learner_config(m, window), masks=masks)
+    learner.drift = DriftMonitor(m.input_dim)
+    return learner
+
+
+#: Transitions of the drift status kept in the published drift block (the newest).
+DRIFT_TRANSITIONS = 50
+
+
+def drift_block(learner: OnlineLearner) -> dict[str, Any] | None:
+    """What the learner publishes of its drift monitor (the model answer's ``drift``)."""
+    d = learner.drift
+    if d is None:
+        return None
+    recent = d.transitions[-DRIFT_TRANSITIONS:]
+    return {**d.state(), "transitions": [{"status": st, "offset": off} for st, off in recent]}
 
 
 def state_bytes(learner: OnlineLearner) -> bytes:
@@ -472,6 +493,7 @@ class LearnerRuntime:
                 requests={k: int(v) for k, v in (md.get("checkpoint_requests") or {}).items()},
                 resume=md.get("resume"),
                 published=int(published),
+                drift_reset=md.get("drift_reset"),
             )
         return out
 
@@ -576,6 +598,10 @@ class LearnerRuntime:
         if ctl.latest > h.version:
             self._adopt_newer(h)
             h = self.held[mid]
+        if ctl.drift_reset is not None and ctl.drift_reset != h.drift_reset:
+            h.learner.drift = DriftMonitor(h.model.input_dim)  # POST /drift/reset
+            h.drift_reset = ctl.drift_reset
+            h.dirty = True
         resume = ctl.resume if ctl.status == "active" else None
         if resume is not None:
             p = resume.get("offset")
@@ -664,7 +690,7 @@ class LearnerRuntime:
             return
         pre = h.learner.metrics()
         with self.db.write() as s:
-            if not LearnerRepository(s).publish(h.model_id, self.owner, h.applied_through, pre):
+            if not LearnerRepository(s).publish(h.model_id, self.owner, h.applied_through, pre, drift_block(h.learner)):
                 raise LearnerLeaseLost(h.name)
         h.published = h.applied_through
         h.last_publish = now
@@ -779,6 +805,7 @@ class LearnerRuntime:
         frm = resume.get("from_version")
         note: dict[str, Any] = {"skipped_offset": p, "from_version": frm, "reason": resume.get("reason")}
         h.learner.resume()
+        h.learner.drift = DriftMonitor(h.model.input_dim)  # detection restarts on /resume
         if frm is not None:
             with self.db.read() as s:
                 m = ModelRepository(s).get(h.model_id)

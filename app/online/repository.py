@@ -5,17 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.core.tables import Base, IdempotencyKey, Learner, Model, SampleBatch, Version, utcnow
-
-
-def table(model: type[Base]) -> sa.Table:
-    """The Core table of an ORM class (typed: ``__table__`` is declared as a FromClause)."""
-    return cast(sa.Table, model.__table__)
+from app.core.tables import IdempotencyKey, Learner, Model, SampleBatch, Version, table, utcnow
 
 
 # --------------------------------------------------------------------------- online learning
@@ -194,6 +189,7 @@ _PUBLISH = (
     .where(_learners.model_id == sa.bindparam("mid"), _learners.owner == sa.bindparam("me"))
     .values(
         prequential=sa.bindparam("prequential", type_=sa.JSON()),
+        drift=sa.bindparam("drift", type_=sa.JSON()),
         applied_through=sa.bindparam("applied_through"),
         updated_at=sa.bindparam("now"),
     )
@@ -227,7 +223,14 @@ class LearnerRepository:
         applied_through)``."""
         return list(self.s.connection().execute(_CONTROLS, {"ids": list(model_ids)}).all())
 
-    def publish(self, model_id: int, owner: str, applied_through: int, prequential: dict[str, Any]) -> bool:
+    def publish(
+        self,
+        model_id: int,
+        owner: str,
+        applied_through: int,
+        prequential: dict[str, Any],
+        drift: dict[str, Any] | None = None,
+    ) -> bool:
         """Write the learner's progress if ``owner`` still holds the lease (False: it does not)."""
         res = self.s.connection().execute(
             _PUBLISH,
@@ -236,18 +239,19 @@ class LearnerRepository:
                 "me": owner,
                 "applied_through": applied_through,
                 "prequential": prequential,
+                "drift": drift,
                 "now": utcnow(),
             },
         )
         return bool(res.rowcount)
 
     def progress_all(self) -> list[Any]:
-        """Every model's ``(name, next_offset, status, applied_through)`` (for /metrics)."""
+        """Every model's ``(name, next_offset, status, applied_through, drift)`` (for /metrics)."""
         return list(
             self.s.execute(
-                sa.select(Model.name, Model.next_offset, Model.status, Learner.applied_through).outerjoin(
-                    Learner, Learner.model_id == Model.id
-                )
+                sa.select(
+                    Model.name, Model.next_offset, Model.status, Learner.applied_through, Learner.drift
+                ).outerjoin(Learner, Learner.model_id == Model.id)
             ).all()
         )
 

@@ -205,3 +205,19 @@ async def checkpoint(
 )
 def resume(request: Request, name: ModelNamePath, _: ModelMaintain, body: ResumeIn | None = None) -> ModelOut:
     return _ctx(request).online.resume(name, body.from_version if body is not None else None)
+
+
+@router.post(
+    "/models/{name}/drift/reset",
+    response_model=ModelOut,
+    summary="Start drift detection again",
+    description=(
+        "Drift detection restarts: the loss detector forgets its window, the next samples become the "
+        "input reference, and the status is `stable`. Answers with the model. (Detection also restarts "
+        "when the learner starts from a new version and on `/resume`.)"
+    ),
+    responses=problem_responses(401, 403, 404, 422),
+    operation_id="reset_drift",
+)
+def reset_drift(request: Request, name: ModelNamePath, _: ModelMaintain) -> ModelOut:
+    return _ctx(request).online.reset_drift(name)

@@ -234,14 +234,25 @@ def _slow(spec: SampleSpec, samples: list[Any], base: int, loc: list[str | int])
         check_sample(spec, smp, base + k, loc)
     n = len(samples)
     X = np.array([s["x"] for s in samples], dtype=np.float64).reshape(n, spec.input_dim)
-    ys = [s["y"] for s in samples]
+    return X, _pack_labels(spec, [s["y"] for s in samples])
+
+
+def _pack_labels(spec: SampleSpec, ys: list[Any]) -> np.ndarray:
+    """The packed ``Y`` of labels already checked (:func:`_check_label`)."""
     if spec.task == "binary":
-        Y = np.array([y[0] if isinstance(y, list) else y for y in ys], dtype=np.float32)
-    elif spec.task == "multiclass":
-        Y = np.array([int(y) for y in ys], dtype=np.int64)
-    else:
-        Y = np.array([y if isinstance(y, list) else [y] for y in ys], dtype=np.float64).astype(np.float32)
-    return X, Y
+        return np.array([y[0] if isinstance(y, list) else y for y in ys], dtype=np.float32)
+    if spec.task == "multiclass":
+        return np.array([int(y) for y in ys], dtype=np.int64)
+    Y = np.array([y if isinstance(y, list) else [y] for y in ys], dtype=np.float64).astype(np.float32)
+    return Y.reshape(len(ys), spec.output_dim)
+
+
+def pack_labels(spec: SampleSpec, ys: list[Any], loc: list[str | int]) -> np.ndarray:
+    """Check labels as a sample's ``y`` is checked (label ``k`` answers at ``[*loc, k, "y"]``)
+    and pack them as the log's ``Y``."""
+    for k, y in enumerate(ys):
+        _check_label(spec, y, k, loc)
+    return _pack_labels(spec, ys)
 
 
 def convert(

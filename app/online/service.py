@@ -610,6 +610,18 @@ class OnlineService:
             s.flush()
             return self.models.view_in(s, m)
 
+    # ------------------------------------------------------------------ drift
+    def reset_drift(self, name: str) -> ModelOut:
+        """Ask the learner to start drift detection again (``drift_reset`` in its mailbox);
+        the published drift block is cleared at once."""
+        with self.db.write() as s:
+            m = get_model(s, name)
+            row = _learner_row(s, m.id)
+            row.mailbox = {**(row.mailbox or {}), "drift_reset": uuid.uuid4().hex}
+            row.drift = None
+            s.flush()
+            return self.models.view_in(s, m)
+
     # ------------------------------------------------------------------ the request protocols
     async def update(
         self,

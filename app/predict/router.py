@@ -15,7 +15,7 @@ from app.core.errors import UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.routes import HotRoute, path_name_param
 from app.core.schemas import problem_responses
-from app.deps import BEARER_SECURITY, Ctx, ModelNamePath, ModelRead, authorize_model
+from app.deps import BEARER_SECURITY, Ctx, ModelNamePath, ModelRead, authorize_model_as
 from app.predict.schemas import EvaluateIn, EvaluateOut, PredictIn, PredictOut
 
 router = APIRouter(route_class=JSONRoute, tags=["predict"])
@@ -36,7 +36,7 @@ PREDICT_BODY = {
 async def predict(request: Request) -> Response:
     """``{name}`` and the key are checked here, not by dependencies (a hot route: see
     :mod:`app.core.routes`)."""
-    name = await authorize_model(request, "read")
+    name, caller = await authorize_model_as(request, "read")
     ctx: AppContext = request.app.state.ctx
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype not in JSON_TYPES:
@@ -45,7 +45,8 @@ async def predict(request: Request) -> Response:
             errors=[{"loc": ["header", "Content-Type"], "msg": "expected application/json"}],
         )
     body = await read_body(request, ctx.settings.max_body_bytes)
-    return Response(await ctx.predict.predict_body(name, body), media_type="application/json")
+    answer = await ctx.predict.predict_body(name, body, may_record=caller.has("ingest"))
+    return Response(answer, media_type="application/json")
 
 
 router.add_api_route(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from app.core.schemas import AliasName, Strict
 from app.online.schemas import Samples
+
+#: A recorded prediction's id: 1–128 printable ASCII characters.
+PredictionId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[ -~]+$")]
 
 # Strict: numbers only (no numeric strings, no booleans); ints are accepted.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
@@ -32,6 +35,15 @@ class PredictIn(Target):
         "json_schema_extra": {"examples": [{"inputs": [[0.1, -1.2, 3.0]], "alias": "production"}]},
     }
     inputs: list[list[FiniteFloat]] = Field(min_length=1, description="Rows of input_dim numbers")
+    record: bool = Field(
+        False,
+        strict=True,
+        description="Store each input with the version that served it and its outputs, to be labelled "
+        "later (POST /models/{name}/labels); needs scope `ingest`",
+    )
+    ids: list[PredictionId] | None = Field(
+        None, description="With `record`: the client's id of each input (unique per model); default: generated"
+    )
 
 
 class PredictOut(BaseModel):
@@ -39,6 +51,7 @@ class PredictOut(BaseModel):
     version: int
     outputs: list[list[float]]
     labels: list[int] | None = Field(None, description="binary: 1 where output ≥ 0.5; multiclass: argmax")
+    prediction_ids: list[str] | None = Field(None, description="With `record`: the id of each recorded prediction")
 
 
 class EvaluateIn(Target):

@@ -29,12 +29,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.cache import Caches, ReadCache
 from app.core.db import Database, model_subject
-from app.core.errors import BadRequest, NotFound, validation_problem
+from app.core.errors import BadRequest, Forbidden, Invalid, NotFound, validation_problem
 from app.core.jsonbody import loads
 from app.core.schemas import NAME_PATTERN
 from app.core.tables import Model, Version
 from app.engine.nn import network
 from app.engine.nn.evaluation import evaluate
+from app.feedback.service import FeedbackService
 from app.online.samples import SampleSpec, check_matrix, parse_samples, plain_matrix
 from app.predict.schemas import EvaluateOut, PredictIn
 from app.registry.models import get_model
@@ -54,6 +55,19 @@ class Served:
 
     model: Model
     version: Version
+
+
+def check_ids(ids: list[str], n: int, record: bool) -> None:
+    """A recorded predict's ``ids``: with ``record``, one per input, each once."""
+    if not record:
+        raise Invalid.at(["body", "ids"], 'ids go with "record": true')
+    if len(ids) != n:
+        raise Invalid.at(["body", "ids"], f"expected one id per input ({n}), got {len(ids)}")
+    seen: set[str] = set()
+    for i, pid in enumerate(ids):
+        if pid in seen:
+            raise Invalid.at(["body", "ids", i], f"id {pid!r} is given twice")
+        seen.add(pid)
 
 
 def plain_request(body: bytes, doc: Any) -> tuple[Any, int | None, str | None] | None:
@@ -91,8 +105,15 @@ class PredictService:
     #: Most predict targets cached per process.
     CACHED_TARGETS = 10_000
 
-    def __init__(self, db: Database, versions: VersionService, caches: Caches | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        versions: VersionService,
+        caches: Caches | None = None,
+        recorder: FeedbackService | None = None,
+    ) -> None:
         self.db = db
+        self.recorder = recorder
         self.versions = versions
         self._caches = caches
         self._targets: ReadCache[tuple[str, int | None, str | None], Served] | None = (
@@ -124,9 +145,10 @@ class PredictService:
             return None  # the strict path says so, after the body's own errors
 
     # ---- predict
-    async def predict_body(self, name: str, body: bytes) -> bytes:
+    async def predict_body(self, name: str, body: bytes, *, may_record: bool = False) -> bytes:
         """The JSON answer to a predict request's raw ``body``: the fast path when it
-        settles the request, else :meth:`predict_strict`."""
+        settles the request, else :meth:`predict_strict` (a recorded predict, whose caller
+        ``may_record`` or is refused 403, always is)."""
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -145,12 +167,13 @@ class PredictService:
                         return self.answer(served, X)
                     return await run_in_threadpool(self.answer, served, X)  # big, or read from its blob
         del doc, req
-        return await run_in_threadpool(self.predict_strict, name, body)
+        return await run_in_threadpool(self.predict_strict, name, body, may_record)
 
-    def predict_strict(self, name: str, body: bytes) -> bytes:
+    def predict_strict(self, name: str, body: bytes, may_record: bool = False) -> bytes:
         """The strict reading: malformed JSON or a duplicate key is 400, the body's schema
         422 (``["body", …]``), an unknown model, version or alias 404, then the inputs'
-        width and values 422 at ``["body", "inputs", i, j]``."""
+        width and values 422 at ``["body", "inputs", i, j]``; with ``record``, the ids
+        (422 at ``["body", "ids", i]``) and the caller's scope (403)."""
         try:
             doc = loads(body)
         except (ValueError, RecursionError) as e:
@@ -160,9 +183,25 @@ class PredictService:
         except ValidationError as e:
             raise validation_problem([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
         del doc
+        if req.ids is not None:
+            check_ids(req.ids, len(req.inputs), req.record)
         served = self.resolve(name, version=req.version, alias=req.alias)
         X = check_matrix(req.inputs, served.model.input_dim, ["body", "inputs"])
-        return self.answer(served, X)
+        if not req.record:
+            return self.answer(served, X)
+        if not may_record:
+            raise Forbidden("recording predictions needs a key with scope 'ingest'")
+        if self.recorder is None:
+            raise RuntimeError("this PredictService records nothing")
+        m = served.model
+        out = self.versions.load(m, served.version).forward(X)
+        version, out, ids = self.recorder.record(m, served.version.version, X, out, req.ids)
+        lab = network.labels(m.task, out)
+        return orjson.dumps(
+            {"model": m.name, "version": version, "outputs": out.astype(np.float64), "labels": lab,
+             "prediction_ids": ids},
+            option=_NUMPY,
+        )  # fmt: skip
 
     def answer(self, served: Served, X: np.ndarray) -> bytes:
         """The forward pass and its JSON: ``model``, ``version``, ``outputs`` (the float32

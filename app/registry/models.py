@@ -13,8 +13,8 @@ from app.core.db import Database
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.tables import Learner, Model, Version, utcnow
 from app.engine.nn.network import init_network
-from app.registry.repository import AliasRepository, ModelRepository, VersionRepository
-from app.registry.schemas import AliasOut, ModelCreate, ModelOut, OnlineState, Prequential, VersionOut
+from app.registry.repository import AliasRepository, ModelRepository, ServedRepository, VersionRepository
+from app.registry.schemas import AliasOut, DriftState, ModelCreate, ModelOut, OnlineState, Prequential, VersionOut
 from app.registry.versions import StoredBlob, VersionService, version_out
 
 #: What the seeded initialisation of version 1 is (API.md: PyTorch's nn.Linear default).
@@ -70,6 +70,7 @@ def model_out(m: Model, latest: int, aliases: dict[str, int], learner: Learner |
         status_reason=m.status_reason,
         paused_offset=m.paused_offset,
         online=online_state(m, learner),
+        drift=DriftState.model_validate(learner.drift) if learner is not None and learner.drift else DriftState(),
         created_at=m.created_at,
         updated_at=m.updated_at,
     )
@@ -232,15 +233,19 @@ class ModelService:
         with self.db.read() as s:
             m = get_model(s, name)
             rows = VersionRepository(s).page(m.id, after=after, limit=limit + 1, descending=True)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [version_out(m, v) for v in rows], (str(rows[-1].version) if more and rows else None)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            served = ServedRepository(s).get(m.id, [v.version for v in rows])
+        return [version_out(m, v, served=served.get(v.version)) for v in rows], (
+            str(rows[-1].version) if more and rows else None
+        )
 
     def get_version(self, name: str, number: int) -> VersionOut:
         with self.db.read() as s:
             m = get_model(s, name)
             v = self.versions.get(s, m, number)
-            return version_out(m, v, self.versions.exports(s, v))
+            served = ServedRepository(s).get(m.id, [v.version]).get(v.version)
+            return version_out(m, v, self.versions.exports(s, v), served)
 
     def download(self, name: str, number: int) -> tuple[Model, Version, Iterator[bytes], int]:
         """A version's safetensors download: (model, version, chunks, length)."""

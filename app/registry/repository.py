@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.core.db import mark_changed, model_subject
-from app.core.tables import Alias, Learner, Model, Version, utcnow
+from app.core.tables import Alias, Learner, Model, ServedMetrics, Version, table, utcnow
 
 
 class ModelRepository:
@@ -134,3 +136,44 @@ class AliasRepository:
         mark_changed(self.s, model_subject(a.model_id))
         self.s.delete(a)
         self.s.flush()
+
+
+class ServedRepository:
+    """``served_metrics``: per version, what it really served (recorded predictions, their
+    labels, the sums of the labels' losses and correct answers). Counts are added by one
+    upsert each (``INSERT … ON CONFLICT DO UPDATE``), so concurrent writers need no lock."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def _add(self, model_id: int, version: int, **inc: int | float) -> None:
+        t = table(ServedMetrics)
+        insert = sqlite_insert if self.s.get_bind().dialect.name == "sqlite" else pg_insert
+        values = {"predictions": 0, "labelled": 0, "loss_sum": 0.0, "correct": 0, **inc}
+        stmt = insert(t).values(model_id=model_id, version=version, **values)
+        self.s.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["model_id", "version"], set_={k: t.c[k] + stmt.excluded[k] for k in inc}
+            )
+        )
+
+    def add_predictions(self, model_id: int, version: int, n: int) -> None:
+        """``n`` more recorded predictions served by the version."""
+        self._add(model_id, version, predictions=n)
+
+    def add_labels(self, model_id: int, version: int, n: int, loss_sum: float, correct: int) -> None:
+        """``n`` more of its predictions labelled, with the sums of their losses and hits."""
+        self._add(model_id, version, labelled=n, loss_sum=loss_sum, correct=correct)
+
+    def get(self, model_id: int, versions: Sequence[int]) -> dict[int, ServedMetrics]:
+        if not versions:
+            return {}
+        q = sa.select(ServedMetrics).where(
+            ServedMetrics.model_id == model_id, ServedMetrics.version.in_(list(versions))
+        )
+        return {r.version: r for r in self.s.scalars(q)}
+
+    def all(self) -> list[tuple[str, int, ServedMetrics]]:
+        """``(model name, version, row)`` of every version that served recorded predictions."""
+        q = sa.select(Model.name, ServedMetrics).join(Model, Model.id == ServedMetrics.model_id)
+        return [(name, row.version, row) for name, row in self.s.execute(q)]

@@ -125,6 +125,25 @@ class OnlineState(BaseModel):
     prequential: Prequential
 
 
+class DriftInput(BaseModel):
+    index: int = Field(description="The input feature's index")
+    score: float = Field(description="Its population stability index against the reference window")
+
+
+class DriftState(BaseModel):
+    status: Literal["stable", "warning", "drift"] = Field(
+        "stable", description="drift: the loss rose (ADWIN); warning: some input drifted; else stable"
+    )
+    since_offset: int | None = Field(None, description="Offset where the current status began")
+    checked_through: int | None = Field(None, description="Last offset the detectors saw")
+    loss: dict[str, Any] = Field(default_factory=dict, description="The loss detector's state (`detector` names it)")
+    inputs: list[DriftInput] = Field(default_factory=list, description="Features over the PSI threshold, worst first")
+    reference: dict[str, Any] | None = Field(None, description="The input reference window: size, ready")
+    transitions: list[dict[str, Any]] = Field(
+        default_factory=list, description="Recent changes of status: {status, offset}"
+    )
+
+
 class ModelOut(BaseModel):
     name: str
     task: Task
@@ -146,8 +165,18 @@ class ModelOut(BaseModel):
     status_reason: str | None
     paused_offset: int | None = None
     online: OnlineState
+    drift: DriftState = Field(default_factory=DriftState)
     created_at: datetime
     updated_at: datetime
+
+
+class ServedOut(BaseModel):
+    """What the version really served: recorded predictions and the labels they got."""
+
+    predictions: int = Field(0, description="Recorded predictions it served")
+    labelled: int = Field(0, description="How many of them were labelled (POST /labels)")
+    loss: float | None = Field(None, description="Mean loss of the served outputs on their labels (as evaluate)")
+    accuracy: float | None = Field(None, description="Share of labelled classifications it got right")
 
 
 class VersionOut(BaseModel):
@@ -165,6 +194,7 @@ class VersionOut(BaseModel):
     architecture: list[int] = Field(description="Layer widths, input first: [input_dim, *hidden, output_dim]")
     applied_through: int | None = None
     exports: list[dict[str, Any]] = Field(default_factory=list)
+    served: ServedOut = Field(default_factory=ServedOut)
     created_at: datetime
 
 

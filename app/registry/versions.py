@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.core.blobs import BlobStore
 from app.core.errors import Invalid, Loc, NotFound, decoding
-from app.core.tables import Model, Version, utcnow
+from app.core.tables import Model, ServedMetrics, Version, utcnow
 from app.engine import codec
 from app.engine.nn.network import Network
 from app.interop.safetensors import (
@@ -40,7 +40,7 @@ from app.interop.safetensors import (
 )
 from app.migration.repository import ExportRepository
 from app.registry.repository import AliasRepository, VersionRepository
-from app.registry.schemas import VersionOut
+from app.registry.schemas import ServedOut, VersionOut
 
 #: Blobs up to this size are built in memory (one copy of the parameters), larger ones
 #: are written straight from the arrays to the file.
@@ -360,7 +360,22 @@ class VersionService:
         return self.store(net=net, tensors=stored, encoding="quantized" if quantized else "dense")
 
 
-def version_out(m: Model, v: Version, exports: list[dict[str, Any]] | None = None) -> VersionOut:
+def served_out(task: str, row: ServedMetrics | None) -> ServedOut:
+    """A version's ``served`` block from its ``served_metrics`` row (None: nothing yet)."""
+    if row is None:
+        return ServedOut()
+    n = row.labelled
+    return ServedOut(
+        predictions=row.predictions,
+        labelled=n,
+        loss=row.loss_sum / n if n else None,
+        accuracy=row.correct / n if n and task != "regression" else None,
+    )
+
+
+def version_out(
+    m: Model, v: Version, exports: list[dict[str, Any]] | None = None, served: ServedMetrics | None = None
+) -> VersionOut:
     """The one mapping of a version row to its public answer."""
     return VersionOut(
         model=m.name,
@@ -377,5 +392,6 @@ def version_out(m: Model, v: Version, exports: list[dict[str, Any]] | None = Non
         architecture=list(v.architecture),
         applied_through=v.applied_through,
         exports=exports or [],
+        served=served_out(m.task, served),
         created_at=v.created_at,
     )

@@ -1,0 +1,66 @@
+"""``POST /v1/models/{name}/labels``: delayed labels for recorded predictions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.context import AppContext
+from app.core.body import read_body
+from app.core.errors import BadRequest, UnsupportedMediaType
+from app.core.jsonbody import JSONRoute
+from app.core.schemas import problem_responses
+from app.deps import ModelIngest, ModelNamePath
+from app.feedback.schemas import LABELS_BODY, LabelsOut
+from app.feedback.service import NDJSON_TYPES
+
+router = APIRouter(route_class=JSONRoute, tags=["online"])
+
+JSON_TYPES = frozenset({"", "application/json"})
+
+
+@router.post(
+    "/models/{name}/labels",
+    status_code=202,
+    response_model=LabelsOut,
+    summary="Label recorded predictions",
+    description=(
+        "Each `{id, y}` turns a prediction recorded by `predict` with `record` into a sample of the "
+        "model's log — the recorded input with this `y` — exactly as `/update` appends samples: every "
+        "label checked first, all or nothing, durable before the 202, learned by the online learner. "
+        "The label also scores the output that was served (the version's `served` metrics). An unknown "
+        'or expired id is 422 at `["body", "labels", i, "id"]`; the same label again is a '
+        "duplicate and adds nothing; another `y` for a labelled id is 409."
+    ),
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
+    openapi_extra={"requestBody": LABELS_BODY},
+    operation_id="label_predictions",
+)
+async def labels(
+    request: Request,
+    name: ModelNamePath,
+    _: ModelIngest,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=255,
+            pattern=r"^[!-~]+$",
+            description="Makes a retry a no-op, as on /update",
+        ),
+    ] = None,
+) -> Response:
+    ctx: AppContext = request.app.state.ctx
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype not in JSON_TYPES and ctype not in NDJSON_TYPES:
+        raise UnsupportedMediaType(
+            f"unsupported Content-Type {ctype!r}: send application/json or application/x-ndjson",
+            errors=[{"loc": ["header", "Content-Type"], "msg": "expected application/json or application/x-ndjson"}],
+        )
+    body = await read_body(request, ctx.settings.max_body_bytes)
+    if not body:
+        raise BadRequest('empty body: send {"labels": [...]} or NDJSON')
+    answer = await run_in_threadpool(ctx.feedback.label_body, name, ctype, body, idempotency_key)
+    return Response(LabelsOut(**answer).model_dump_json(), status_code=202, media_type="application/json")

@@ -1,0 +1,283 @@
+"""Recorded predictions and delayed labels through the API, on SQLite and PostgreSQL:
+``predict`` with ``record``, ``POST /labels`` (JSON, NDJSON, duplicates, conflicts, unknown
+ids, all or nothing, Idempotency-Key), labelled samples in the log and learned exactly
+like ``/update``'s, the versions' ``served`` metrics against a loss computed from the
+recorded outputs, and expiry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.online.log import read_log
+from app.registry.models import get_model
+from tests.api_helpers import assert_problem
+from tests.conftest import auth
+from tests.online.test_learner import checkpoint, close, create, data, ref_linear, weights
+
+NDJSON = {"Content-Type": "application/x-ndjson"}
+EPS = 1e-7
+
+
+@pytest.fixture
+def lc(make_settings) -> Iterator[TestClient]:
+    """An app whose learner thread runs (no job worker)."""
+    with TestClient(create_app(make_settings(run_worker=False)), headers=auth()) as c:
+        yield c
+
+
+def key(c: TestClient, scope: str) -> dict[str, str]:
+    r = c.post("/v1/keys", json={"name": scope, "scope": scope})
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['key']}"}
+
+
+def record(c: TestClient, X: np.ndarray, ids: list[str] | None = None, **kw: Any) -> dict:
+    body: dict[str, Any] = {"inputs": X.tolist(), "record": True, **kw}
+    if ids is not None:
+        body["ids"] = ids
+    r = c.post("/v1/models/m/predict", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def label(c: TestClient, pairs: list[tuple[str, Any]], expect: int = 202, **kw: Any) -> Any:
+    r = c.post("/v1/models/m/labels", json={"labels": [{"id": i, "y": y} for i, y in pairs]}, **kw)
+    assert r.status_code == expect, r.text
+    return r.json() if expect == 202 else r
+
+
+def accepted(c: TestClient) -> int:
+    return int(c.get("/v1/models/m").json()["online"]["accepted"])
+
+
+def bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), EPS, 1 - EPS)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+# --------------------------------------------------------------------------- recording
+def test_a_recorded_predict_answers_ids_and_the_same_outputs(lc):
+    create(lc, "m", task="binary", input_dim=4, hidden=[3])
+    X = data("binary", 5, 4)[0]
+    plain = lc.post("/v1/models/m/predict", json={"inputs": X.tolist()}).json()
+    made = record(lc, X)
+    assert made["outputs"] == plain["outputs"] and made["labels"] == plain["labels"]
+    assert made["version"] == 1 and len(set(made["prediction_ids"])) == 5
+    mine = record(lc, X[:2], ids=["order-1", "order 2"])
+    assert mine["prediction_ids"] == ["order-1", "order 2"] and mine["outputs"] == plain["outputs"][:2]
+    assert "prediction_ids" not in plain or plain["prediction_ids"] is None
+
+
+def test_a_repeated_recorded_predict_answers_the_first_answer(lc):
+    create(lc, "m", task="regression", input_dim=3, hidden=[])
+    X = data("regression", 3, 3)[0]
+    first = record(lc, X, ids=["a", "b", "c"])
+    t = {k: v for k, v in _weights(lc).items()}
+    t["layers.0.bias"] = t["layers.0.bias"] + 1.0  # version 2 answers otherwise
+    imported = lc.post("/v1/models/m/versions", content=_safetensors(t))
+    assert imported.status_code == 201
+    assert lc.put("/v1/models/m/aliases/production", json={"version": 2}).status_code in (200, 201)
+    again = record(lc, X, ids=["a", "b", "c"])
+    assert again == first  # same version, same outputs
+    fresh = record(lc, X, ids=["d", "e", "f"])
+    assert fresh["version"] == 2 and fresh["outputs"] != first["outputs"]
+    other = X.copy()
+    other[1, 0] += 1
+    r = lc.post("/v1/models/m/predict", json={"inputs": other.tolist(), "record": True, "ids": ["a", "b", "c"]})
+    assert_problem(r, 409, ["body", "ids", 1])
+    r = lc.post("/v1/models/m/predict", json={"inputs": X[:2].tolist(), "record": True, "ids": ["x", "a"]})
+    assert_problem(r, 409, ["body", "ids", 1])
+    versions = lc.get("/v1/models/m/versions/1").json(), lc.get("/v1/models/m/versions/2").json()
+    assert [v["served"]["predictions"] for v in versions] == [3, 3]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"inputs": [[1, 2, 3]], "ids": ["a"]}, ["body", "ids"]),
+        ({"inputs": [[1, 2, 3]], "record": True, "ids": ["a", "b"]}, ["body", "ids"]),
+        ({"inputs": [[1, 2, 3], [1, 2, 3]], "record": True, "ids": ["a", "a"]}, ["body", "ids", 1]),
+        ({"inputs": [[1, 2, 3]], "record": True, "ids": [""]}, ["body", "ids", 0]),
+        ({"inputs": [[1, 2, 3]], "record": True, "ids": ["x" * 129]}, ["body", "ids", 0]),
+        ({"inputs": [[1, 2, 3]], "record": True, "ids": ["é"]}, ["body", "ids", 0]),
+        ({"inputs": [[1, 2, 3]], "record": True, "ids": [7]}, ["body", "ids", 0]),
+        ({"inputs": [[1, 2, 3]], "record": 1}, ["body", "record"]),
+    ],
+)
+def test_bad_recorded_predicts_are_422_and_record_nothing(client, body, loc):
+    create(client, "m", task="regression", input_dim=3, hidden=[])
+    assert_problem(client.post("/v1/models/m/predict", json=body), 422, loc)
+    assert client.get("/v1/models/m/versions/1").json()["served"]["predictions"] == 0
+
+
+def test_recording_needs_scope_ingest(client):
+    create(client, "m", task="regression", input_dim=3, hidden=[])
+    body = {"inputs": [[1, 2, 3]], "record": True}
+    assert_problem(client.post("/v1/models/m/predict", json=body, headers=key(client, "read")), 403)
+    plain = client.post("/v1/models/m/predict", json={"inputs": [[1, 2, 3]]}, headers=key(client, "read"))
+    assert plain.status_code == 200
+    r = client.post("/v1/models/m/predict", json=body, headers=key(client, "ingest"))
+    assert r.status_code == 200 and len(r.json()["prediction_ids"]) == 1
+
+
+# --------------------------------------------------------------------------- labels
+def test_labels_become_samples_of_the_log(client):
+    create(client, "m", task="binary", input_dim=4, hidden=[3])
+    X = data("binary", 6, 4)[0]
+    ids = record(client, X)["prediction_ids"]
+    a = label(client, [(ids[4], 1), (ids[1], 0), (ids[2], 1)])
+    assert a == {"accepted": 3, "duplicates": 0, "first_offset": 0, "last_offset": 2, "duplicate": False}
+    lines = f'{{"id": "{ids[0]}", "y": [0]}}\n\n{{"y": 1, "id": "{ids[5]}"}}\n'
+    b = client.post("/v1/models/m/labels", content=lines, headers=NDJSON)
+    assert b.status_code == 202, b.text
+    assert b.json()["first_offset"] == 3 and b.json()["accepted"] == 2
+    assert accepted(client) == 5
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+    with ctx.db.read() as s:
+        Xl, Yl = read_log(s, get_model(s, "m"), 0, 4)
+    np.testing.assert_array_equal(Xl, X[[4, 1, 2, 0, 5]])
+    np.testing.assert_array_equal(Yl, np.array([1, 0, 1, 0, 1], np.float32))
+
+
+def test_duplicates_conflicts_and_unknown_ids_change_nothing(client):
+    create(client, "m", task="multiclass", input_dim=3, output_dim=3, hidden=[])
+    ids = record(client, data("multiclass", 4, 3)[0], ids=["a", "b", "c", "d"])["prediction_ids"]
+    assert label(client, [("a", 2), ("b", 0)])["accepted"] == 2
+    again = label(client, [("a", 2.0), ("c", 1), ("c", 1)])
+    assert again == {"accepted": 1, "duplicates": 2, "first_offset": 2, "last_offset": 2, "duplicate": False}
+    nothing = label(client, [("a", 2)])
+    assert nothing == {"accepted": 0, "duplicates": 1, "first_offset": None, "last_offset": None, "duplicate": False}
+    before = accepted(client)
+    assert_problem(label(client, [("d", 0), ("a", 1)], expect=409), 409, ["body", "labels", 1, "y"])
+    assert_problem(label(client, [("d", 0), ("d", 1)], expect=409), 409, ["body", "labels", 1, "y"])
+    assert_problem(label(client, [("d", 0), ("zz", 1)], expect=422), 422, ["body", "labels", 1, "id"])
+    assert_problem(label(client, [("d", 3)], expect=422), 422, ["body", "labels", 0, "y"])
+    assert_problem(label(client, [("d", 1.5)], expect=422), 422, ["body", "labels", 0, "y"])
+    assert accepted(client) == before  # all or nothing: "d" was not taken
+    assert label(client, [("d", 0)])["accepted"] == 1
+    assert len(ids) == 4
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "loc"),
+    [
+        (b'{"labels": []}', 422, ["body", "labels"]),
+        (b'{"labels": [{"id": "a"}]}', 422, ["body", "labels", 0, "y"]),
+        (b'{"labels": [{"y": 1}]}', 422, ["body", "labels", 0, "id"]),
+        (b'{"labels": [{"id": "a", "y": 1, "x": [1]}]}', 422, ["body", "labels", 0, "x"]),
+        (b'{"labels": [5]}', 422, ["body", "labels", 0]),
+        (b'{"labels": [{"id": 5, "y": 1}]}', 422, ["body", "labels", 0, "id"]),
+        (b'{"labels": [{"id": "a", "y": true}]}', 422, ["body", "labels", 0, "y"]),
+        (b'{"labels": [], "more": 1}', 422, ["body", "more"]),
+        (b"[1]", 422, ["body"]),
+        (b'{"labels": [{"id": "a", "id": "b", "y": 1}]}', 400, None),
+        (b'{"labels": [', 400, None),
+    ],
+)
+def test_malformed_label_bodies_are_precise(client, content, status, loc):
+    create(client, "m", task="binary", input_dim=3, hidden=[])
+    record(client, np.zeros((1, 3), np.float32), ids=["a"])
+    r = client.post("/v1/models/m/labels", content=content, headers={"Content-Type": "application/json"})
+    assert_problem(r, status, loc)
+    assert accepted(client) == 0
+
+
+def test_labels_need_scope_ingest_and_a_known_model(client):
+    create(client, "m", task="binary", input_dim=3, hidden=[])
+    r = client.post("/v1/models/m/labels", json={"labels": [{"id": "a", "y": 1}]}, headers=key(client, "read"))
+    assert_problem(r, 403)
+    assert_problem(client.post("/v1/models/nope/labels", json={"labels": [{"id": "a", "y": 1}]}), 404)
+    r = client.post("/v1/models/m/labels", content=b"a", headers={"Content-Type": "text/plain"})
+    assert_problem(r, 415)
+
+
+def test_an_idempotency_key_repeats_the_first_answer(client):
+    create(client, "m", task="binary", input_dim=3, hidden=[])
+    record(client, np.zeros((2, 3), np.float32), ids=["a", "b"])
+    h = {"Idempotency-Key": "lbl-1"}
+    first = label(client, [("a", 1)], headers=h)
+    again = label(client, [("a", 1)], headers=h)
+    assert again == {**first, "duplicate": True}
+    assert_problem(label(client, [("b", 1)], expect=409, headers=h), 409, ["header", "Idempotency-Key"])
+    assert accepted(client) == 1
+
+
+# --------------------------------------------------------------------------- served metrics
+def test_served_metrics_score_the_outputs_that_were_served(client):
+    create(client, "m", task="binary", input_dim=4, hidden=[5])
+    X, Y = data("binary", 40, 4)
+    made = record(client, X[:25])
+    made2 = record(client, X[25:])
+    served = np.array(made["outputs"] + made2["outputs"])[:, 0]
+    ids = made["prediction_ids"] + made2["prediction_ids"]
+    chosen = list(range(0, 40, 3))
+    label(client, [(ids[i], int(Y[i])) for i in chosen])
+    v = client.get("/v1/models/m/versions/1").json()["served"]
+    want = bce(served[chosen], Y[chosen].astype(np.float64))
+    assert v["predictions"] == 40 and v["labelled"] == len(chosen)
+    assert v["loss"] == pytest.approx(want.mean(), rel=1e-6)
+    assert v["accuracy"] == ((served[chosen] >= 0.5).astype(int) == Y[chosen]).mean()
+    listed = client.get("/v1/models/m/versions").json()["items"]
+    assert listed[-1]["served"] == v
+
+
+def test_served_metrics_of_a_regression_have_no_accuracy(client):
+    create(client, "m", task="regression", input_dim=3, output_dim=2, hidden=[])
+    X = data("regression", 5, 3)[0]
+    made = record(client, X)
+    Y = np.arange(10, dtype=np.float64).reshape(5, 2) / 7
+    label(client, [(made["prediction_ids"][i], Y[i].tolist()) for i in range(5)])
+    v = client.get("/v1/models/m/versions/1").json()["served"]
+    out = np.array(made["outputs"])
+    assert v["loss"] == pytest.approx((0.5 * ((out - Y) ** 2).sum(axis=1)).mean(), rel=1e-6)
+    assert v["accuracy"] is None and v["labelled"] == 5
+
+
+# --------------------------------------------------------------------------- learning
+def test_labelled_samples_are_learned_exactly_like_updates(lc):
+    X, Y = data("binary", 60, 5)
+    lr = 0.05
+    create(lc, "m", task="binary", input_dim=5, optimizer={"kind": "sgd", "learning_rate": lr})
+    W0, b0 = weights(lc, "m", 1)
+    ids = record(lc, X)["prediction_ids"]
+    order = np.random.default_rng(3).permutation(60)
+    label(lc, [(ids[i], int(Y[i])) for i in order])
+    v = checkpoint(lc, "m")
+    assert v["applied_through"] == 59
+    Wr, br, _, _ = ref_linear(W0[0], b0[0], X[order], Y[order], "binary", lr)
+    Ws, bs = weights(lc, "m", v["version"])
+    close([Ws[0], bs[0]], [Wr, br])
+
+
+# --------------------------------------------------------------------------- expiry
+def test_expired_predictions_are_forgotten(make_settings):
+    with TestClient(create_app(make_settings(prediction_ttl_seconds=1)), headers=auth()) as c:
+        create(c, "m", task="binary", input_dim=3, hidden=[])
+        record(c, np.zeros((2, 3), np.float32), ids=["old", "labelled"])
+        label(c, [("labelled", 1)])
+        time.sleep(1.2)
+        record(c, np.ones((1, 3), np.float32), ids=["new"])
+        assert c.app.state.ctx.feedback.purge() == 1  # type: ignore[attr-defined]
+        assert_problem(label(c, [("old", 1)], expect=422), 422, ["body", "labels", 0, "id"])
+        assert label(c, [("new", 0)])["accepted"] == 1
+        assert accepted(c) == 2  # the labelled one lives on as a sample
+
+
+# --------------------------------------------------------------------------- helpers
+def _weights(c: TestClient) -> dict[str, np.ndarray]:
+    import safetensors.numpy as stnp
+
+    return dict(stnp.load(c.get("/v1/models/m/versions/1/weights").content))
+
+
+def _safetensors(t: dict[str, np.ndarray]) -> bytes:
+    import safetensors.numpy as stnp
+
+    return stnp.save({k: np.ascontiguousarray(v) for k, v in t.items()})
