@@ -281,3 +281,70 @@ def _safetensors(t: dict[str, np.ndarray]) -> bytes:
     import safetensors.numpy as stnp
 
     return stnp.save({k: np.ascontiguousarray(v) for k, v in t.items()})
+
+
+# --------------------------------------------------------------------------- crashes
+@pytest.mark.slow
+def test_sigkill_between_predict_and_label_loses_and_doubles_nothing(db_url, tmp_path):
+    """Recorded predictions answered before a SIGKILL are there after the restart; labels
+    sent while the server dies, then retried after it, become each one sample, once."""
+    import threading
+
+    from tests.online_helpers import Server, wait_until
+
+    data_dir = tmp_path / "data"
+    X = data("binary", 400, 4, seed=5)[0]
+    Y = (X[:, 0] > 0).astype(int)
+    srv = Server(db_url, data_dir, STEWARD_RUN_WORKER="false").start()
+    recorded: list[str] = []
+    labelled: dict[int, dict] = {}
+    try:
+        with srv.client() as c:
+            assert c.post("/v1/models", json={"name": "m", "task": "binary", "input_dim": 4}).status_code == 201
+            for k in range(0, 400, 20):  # answered = recorded
+                r = c.post("/v1/models/m/predict", json={"inputs": X[k : k + 20].tolist(), "record": True})
+                assert r.status_code == 200, r.text
+                recorded += r.json()["prediction_ids"]
+        stop = threading.Event()
+
+        def send_labels() -> None:
+            with srv.client(timeout=10) as c:
+                for k in range(0, 400, 10):
+                    if stop.is_set():
+                        return
+                    body = {"labels": [{"id": recorded[i], "y": int(Y[i])} for i in range(k, k + 10)]}
+                    try:
+                        r = c.post("/v1/models/m/labels", json=body, headers={"Idempotency-Key": f"l-{k}"})
+                    except Exception:
+                        return  # the server died under us
+                    if r.status_code == 202:
+                        labelled[k] = r.json()
+                    time.sleep(0.02)
+
+        t = threading.Thread(target=send_labels)
+        t.start()
+        wait_until(lambda: len(labelled) >= 10, 60, "10 acknowledged label requests")
+        srv.kill()
+        stop.set()
+        t.join(30)
+    finally:
+        srv.kill()
+    srv2 = Server(db_url, data_dir, STEWARD_RUN_WORKER="false").start()
+    try:
+        with srv2.client() as c:
+            assert c.get("/v1/models/m").json()["online"]["accepted"] >= 10 * len(labelled)
+            for k in range(0, 400, 10):  # the client retries everything, as it cannot know
+                body = {"labels": [{"id": recorded[i], "y": int(Y[i])} for i in range(k, k + 10)]}
+                r = c.post("/v1/models/m/labels", json=body, headers={"Idempotency-Key": f"l-{k}"})
+                assert r.status_code == 202, r.text
+                if k in labelled:
+                    assert r.json() == {**labelled[k], "duplicate": True}
+            # without the keys, every label is now a duplicate: nothing is added twice
+            body = {"labels": [{"id": recorded[i], "y": int(Y[i])} for i in range(400)]}
+            again = c.post("/v1/models/m/labels", json=body).json()
+            assert again["accepted"] == 0 and again["duplicates"] == 400
+            assert c.get("/v1/models/m").json()["online"]["accepted"] == 400
+            served = c.get("/v1/models/m/versions/1").json()["served"]
+            assert served["predictions"] == 400 and served["labelled"] == 400
+    finally:
+        srv2.stop()
