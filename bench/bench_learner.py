@@ -248,6 +248,74 @@ def runtime_section(rounds: int, n_logistic: int, n_mlp: int) -> None:
         print("  " + v)
 
 
+def shadow_section(rounds: int, n: int) -> None:
+    """The learner runtime of an MLP 32-64-1 with 0, 1 and 3 shadows (each scores both the
+    candidate and the version it is compared with on every sample), beside the cost of the
+    forward passes the shadows add, measured alone on the same stream in the same batches."""
+    import tempfile
+    from pathlib import Path
+
+    from app.context import AppContext
+    from app.core.migrations import upgrade
+    from app.core.settings import Settings
+    from app.online.learner import LearnerRuntime
+    from app.registry.schemas import ModelCreate
+
+    print(f"\nShadows: the learner runtime (MLP 32-64-1, {n:,} samples) with 0, 1 and 3 shadows; {rounds} rounds\n")
+    hdr = f"{'shadows':>8s} {'steps/s':>10s} {'time ÷ 0 shadows':>17s} {'bound: 1 + forwards ÷ learning':>31s}"
+    print(hdr)
+    print("-" * len(hdr))
+    X, y = make_stream(n, seed=7)
+    with tempfile.TemporaryDirectory(prefix="steward-bench-shadows-") as tmp:
+        settings = Settings(data_dir=Path(tmp), run_worker=False, run_learner=False)
+        upgrade(settings.url)
+        ctx = AppContext.build(settings)
+        try:
+            times: dict[int, list[float]] = {0: [], 1: [], 3: []}
+            fwd: list[float] = []
+            for r in range(rounds):
+                for k in (0, 1, 3):
+                    name = f"shadow-{k}-{r}"
+                    ctx.models.create(
+                        ModelCreate(name=name, task="binary", input_dim=D, hidden=[64], guard={"enabled": False})
+                    )
+                    if k:  # k candidates: version 1's parameters imported again as versions 2 …
+                        blob = b"".join(ctx.models.download(name, 1)[2])
+                        for _ in range(k):
+                            v = ctx.migration.import_version(name, blob, onnx_file=False).version
+                            ctx.feedback.put_shadow(name, v, "latest")
+                    t = ctx.online.target(name)
+                    for lo in range(0, n, 1000):
+                        ctx.online.append(t, X[lo : lo + 1000], y[lo : lo + 1000])
+                    rt = LearnerRuntime(ctx.db, ctx.settings, ctx.blobs, ctx.versions, ctx.metrics, owner=name)
+                    rt._claim()
+                    t0 = time.perf_counter()
+                    while True:  # until the whole log is applied (and shadowed)
+                        rt.run_once()
+                        h = next((x for x in rt.held.values() if x.name == name), None)
+                        if h is not None and h.applied_through == n - 1:
+                            break
+                    times[k].append(time.perf_counter() - t0)
+                    assert len(h.shadows) == k and all(sh.sums["n"] == n for sh in h.shadows.values())
+                    if k == 1:
+                        net = next(iter(h.shadows.values())).net
+                        t0 = time.perf_counter()
+                        for lo in range(0, n, 1000):
+                            net.forward(X[lo : lo + 1000])
+                        fwd.append(2 * (time.perf_counter() - t0))  # candidate and compared version
+                    rt.stop()
+                    ctx.models.delete(name)
+        finally:
+            ctx.close()
+    base = statistics.median(times[0])
+    f = statistics.median(fwd)
+    for k in (0, 1, 3):
+        tk = statistics.median(times[k])
+        bound = 1 + k * f / base
+        verdict = "" if k == 0 else ("within" if tk / base <= bound * 1.1 else "OVER")
+        print(f"{k:>8d} {n / tk:>10,.0f} {tk / base:>17.2f} {bound:>31.2f}  {verdict}")
+
+
 # --------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -255,17 +323,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200_000, help="samples per run for the fast contestants")
     ap.add_argument("--acc-samples", type=int, default=10_000)
     ap.add_argument("--quick", action="store_true", help="fewer rounds, shorter streams")
-    ap.add_argument("--only", choices=["engine", "runtime"], help="run one of the two sections")
+    ap.add_argument("--only", choices=["engine", "runtime", "shadows"], help="run one of the sections")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     if args.quick:
         args.rounds = min(args.rounds, 3)
         args.n = min(args.n, 100_000)
-    if args.only != "runtime":
+    if args.only in (None, "engine"):
         engine_section(args)
-    if args.only != "engine":
-        big = 1 if args.quick else 2
+    big = 1 if args.quick else 2
+    if args.only in (None, "runtime"):
         runtime_section(args.rounds, n_logistic=big * 1_000_000, n_mlp=big * 250_000)
+    if args.only in (None, "shadows"):
+        shadow_section(args.rounds, n=big * 100_000)
 
 
 def engine_section(args: argparse.Namespace) -> None:

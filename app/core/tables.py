@@ -203,6 +203,26 @@ class ServedMetrics(Base):
     correct: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
+class Shadow(Base):
+    """A candidate version scoring the samples appended to its model's log from
+    ``since_offset`` on, beside ``against_version``: both score exactly the same samples
+    (offsets ``since_offset .. through``), without learning; the sums are the learner's."""
+
+    __tablename__ = "shadows"
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    against_version: Mapped[int]
+    since_offset: Mapped[int] = mapped_column(sa.BigInteger)
+    through: Mapped[int] = mapped_column(sa.BigInteger)
+    n: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    loss_sum: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    correct: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    against_loss_sum: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    against_correct: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Learner(Base):
     """Who holds a model's online learner (lease), what it has published, and its mailbox.
 

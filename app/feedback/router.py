@@ -1,4 +1,5 @@
-"""``POST /v1/models/{name}/labels``: delayed labels for recorded predictions."""
+"""``POST /v1/models/{name}/labels`` (delayed labels for recorded predictions) and
+``/v1/models/{name}/shadows`` (candidates scored on live traffic)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from app.core.body import read_body
 from app.core.errors import BadRequest, UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.schemas import problem_responses
-from app.deps import ModelIngest, ModelNamePath
-from app.feedback.schemas import LABELS_BODY, LabelsOut
+from app.deps import ModelIngest, ModelMaintain, ModelNamePath, ModelRead, VersionPath
+from app.feedback.schemas import LABELS_BODY, LabelsOut, ShadowIn, ShadowList, ShadowOut
 from app.feedback.service import NDJSON_TYPES
 
 router = APIRouter(route_class=JSONRoute, tags=["online"])
@@ -64,3 +65,50 @@ async def labels(
         raise BadRequest('empty body: send {"labels": [...]} or NDJSON')
     answer = await run_in_threadpool(ctx.feedback.label_body, name, ctype, body, idempotency_key)
     return Response(LabelsOut(**answer).model_dump_json(), status_code=202, media_type="application/json")
+
+
+@router.put(
+    "/models/{name}/shadows/{version}",
+    status_code=201,
+    response_model=ShadowOut,
+    summary="Shadow-score a version on live traffic",
+    description=(
+        "Version `version` scores every sample appended to the log from now on, without learning "
+        "from it, and the version it is compared with (`against`: an alias or `latest`; default "
+        "`production` if set, else `latest`, resolved now) scores the same samples. 201 when started, "
+        "200 when an existing shadow of the version was restarted. A quantized or pruned candidate "
+        "scores with its own stored parameters."
+    ),
+    responses={200: {"description": "Restarted", "model": ShadowOut}, **problem_responses(401, 403, 404, 422)},
+    operation_id="put_shadow",
+)
+def put_shadow(
+    request: Request, name: ModelNamePath, version: VersionPath, _: ModelMaintain, body: ShadowIn | None = None
+) -> Response:
+    out, created = request.app.state.ctx.feedback.put_shadow(name, version, body.against if body else None)
+    return Response(out.model_dump_json(), status_code=201 if created else 200, media_type="application/json")
+
+
+@router.get(
+    "/models/{name}/shadows",
+    response_model=ShadowList,
+    summary="Shadows and how they compare",
+    description="Each shadow's loss (and accuracy) beside those of the version it is compared with, "
+    "both over exactly the same `n` samples.",
+    responses=problem_responses(401, 403, 404, 422),
+    operation_id="list_shadows",
+)
+def list_shadows(request: Request, name: ModelNamePath, _: ModelRead) -> ShadowList:
+    return ShadowList(items=request.app.state.ctx.feedback.shadows(name))
+
+
+@router.delete(
+    "/models/{name}/shadows/{version}",
+    status_code=204,
+    summary="Stop a shadow",
+    responses=problem_responses(401, 403, 404, 422),
+    operation_id="delete_shadow",
+)
+def delete_shadow(request: Request, name: ModelNamePath, version: VersionPath, _: ModelMaintain) -> Response:
+    request.app.state.ctx.feedback.delete_shadow(name, version)
+    return Response(status_code=204)

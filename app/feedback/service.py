@@ -21,6 +21,13 @@ label of :func:`~app.engine.nn.network.labels`, summed per serving version into 
 ``served`` metrics. All or nothing, durable before the 202; an ``Idempotency-Key`` works
 as on ``/update``.
 
+**Shadows.** ``PUT /models/{name}/shadows/{v}`` starts version ``v`` scoring every sample
+appended to the log from then on (``since_offset``, the model's ``next_offset`` at the
+time), beside the version it is compared with (resolved then); the learner scores both
+on exactly the same samples as it reads the log (inference only, one batch per slice)
+and publishes the sums with its progress, in the same transaction, so a replay after a
+crash scores nothing twice (:mod:`app.online.learner`).
+
 **Expiry.** Recorded predictions live ``STEWARD_PREDICTION_TTL_SECONDS``;
 :meth:`FeedbackService.purge` removes expired ones a bounded number of requests per
 transaction, so it never holds the write lock for long (the job worker calls it).
@@ -39,19 +46,20 @@ import orjson
 import sqlalchemy as sa
 
 from app.core.db import Database
-from app.core.errors import BadRequest, Conflict, Invalid
+from app.core.errors import BadRequest, Conflict, Invalid, NotFound
 from app.core.jsonbody import loads
 from app.core.metrics import Metrics
 from app.core.settings import Settings
-from app.core.tables import Model, utcnow
+from app.core.tables import Model, Shadow, utcnow
 from app.engine.nn.network import labels as class_labels
 from app.engine.nn.network import per_sample_loss
 from app.feedback.repository import PredictionRepository
+from app.feedback.schemas import ShadowOut
 from app.online.log import pack_rows
-from app.online.repository import IdempotencyRepository, SampleRepository
+from app.online.repository import IdempotencyRepository, LearnerRepository, SampleRepository, ShadowRepository
 from app.online.samples import SampleSpec, pack_labels
 from app.registry.models import get_model, read_model
-from app.registry.repository import ServedRepository
+from app.registry.repository import AliasRepository, ServedRepository, VersionRepository
 
 LABELS: list[str | int] = ["body", "labels"]
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
@@ -289,3 +297,69 @@ class FeedbackService:
             gone += len(ids)
             if len(ids) < PURGE_BATCH:
                 return gone
+
+    # ------------------------------------------------------------------ shadows
+    def put_shadow(self, name: str, version: int, against: str | None) -> tuple[ShadowOut, bool]:
+        """Start (or restart) version ``version`` scoring every sample appended from now on,
+        beside ``against`` (an alias or ``latest``; default ``production`` if set, else
+        ``latest``) resolved now; the learner is told through its mailbox. (out, created)"""
+        with self.db.write() as s:
+            m = get_model(s, name, for_update=True)
+            if VersionRepository(s).get(m.id, version) is None:
+                raise NotFound(f"model {name!r} has no version {version}")
+            against_v = self._resolve(s, m, against)
+            row, created = ShadowRepository(s).put(m.id, version, against_v, m.next_offset)
+            self._tell_learner(s, m.id)
+            return shadow_out(m, row), created
+
+    def shadows(self, name: str) -> list[ShadowOut]:
+        with self.db.read() as s:
+            m = get_model(s, name)
+            return [shadow_out(m, r) for r in ShadowRepository(s).of(m.id)]
+
+    def delete_shadow(self, name: str, version: int) -> None:
+        with self.db.write() as s:
+            m = get_model(s, name, for_update=True)
+            repo = ShadowRepository(s)
+            row = repo.get(m.id, version)
+            if row is None:
+                raise NotFound(f"model {name!r} has no shadow of version {version}")
+            repo.delete(row)
+            self._tell_learner(s, m.id)
+
+    @staticmethod
+    def _resolve(s: Any, m: Model, against: str | None) -> int:
+        if against is None:
+            a = AliasRepository(s).get(m.id, "production")
+            return a.version if a is not None else VersionRepository(s).latest_number(m.id)
+        if against == "latest":
+            return VersionRepository(s).latest_number(m.id)
+        a = AliasRepository(s).get(m.id, against)
+        if a is None:
+            raise Invalid.at(["body", "against"], f"model {m.name!r} has no alias {against!r}")
+        return a.version
+
+    @staticmethod
+    def _tell_learner(s: Any, model_id: int) -> None:
+        row = LearnerRepository(s).get(model_id, for_update=True)
+        if row is not None:
+            row.mailbox = {**(row.mailbox or {}), "shadows": uuid.uuid4().hex}
+
+
+def shadow_out(m: Model, r: Shadow) -> ShadowOut:
+    """A shadow's answer: the means of what the learner summed over the same samples."""
+    n = r.n
+    classify = m.task != "regression"
+    return ShadowOut(
+        model=m.name,
+        version=r.version,
+        against_version=r.against_version,
+        since_offset=r.since_offset,
+        through=r.through if r.through >= r.since_offset else None,
+        n=n,
+        loss=r.loss_sum / n if n else None,
+        accuracy=r.correct / n if n and classify else None,
+        against_loss=r.against_loss_sum / n if n else None,
+        against_accuracy=r.against_correct / n if n and classify else None,
+        created_at=r.created_at,
+    )

@@ -102,11 +102,11 @@ from app.core.metrics import Metrics
 from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
 from app.engine.drift import DriftMonitor
-from app.engine.nn.network import Network
+from app.engine.nn.network import Network, labels, per_sample_loss
 from app.engine.nn.online import LearnerConfig, OnlineLearner
 from app.engine.nn.optim import OptimizerConfig
 from app.online.log import LogRows, read_rows, take
-from app.online.repository import LearnerRepository
+from app.online.repository import LearnerRepository, ShadowRepository
 from app.online.samples import SampleSpec
 from app.registry.repository import ModelRepository, VersionRepository
 from app.registry.versions import VersionService
@@ -146,6 +146,9 @@ class Held:
     version_at: float = field(default_factory=time.monotonic)
     #: the last ``drift_reset`` request of the mailbox this learner carried out
     drift_reset: str | None = None
+    #: the shadows scored beside learning (by candidate version), as of ``shadows_rev``
+    shadows: dict[int, ShadowRun] = field(default_factory=dict)
+    shadows_rev: str | None = None
 
     @property
     def every(self) -> int:
@@ -173,6 +176,21 @@ class Parked:
 
 
 @dataclass
+class ShadowRun:
+    """A shadow as the learner scores it: the candidate's and the compared version's
+    networks, and the sums over the offsets ``since .. through`` scored so far."""
+
+    version: int
+    against: int
+    since: int
+    through: int
+    net: Network
+    against_net: Network
+    sums: dict[str, Any]
+    dirty: bool = False
+
+
+@dataclass
 class Control:
     """What the database says about a held model, read once per loop turn."""
 
@@ -185,6 +203,7 @@ class Control:
     resume: dict[str, Any] | None
     published: int = -1  # learners.applied_through
     drift_reset: str | None = None  # the mailbox's last drift reset request
+    shadows_rev: str | None = None  # changes whenever a shadow is put or deleted
 
     def has_work(self, applied_through: int) -> bool:
         """Samples to apply after ``applied_through``, or a request to answer."""
@@ -219,6 +238,9 @@ def new_learner(m: Model, net: Network, window: int, *, masked: bool) -> OnlineL
     learner.drift = DriftMonitor(m.input_dim)
     return learner
 
+
+#: The sums a shadow row keeps (``shadows`` columns).
+SHADOW_SUMS = ("n", "loss_sum", "correct", "against_loss_sum", "against_correct")
 
 #: Transitions of the drift status kept in the published drift block (the newest).
 DRIFT_TRANSITIONS = 50
@@ -494,6 +516,7 @@ class LearnerRuntime:
                 resume=md.get("resume"),
                 published=int(published),
                 drift_reset=md.get("drift_reset"),
+                shadows_rev=md.get("shadows"),
             )
         return out
 
@@ -602,6 +625,9 @@ class LearnerRuntime:
             h.learner.drift = DriftMonitor(h.model.input_dim)  # POST /drift/reset
             h.drift_reset = ctl.drift_reset
             h.dirty = True
+        if ctl.shadows_rev != h.shadows_rev:  # a shadow was put or deleted
+            self._load_shadows(h)
+            h.shadows_rev = ctl.shadows_rev
         resume = ctl.resume if ctl.status == "active" else None
         if resume is not None:
             p = resume.get("offset")
@@ -630,6 +656,8 @@ class LearnerRuntime:
             res = h.learner.learn_many(X, Y, first_offset=h.applied_through + 1)
             dt = time.perf_counter() - t0
             n = res.applied
+            if n and h.shadows:
+                self._score_shadows(h, X[:n], Y[:n], h.applied_through + 1)
             if n:
                 h.applied_through += n
                 h.since_version += n
@@ -659,6 +687,52 @@ class LearnerRuntime:
         if self.held.get(mid) is h:
             self._publish(h, force=h.lag == 0)
         return applied
+
+    # ------------------------------------------------------------------ shadows
+    def _load_shadows(self, h: Held) -> None:
+        """The model's shadows from the database (their networks from the version cache or
+        their blobs: a quantized or pruned candidate scores with its own stored parameters)."""
+        with self.db.read() as s:
+            rows = ShadowRepository(s).of(h.model_id)
+            m = ModelRepository(s).get(h.model_id)
+            nums = {n for r in rows for n in (r.version, r.against_version)}
+            versions = {n: VersionRepository(s).get(h.model_id, n) for n in nums}
+        runs: dict[int, ShadowRun] = {}
+        for r in rows:
+            v, a = versions.get(r.version), versions.get(r.against_version)
+            if m is None or v is None or a is None:
+                continue  # a version deleted with its model: nothing to score
+            old = h.shadows.get(r.version)
+            if old is not None and old.since == r.since_offset and old.against == r.against_version:
+                runs[r.version] = old  # unchanged: keep what is scored since the last publish
+                continue
+            sums = {k: getattr(r, k) for k in SHADOW_SUMS}
+            runs[r.version] = ShadowRun(
+                r.version, r.against_version, r.since_offset, r.through,
+                self.versions.load(m, v), self.versions.load(m, a), sums,
+            )  # fmt: skip
+        h.shadows = runs
+
+    def _score_shadows(self, h: Held, X: np.ndarray, Y: np.ndarray, first: int) -> None:
+        """Score the applied samples ``first …`` that each shadow has not scored yet, with the
+        candidate and the compared version alike (inference only, one batch each)."""
+        task = h.model.task
+        for sh in h.shadows.values():
+            lo = max(sh.since, sh.through + 1) - first
+            if lo >= len(X):
+                continue
+            lo = max(lo, 0)
+            Xs, Ys = X[lo:], Y[lo:]
+            for side, net in (("", sh.net), ("against_", sh.against_net)):
+                out = net.forward(Xs)
+                sh.sums[f"{side}loss_sum"] += float(per_sample_loss(task, out, Ys).sum())
+                lab = labels(task, out)
+                if lab is not None:
+                    sh.sums[f"{side}correct"] += int((lab == np.asarray(Ys).reshape(-1)).sum())
+            sh.sums["n"] += len(Xs)
+            sh.through = first + len(X) - 1
+            sh.dirty = True
+        h.dirty = True
 
     @staticmethod
     def _cadence(h: Held) -> str:
@@ -692,6 +766,11 @@ class LearnerRuntime:
         with self.db.write() as s:
             if not LearnerRepository(s).publish(h.model_id, self.owner, h.applied_through, pre, drift_block(h.learner)):
                 raise LearnerLeaseLost(h.name)
+            shadows = ShadowRepository(s)
+            for sh in h.shadows.values():  # in the same transaction as applied_through
+                if sh.dirty:
+                    shadows.save(h.model_id, sh.version, sh.since, {**sh.sums, "through": sh.through})
+                    sh.dirty = False
         h.published = h.applied_through
         h.last_publish = now
         h.dirty = False

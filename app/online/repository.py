@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.core.tables import IdempotencyKey, Learner, Model, SampleBatch, Version, table, utcnow
+from app.core.tables import IdempotencyKey, Learner, Model, SampleBatch, Shadow, Version, table, utcnow
 
 
 # --------------------------------------------------------------------------- online learning
@@ -300,4 +300,43 @@ class LearnerRepository:
         t = table(Learner)
         self.s.execute(
             sa.update(t).where(t.c.model_id == model_id, t.c.owner == owner).values(owner=None, lease_expires_at=None)
+        )
+
+
+class ShadowRepository:
+    """``shadows`` rows: candidates scoring the log beside the version they are compared
+    with (the API puts and deletes them; the learner adds to their sums)."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def of(self, model_id: int) -> list[Shadow]:
+        return list(self.s.scalars(sa.select(Shadow).where(Shadow.model_id == model_id).order_by(Shadow.version)))
+
+    def get(self, model_id: int, version: int) -> Shadow | None:
+        return self.s.get(Shadow, (model_id, version))
+
+    def put(self, model_id: int, version: int, against: int, since: int) -> tuple[Shadow, bool]:
+        """Start (or restart, from ``since``) the shadow of ``version``; (row, created)."""
+        row = self.get(model_id, version)
+        created = row is None
+        if row is None:
+            row = Shadow(model_id=model_id, version=version)
+            self.s.add(row)
+        row.against_version, row.since_offset, row.through = against, since, since - 1
+        row.n, row.loss_sum, row.correct, row.against_loss_sum, row.against_correct = 0, 0.0, 0, 0.0, 0
+        row.created_at = utcnow()
+        self.s.flush()
+        return row, created
+
+    def delete(self, row: Shadow) -> None:
+        self.s.delete(row)
+        self.s.flush()
+
+    def save(self, model_id: int, version: int, since: int, sums: dict[str, Any]) -> None:
+        """The learner's sums of a shadow (only if it was not restarted since: ``since``)."""
+        self.s.execute(
+            sa.update(Shadow)
+            .where(Shadow.model_id == model_id, Shadow.version == version, Shadow.since_offset == since)
+            .values(**sums)
         )
