@@ -78,7 +78,7 @@ def check_id(v: Any, loc: list[str | int]) -> str:
     """A prediction id: a string of 1–128 printable ASCII characters."""
     if not isinstance(v, str):
         raise Invalid.at(loc, "expected a string id")
-    if not 1 <= len(v) <= 128 or not all(" " <= c <= "~" for c in v):
+    if not 1 <= len(v) <= 128 or not (v.isascii() and v.isprintable()):
         raise Invalid.at(loc, "expected 1–128 printable ASCII characters")
     return v
 
