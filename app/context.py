@@ -74,7 +74,7 @@ class AppContext:
             metrics=metrics,
             versions=versions,
             models=models,
-            predict=PredictService(db, versions, caches, recorder=feedback),
+            predict=PredictService(db, versions, caches, recorder=feedback, committer=online),
             keys=KeyService(db, settings.admin_key, caches),
             jobs=jobs,
             online=online,

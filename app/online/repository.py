@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -29,6 +30,17 @@ class _AppendSQL:
         self.insert = f"INSERT INTO sample_batches ({cols}) VALUES ({', '.join([q] * 6)})"
         stamp = table(SampleBatch).c.created_at.type.bind_processor(dialect)
         self.stamp: Any = stamp if stamp is not None else (lambda v: v)
+        # recorded predictions carried by the same group commit (app.feedback)
+        self.record_batch = (
+            "INSERT INTO prediction_batches (model_id, version, count, x, outputs, created_at) "
+            f"VALUES ({', '.join([q] * 6)}) RETURNING id"
+        )
+        self.record_ids = f"INSERT INTO predictions (model_id, pid, batch_id, position) VALUES ({q}, {q}, {q}, {q})"
+        self.served = (
+            "INSERT INTO served_metrics (model_id, version, predictions, labelled, loss_sum, correct) "
+            f"VALUES ({q}, {q}, {q}, 0, 0.0, 0) ON CONFLICT (model_id, version) "
+            "DO UPDATE SET predictions = served_metrics.predictions + excluded.predictions"
+        )
 
     def lock(self, n: int) -> str:
         return (
@@ -123,6 +135,25 @@ class SampleRepository:
                 (r["model_id"], r["first_offset"], r["count"], r["x"], r["y"], stamp(r["created_at"])) for r in rows
             ]
             raw_execute(cur, sql.insert, values, many=True)
+        finally:
+            cur.close()
+
+    def add_records(self, records: Sequence[tuple[int, int, np.ndarray, np.ndarray, Sequence[str]]]) -> None:
+        """Store recorded predictions ``(model_id, version, X, outputs, ids)`` (as
+        :class:`app.feedback.repository.PredictionRepository.add` does) and count them in
+        their version's served metrics."""
+        if not records:
+            return
+        cur, sql = self._cursor()
+        try:
+            now = sql.stamp(utcnow())
+            for mid, version, X, out, pids in records:
+                x = np.ascontiguousarray(X, dtype=np.float32).tobytes()
+                o = np.ascontiguousarray(out, dtype=np.float32).tobytes()
+                raw_execute(cur, sql.record_batch, (mid, version, len(X), x, o, now))
+                batch_id = int(cur.fetchone()[0])
+                raw_execute(cur, sql.record_ids, [(mid, p, batch_id, k) for k, p in enumerate(pids)], many=True)
+                raw_execute(cur, sql.served, (mid, version, len(X)))
         finally:
             cur.close()
 

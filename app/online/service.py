@@ -144,6 +144,9 @@ class _Append:
     done: bool = False
     answer: dict[str, Any] | None = None
     error: BaseException | None = None
+    #: a recorded predict instead of samples: (serving version, prediction ids); X holds
+    #: its inputs and Y its outputs
+    record: tuple[int, list[str]] | None = None
     #: what the waiter waits on: a thread an event, a request on the event loop a future
     finished: threading.Event | None = None
     future: asyncio.Future[None] | None = None
@@ -322,6 +325,31 @@ class OnlineService:
                 self._committer.start()
         return append
 
+    def submit_record(
+        self,
+        t: Target,
+        version: int,
+        X: np.ndarray,
+        outputs: np.ndarray,
+        ids: list[str],
+        *,
+        loop: asyncio.AbstractEventLoop,
+    ) -> _Append:
+        """Queue a recorded predict (generated ``ids``, which never collide) for the group
+        commit, as :meth:`submit` queues samples; await :meth:`wait_committed`."""
+        append = _Append(t, X, outputs, None, "", record=(version, ids))
+        append.future = loop.create_future()
+        with self._joined:
+            if self._stopping:
+                raise Unavailable("the service is shutting down")
+            self._queue.append(append)
+            if len(self._queue) >= self._wake_at:
+                self._joined.notify_all()
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_loop, name="steward-commit", daemon=True)
+                self._committer.start()
+        return append
+
     def abandon(self, append: _Append) -> None:
         """Drop a submitted append that the committer has not taken yet (its request is gone)."""
         with self._joined:
@@ -351,7 +379,7 @@ class OnlineService:
             raise append.error
         answer = append.answer
         assert answer is not None
-        if not answer["duplicate"]:
+        if append.record is None and not answer["duplicate"]:
             self.metrics.accept_samples(t.name, len(X))
         return answer
 
@@ -442,6 +470,7 @@ class OnlineService:
         fresh_after = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
         models = samples.lock_models(sorted({j.t.model_id for j in batch}))
         nexts: dict[int, int] = {}
+        records: list[tuple[int, int, np.ndarray, np.ndarray, list[str]]] = []
         arrays: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}  # what each model gets, in order
         seen: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
         key_rows: list[dict[str, Any]] = []
@@ -455,6 +484,10 @@ class OnlineService:
             if got[:3] != (t.spec.task, t.spec.input_dim, t.spec.output_dim):
                 msg = f"model {t.name!r} was re-created with another shape during the request; retry it"
                 out.append((append, None, SpecChanged(msg)))
+                continue
+            if append.record is not None:  # a recorded predict: no offsets, no key
+                records.append((mid, append.record[0], append.X, append.Y, append.record[1]))
+                out.append((append, {"recorded": len(append.X)}, None))
                 continue
             if append.key is not None:
                 prior = seen.get((mid, append.key))
@@ -488,6 +521,7 @@ class OnlineService:
         for mid, nxt in nexts.items():
             samples.set_next_offset(mid, nxt)
         samples.add_rows(sample_rows)
+        samples.add_records(records)
         keys.add_many(key_rows)
         return out
 

@@ -18,6 +18,7 @@ in the others).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +36,9 @@ from app.core.schemas import NAME_PATTERN
 from app.core.tables import Model, Version
 from app.engine.nn import network
 from app.engine.nn.evaluation import evaluate
-from app.feedback.service import FeedbackService
+from app.feedback.service import FeedbackService, prediction_ids
 from app.online.samples import SampleSpec, check_matrix, parse_samples, plain_matrix
+from app.online.service import OnlineService, Target
 from app.predict.schemas import EvaluateOut, PredictIn
 from app.registry.models import get_model
 from app.registry.versions import MAX_VERSION, VersionService
@@ -45,7 +47,7 @@ _ALIAS = re.compile(NAME_PATTERN)
 #: Forward passes up to this many multiply-adds (rows × parameters, ≈ 1 ms) run on the
 #: event loop; larger ones in the thread pool, so one big batch does not hold up others.
 INLINE_WORK = 1 << 23
-_KEYS = ("inputs", "version", "alias")
+_KEYS = ("inputs", "version", "alias", "record")
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -70,17 +72,21 @@ def check_ids(ids: list[str], n: int, record: bool) -> None:
         seen.add(pid)
 
 
-def plain_request(body: bytes, doc: Any) -> tuple[Any, int | None, str | None] | None:
-    """``(inputs, version, alias)`` of a predict body that orjson parsed into ``doc``, when
-    the bytes are plain enough to trust that reading; None otherwise (the strict path).
+def plain_request(body: bytes, doc: Any) -> tuple[Any, int | None, str | None, bool] | None:
+    """``(inputs, version, alias, record)`` of a predict body that orjson parsed into
+    ``doc``, when the bytes are plain enough to trust that reading; None otherwise (the
+    strict path).
 
-    Plain: an object with ``inputs`` and at most one of a valid ``version`` (an integer in
-    range) or ``alias`` (a name), and no other key; no backslash; exactly the ``"``, ``t``
-    and ``f`` characters those keys and the alias account for. Then no string, boolean or
-    repeated key (orjson keeps the last silently; the strict reading refuses it) can hide
-    in the inputs: what remains there is numbers, ``null`` and brackets, which
-    :func:`~app.online.samples.plain_matrix` checks."""
+    Plain: an object with ``inputs``, at most one of a valid ``version`` (an integer in
+    range) or ``alias`` (a name), optionally ``record`` (a boolean), and no other key; no
+    backslash; exactly the ``"``, ``t`` and ``f`` characters those keys, the alias and the
+    boolean account for. Then no string, boolean or repeated key (orjson keeps the last
+    silently; the strict reading refuses it) can hide in the inputs: what remains there is
+    numbers, ``null`` and brackets, which :func:`~app.online.samples.plain_matrix` checks."""
     if type(doc) is not dict or "inputs" not in doc or not set(doc) <= set(_KEYS):
+        return None
+    record = doc.get("record", False)
+    if type(record) is not bool:
         return None
     version, alias = doc.get("version"), doc.get("alias")
     if version is not None and alias is not None:
@@ -89,7 +95,7 @@ def plain_request(body: bytes, doc: Any) -> tuple[Any, int | None, str | None] |
         return None
     if alias is not None and (type(alias) is not str or _ALIAS.fullmatch(alias) is None):
         return None
-    text = "".join(doc) + (alias or "")
+    text = "".join(doc) + (alias or "") + (str(record).lower() if "record" in doc else "")
     quotes = 2 * len(doc) + (2 if alias is not None else 0)
     if (
         b"\\" in body
@@ -98,7 +104,7 @@ def plain_request(body: bytes, doc: Any) -> tuple[Any, int | None, str | None] |
         or body.count(b"f") != text.count("f")
     ):
         return None
-    return doc["inputs"], version, alias
+    return doc["inputs"], version, alias, record
 
 
 class PredictService:
@@ -111,9 +117,12 @@ class PredictService:
         versions: VersionService,
         caches: Caches | None = None,
         recorder: FeedbackService | None = None,
+        committer: OnlineService | None = None,
     ) -> None:
         self.db = db
         self.recorder = recorder
+        #: the sample log's group commit, which also carries recorded predicts
+        self.committer = committer
         self.versions = versions
         self._caches = caches
         self._targets: ReadCache[tuple[str, int | None, str | None], Served] | None = (
@@ -154,12 +163,17 @@ class PredictService:
         except orjson.JSONDecodeError:
             doc = None
         req = plain_request(body, doc)
+        if req is not None and req[3] and not (may_record and self.committer is not None):
+            req = None  # a recorded predict the caller may not make: the strict path says 403
         if req is not None:
-            inputs, version, alias = req
+            inputs, version, alias, record = req
             hit = self._targets.get((name, version, alias)) if self._targets is not None else None
             served = hit or await run_in_threadpool(self._resolve_known, name, version, alias)
             if served is not None:
                 X = plain_matrix(inputs, served.model.input_dim)
+                if X is not None and record:
+                    del doc, inputs
+                    return await self._record_fast(served, X)
                 if X is not None:
                     del doc, inputs
                     net = self.versions.cache.get(served.version.blob_sha256)
@@ -168,6 +182,34 @@ class PredictService:
                     return await run_in_threadpool(self.answer, served, X)  # big, or read from its blob
         del doc, req
         return await run_in_threadpool(self.predict_strict, name, body, may_record)
+
+    async def _record_fast(self, served: Served, X: np.ndarray) -> bytes:
+        """A recorded predict with generated ids (which never collide, so no earlier answer
+        can exist): the forward pass, then the recording carried by the sample log's group
+        commit (one fsync for concurrent requests) before the answer."""
+        assert self.committer is not None
+        m, v = served.model, served.version
+        net = self.versions.cache.get(v.blob_sha256)
+        if net is not None and X.shape[0] * net.n_params <= INLINE_WORK:
+            out = net.forward(X)
+        else:
+            out = await run_in_threadpool(lambda: self.versions.load(m, v).forward(X))
+        ids = prediction_ids(len(X))
+        t = Target(m.id, m.name, SampleSpec.of(m))
+        append = self.committer.submit_record(t, v.version, X, out, ids, loop=asyncio.get_running_loop())
+        try:
+            await self.committer.wait_committed(append)
+        finally:
+            if not append.done:
+                self.committer.abandon(append)
+        return self._json(m, v.version, out, ids)
+
+    def _json(self, m: Model, version: int, out: np.ndarray, ids: list[str] | None) -> bytes:
+        doc: dict[str, Any] = {"model": m.name, "version": version, "outputs": out.astype(np.float64)}
+        doc["labels"] = network.labels(m.task, out)
+        if ids is not None:
+            doc["prediction_ids"] = ids
+        return orjson.dumps(doc, option=_NUMPY)
 
     def predict_strict(self, name: str, body: bytes, may_record: bool = False) -> bytes:
         """The strict reading: malformed JSON or a duplicate key is 400, the body's schema
@@ -196,12 +238,7 @@ class PredictService:
         m = served.model
         out = self.versions.load(m, served.version).forward(X)
         version, out, ids = self.recorder.record(m, served.version.version, X, out, req.ids)
-        lab = network.labels(m.task, out)
-        return orjson.dumps(
-            {"model": m.name, "version": version, "outputs": out.astype(np.float64), "labels": lab,
-             "prediction_ids": ids},
-            option=_NUMPY,
-        )  # fmt: skip
+        return self._json(m, version, out, ids)
 
     def answer(self, served: Served, X: np.ndarray) -> bytes:
         """The forward pass and its JSON: ``model``, ``version``, ``outputs`` (the float32

@@ -348,3 +348,18 @@ def test_sigkill_between_predict_and_label_loses_and_doubles_nothing(db_url, tmp
             assert served["predictions"] == 400 and served["labelled"] == 400
     finally:
         srv2.stop()
+
+
+def test_the_fast_and_the_strict_recorded_predict_answer_alike(client):
+    """A plain recorded predict is carried by the group commit; one the fast reading does
+    not settle (here an escaped alias) takes the strict path: the same answer but the ids,
+    both recorded and labellable."""
+    create(client, "m", task="binary", input_dim=3, hidden=[4])
+    X = [[0.5, -1.0, 2.0], [1.5, 0.25, -0.5]]
+    fast = client.post("/v1/models/m/predict", json={"inputs": X, "record": True}).json()
+    body = b'{"inputs": [[0.5, -1.0, 2.0], [1.5, 0.25, -0.5]], "record": true, "alias": "l\\u0061test"}'
+    strict = client.post("/v1/models/m/predict", content=body, headers={"Content-Type": "application/json"}).json()
+    ids = fast.pop("prediction_ids") + strict.pop("prediction_ids")
+    assert fast == strict and len(set(ids)) == 4
+    assert label(client, [(i, 1) for i in ids])["accepted"] == 4
+    assert client.get("/v1/models/m/versions/1").json()["served"]["predictions"] == 4
