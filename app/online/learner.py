@@ -614,6 +614,7 @@ class LearnerRuntime:
             row.prequential = h.learner.metrics()
             row.applied_through = max(h.applied_through, h.publish_floor)
             row.updated_at = utcnow()
+            _save_shadows(s, h)
 
     # ------------------------------------------------------------------ a turn
     def _turn(self, h: Held, ctl: Control) -> int:
@@ -766,11 +767,7 @@ class LearnerRuntime:
         with self.db.write() as s:
             if not LearnerRepository(s).publish(h.model_id, self.owner, h.applied_through, pre, drift_block(h.learner)):
                 raise LearnerLeaseLost(h.name)
-            shadows = ShadowRepository(s)
-            for sh in h.shadows.values():  # in the same transaction as applied_through
-                if sh.dirty:
-                    shadows.save(h.model_id, sh.version, sh.since, {**sh.sums, "through": sh.through})
-                    sh.dirty = False
+            _save_shadows(s, h)
         h.published = h.applied_through
         h.last_publish = now
         h.dirty = False
@@ -826,6 +823,7 @@ class LearnerRuntime:
                 if h.applied_through >= h.publish_floor:
                     row.applied_through = h.applied_through
                 row.updated_at = utcnow()
+                _save_shadows(s, h)  # a replay starts at this version: what it scored stays
                 number = v.version
         except _Newer:
             log.info("learner: model %s got a newer version while checkpointing; adopting it", h.name)
@@ -874,6 +872,7 @@ class LearnerRuntime:
             if h.applied_through >= h.publish_floor:
                 row.applied_through = h.applied_through
             row.updated_at = utcnow()
+            _save_shadows(s, h)
         h.dirty = False
         log.warning("learner: model %s paused at offset %d: %s", h.name, offset, reason)
 
@@ -906,6 +905,17 @@ class LearnerRuntime:
             box = dict(row.mailbox or {})
             box.pop("resume", None)
             row.mailbox = box
+
+
+def _save_shadows(s: Any, h: Held) -> None:
+    """Write the shadows' sums and ``through`` in the transaction that records the learner's
+    progress or a version it will replay from: the learner replays the log after its newest
+    version, and must find every offset up to there already scored (or score it again)."""
+    shadows = ShadowRepository(s)
+    for sh in h.shadows.values():
+        if sh.dirty:
+            shadows.save(h.model_id, sh.version, sh.since, {**sh.sums, "through": sh.through})
+            sh.dirty = False
 
 
 def _answered(mailbox: dict[str, Any] | None, rids: list[str], version: int, *, created: bool) -> dict[str, Any]:

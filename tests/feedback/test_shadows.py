@@ -125,3 +125,66 @@ def test_shadow_errors_and_scopes(lc):
     assert_problem(lc.put("/v1/models/m/shadows/1", json=None, headers=h), 403)
     assert lc.get("/v1/models/m/shadows", headers=h).json() == {"items": []}
     assert lc.put("/v1/models/m/shadows/1", json=None).json()["against_version"] == 1  # default: latest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", ["true", "false"], ids=["learner-process", "learner-thread"])
+def test_a_shadow_counts_each_sample_once_across_a_sigkill(db_url, tmp_path, process):
+    """SIGKILL while the shadowed stream is learned (checkpoints every 300 samples); after the
+    restart the learner replays the log from its newest checkpoint and the client retries
+    what it sent: the shadow has scored every sample after its start exactly once (its
+    sums equal a forward pass over exactly those samples)."""
+    import threading
+    import time
+
+    from tests.online_helpers import Server, samples
+
+    data_dir = tmp_path / "data"
+    spec = {"name": "m", "task": "binary", "input_dim": 4, "hidden": [5], "checkpoint_every": 300,
+            "checkpoint_seconds": 0, "optimizer": {"kind": "sgd", "learning_rate": 0.05}}  # fmt: skip
+    reqs = [(f"req-{k}", *stream(50, 100 + k)) for k in range(40)]
+    env = {"STEWARD_RUN_WORKER": "false", "STEWARD_LEARNER_PROCESS": process}
+    srv = Server(db_url, data_dir, STEWARD_LEARNER_LEASE_SECONDS="1", **env).start()
+    try:
+        with srv.client() as c:
+            assert c.post("/v1/models", json=spec).status_code == 201
+            assert c.put("/v1/models/m/shadows/1", json=None).status_code == 201
+            v1 = weights(c, "m", 1)
+        stop = threading.Event()
+
+        def send() -> None:
+            with srv.client(timeout=10) as c:
+                for key, X, Y in reqs:
+                    if stop.is_set():
+                        return
+                    body = {"samples": samples(X, Y)}
+                    try:
+                        c.post("/v1/models/m/update", json=body, headers={"Idempotency-Key": key})
+                    except Exception:
+                        return  # the server died under us
+                    time.sleep(0.03)
+
+        t = threading.Thread(target=send)
+        t.start()
+        with srv.client() as c:
+            wait_until(lambda: shadows(c)[1]["n"] >= 500, 60, "500 shadowed samples published")
+        srv.kill()
+        stop.set()
+        t.join(30)
+    finally:
+        srv.kill()
+    srv2 = Server(db_url, data_dir, **env).start()
+    try:
+        with srv2.client() as c:
+            for key, X, Y in reqs:
+                body = {"samples": samples(X, Y)}
+                assert c.post("/v1/models/m/update", json=body, headers={"Idempotency-Key": key}).status_code == 202
+            assert c.post("/v1/models/m/checkpoint?timeout=120").status_code in (200, 201)
+            got = wait_until(lambda: shadows(c)[1]["n"] >= 2000 and shadows(c)[1], 60, "2,000 shadowed samples")
+    finally:
+        srv2.stop()
+    assert got["n"] == 2000 and got["through"] == 1999
+    X = np.concatenate([x for _, x, _ in reqs])
+    Y = np.concatenate([y for _, _, y in reqs])
+    want = bce(ref_forward(v1, "binary", "relu", X), Y).mean()  # each sample's loss once, in any order
+    assert got["loss"] == pytest.approx(want, rel=1e-5) and got["against_loss"] == got["loss"]
