@@ -232,7 +232,6 @@ def psi(ref_shares: np.ndarray, cur_shares: np.ndarray) -> np.ndarray:
 
 #: Samples per loss group fed to the monitor's ADWIN (aligned on offsets: 32k … 32k + 31).
 GROUP = 32
-STATUSES = ("stable", "warning", "drift")
 
 
 class DriftMonitor:
@@ -252,7 +251,7 @@ class DriftMonitor:
         threshold: float = 0.2,
     ) -> None:
         self.input_dim = input_dim
-        self.reference, self.window, self.check_every, self.stride = reference, window, check_every, stride
+        self.reference, self.stride = reference, stride
         self.bins, self.threshold = bins, threshold
         # the input side keeps every stride-th sample: counts of values
         self._ref_values = max(reference // stride, bins)

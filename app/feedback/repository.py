@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -29,23 +28,6 @@ def _chunks(items: Sequence[Any], n: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
 class PredictionRepository:
     def __init__(self, s: Session) -> None:
         self.s = s
-
-    def add(self, model_id: int, version: int, X: np.ndarray, outputs: np.ndarray, pids: Sequence[str]) -> int:
-        """Store one recorded request: its packed inputs and outputs, and an id per row."""
-        b = PredictionBatch(
-            model_id=model_id,
-            version=version,
-            count=len(X),
-            x=np.ascontiguousarray(X, dtype=np.float32).tobytes(),
-            outputs=np.ascontiguousarray(outputs, dtype=np.float32).tobytes(),
-        )
-        self.s.add(b)
-        self.s.flush()
-        self.s.execute(
-            sa.insert(_ids),
-            [{"model_id": model_id, "pid": p, "batch_id": b.id, "position": k} for k, p in enumerate(pids)],
-        )
-        return b.id
 
     def find(self, model_id: int, pids: Sequence[str]) -> dict[str, tuple[int, int, Any, int | None]]:
         """``{id: (batch id, position, label, offset)}`` of the ids that are recorded."""

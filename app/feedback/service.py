@@ -58,13 +58,12 @@ from app.feedback.schemas import ShadowOut
 from app.online.log import pack_rows
 from app.online.repository import IdempotencyRepository, LearnerRepository, SampleRepository, ShadowRepository
 from app.online.samples import SampleSpec, pack_labels
+from app.online.service import MAX_ROW_SAMPLES
 from app.registry.models import get_model, read_model
 from app.registry.repository import AliasRepository, ServedRepository, VersionRepository
 
 LABELS: list[str | int] = ["body", "labels"]
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
-#: Samples per ``sample_batches`` row (as the group commit packs them).
-MAX_ROW_SAMPLES = 65_536
 #: Expired recorded requests removed per purge transaction.
 PURGE_BATCH = 500
 
@@ -151,18 +150,21 @@ class FeedbackService:
         """Store a recorded predict; ``(version, outputs, ids)`` to answer — those of the
         first answer when this repeats a recorded request (see the module doc)."""
         pids = ids if ids is not None else prediction_ids(len(X))
+        # the statements are the group commit's (SampleRepository.add_records), run on the
+        # driver's cursor: a duplicate id is the driver's IntegrityError
+        dbapi = self.db.engine.dialect.dbapi
+        assert dbapi is not None
+        duplicate = (sa.exc.IntegrityError, dbapi.IntegrityError)
         for attempt in range(2):
             try:
                 with self.db.write() as s:
-                    repo = PredictionRepository(s)
                     if ids is not None:
-                        replay = self._replay(repo, m, X, ids)
+                        replay = self._replay(PredictionRepository(s), m, X, ids)
                         if replay is not None:
                             return replay
-                    repo.add(m.id, version, X, outputs, pids)
-                    ServedRepository(s).add_predictions(m.id, version, len(X))
+                    SampleRepository(s).add_records([(m.id, version, X, outputs, pids)])
                     return version, outputs, pids
-            except sa.exc.IntegrityError:
+            except duplicate:
                 if attempt or ids is None:  # a concurrent request recorded one of the ids
                     raise
         raise AssertionError("unreachable")

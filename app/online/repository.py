@@ -139,9 +139,9 @@ class SampleRepository:
             cur.close()
 
     def add_records(self, records: Sequence[tuple[int, int, np.ndarray, np.ndarray, Sequence[str]]]) -> None:
-        """Store recorded predictions ``(model_id, version, X, outputs, ids)`` (as
-        :class:`app.feedback.repository.PredictionRepository.add` does) and count them in
-        their version's served metrics."""
+        """Store recorded predictions ``(model_id, version, X, outputs, ids)``: one
+        ``prediction_batches`` row each, one ``predictions`` row per id, and their count in
+        the version's served metrics (the group commit's and FeedbackService.record's one way)."""
         if not records:
             return
         cur, sql = self._cursor()

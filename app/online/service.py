@@ -312,18 +312,7 @@ class OnlineService:
             append.future = loop.create_future()
         else:
             append.finished = threading.Event()
-        with self._joined:
-            if self._stopping:
-                raise Unavailable("the service is shutting down")
-            self._queue.append(append)
-            if announced is not None:
-                self._settle(announced)
-            if len(self._queue) >= self._wake_at:
-                self._joined.notify_all()
-            if self._committer is None:
-                self._committer = threading.Thread(target=self._commit_loop, name="steward-commit", daemon=True)
-                self._committer.start()
-        return append
+        return self._enqueue(append, announced)
 
     def submit_record(
         self,
@@ -339,10 +328,17 @@ class OnlineService:
         commit, as :meth:`submit` queues samples; await :meth:`wait_committed`."""
         append = _Append(t, X, outputs, None, "", record=(version, ids))
         append.future = loop.create_future()
+        return self._enqueue(append, None)
+
+    def _enqueue(self, append: _Append, announced: int | None) -> _Append:
+        """Put ``append`` in the committer's queue (settling its announcement), waking the
+        committer when the queue reached what it waits for; the committer starts on first use."""
         with self._joined:
             if self._stopping:
                 raise Unavailable("the service is shutting down")
             self._queue.append(append)
+            if announced is not None:
+                self._settle(announced)
             if len(self._queue) >= self._wake_at:
                 self._joined.notify_all()
             if self._committer is None:

@@ -157,10 +157,6 @@ class ServedRepository:
             )
         )
 
-    def add_predictions(self, model_id: int, version: int, n: int) -> None:
-        """``n`` more recorded predictions served by the version."""
-        self._add(model_id, version, predictions=n)
-
     def add_labels(self, model_id: int, version: int, n: int, loss_sum: float, correct: int) -> None:
         """``n`` more of its predictions labelled, with the sums of their losses and hits."""
         self._add(model_id, version, labelled=n, loss_sum=loss_sum, correct=correct)
