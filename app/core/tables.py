@@ -162,7 +162,11 @@ class IdempotencyKey(Base):
 class PredictionBatch(Base):
     """One recorded ``/predict`` request (``"record": true``): the inputs it got and the
     outputs the version served, packed (float32 ``x`` ``[count, input_dim]`` and
-    ``outputs`` ``[count, output_dim]``, raw little-endian bytes in C order)."""
+    ``outputs`` ``[count, output_dim]``, raw little-endian bytes in C order).
+
+    ``token``: the random 48 bits of the ids Steward made for the request
+    (:mod:`app.online.records`: an id names its batch, position and token, so it needs
+    no row of its own); None when the client named its ids (``predictions`` rows)."""
 
     __tablename__ = "prediction_batches"
 
@@ -172,12 +176,13 @@ class PredictionBatch(Base):
     count: Mapped[int]
     x: Mapped[bytes] = mapped_column(sa.LargeBinary)
     outputs: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    token: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class Prediction(Base):
-    """A recorded prediction's id: where its input and output are (batch and position) and,
-    once labelled, its label and the offset of the sample it became."""
+    """A client-named recorded prediction's id: where its input and output are (batch and
+    position). Ids Steward made have no row (see :class:`PredictionBatch`)."""
 
     __tablename__ = "predictions"
 
@@ -185,8 +190,22 @@ class Prediction(Base):
     pid: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     batch_id: Mapped[int] = mapped_column(sa.ForeignKey("prediction_batches.id", ondelete="CASCADE"), index=True)
     position: Mapped[int]
-    label: Mapped[Any | None] = mapped_column(sa.JSON)
-    offset: Mapped[int | None] = mapped_column(sa.BigInteger)
+
+
+class PredictionLabels(Base):
+    """The labels a recorded request's predictions got so far, one row per labelled batch
+    (kept apart from the batch so a label never rewrites its inputs): ``y`` the packed
+    labels ``[count, *y_shape]`` (the sample log's packing, :mod:`app.online.log`) and
+    ``offsets`` int64 ``[count]``, the offset of the sample each label became, −1 while
+    unlabelled."""
+
+    __tablename__ = "prediction_labels"
+
+    batch_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("prediction_batches.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    y: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    offsets: Mapped[bytes] = mapped_column(sa.LargeBinary)
 
 
 class ServedMetrics(Base):

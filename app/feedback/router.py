@@ -10,16 +10,18 @@ from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
 from app.core.body import read_body
-from app.core.errors import BadRequest, UnsupportedMediaType
+from app.core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.schemas import problem_responses
 from app.deps import ModelIngest, ModelMaintain, ModelNamePath, ModelRead, VersionPath
 from app.feedback.schemas import LABELS_BODY, LabelsOut, ShadowIn, ShadowList, ShadowOut
-from app.feedback.service import NDJSON_TYPES
+from app.feedback.service import NDJSON_TYPES, LabelLines, json_items
 
 router = APIRouter(route_class=JSONRoute, tags=["online"])
 
 JSON_TYPES = frozenset({"", "application/json"})
+#: JSON bodies larger than this are read in the thread pool instead of on the event loop.
+INLINE_PARSE_BYTES = 1 << 20
 
 
 @router.post(
@@ -60,10 +62,26 @@ async def labels(
             f"unsupported Content-Type {ctype!r}: send application/json or application/x-ndjson",
             errors=[{"loc": ["header", "Content-Type"], "msg": "expected application/json or application/x-ndjson"}],
         )
-    body = await read_body(request, ctx.settings.max_body_bytes)
-    if not body:
-        raise BadRequest('empty body: send {"labels": [...]} or NDJSON')
-    answer = await run_in_threadpool(ctx.feedback.label_body, name, ctype, body, idempotency_key)
+    limit = ctx.settings.max_body_bytes
+    if ctype in NDJSON_TYPES:  # read line by line as it arrives, like /update's NDJSON
+        cl = request.headers.get("content-length")
+        if cl is not None and cl.isdigit() and int(cl) > limit:
+            raise PayloadTooLarge(f"body of {int(cl)} bytes exceeds the limit of {limit} bytes")
+        lines, seen = LabelLines(), 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            if chunk:
+                lines.feed(chunk)
+        items = lines.finish()
+    else:
+        body = await read_body(request, limit)
+        if not body:
+            raise BadRequest('empty body: send {"labels": [...]} or NDJSON')
+        items = await run_in_threadpool(json_items, body) if len(body) > INLINE_PARSE_BYTES else json_items(body)
+        del body
+    answer = await run_in_threadpool(ctx.feedback.label, name, items, idempotency_key)
     return Response(LabelsOut(**answer).model_dump_json(), status_code=202, media_type="application/json")
 
 

@@ -53,8 +53,9 @@ from app.core.settings import Settings
 from app.core.tables import Model, Shadow, utcnow
 from app.engine.nn.network import labels as class_labels
 from app.engine.nn.network import per_sample_loss
-from app.feedback.repository import PredictionRepository
+from app.feedback.repository import Batch, PredictionRepository
 from app.feedback.schemas import ShadowOut
+from app.online.ingest import QUOTE
 from app.online.log import pack_rows
 from app.online.repository import IdempotencyRepository, LearnerRepository, SampleRepository, ShadowRepository
 from app.online.samples import SampleSpec, pack_labels
@@ -68,11 +69,6 @@ NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "applica
 PURGE_BATCH = 500
 
 
-def prediction_ids(n: int) -> list[str]:
-    """``n`` fresh ids for a recorded predict without ids of its own."""
-    return [f"p-{uuid.uuid4().hex}" for _ in range(n)]
-
-
 def check_id(v: Any, loc: list[str | int]) -> str:
     """A prediction id: a string of 1–128 printable ASCII characters."""
     if not isinstance(v, str):
@@ -82,12 +78,19 @@ def check_id(v: Any, loc: list[str | int]) -> str:
     return v
 
 
-def parse_labels(spec: SampleSpec, items: list[Any]) -> tuple[list[str], np.ndarray, list[Any]]:
+def parse_labels(spec: SampleSpec, items: list[Any]) -> tuple[list[str], np.ndarray]:
     """Check a labels body's items ``{"id", "y"}`` (errors at ``["body", "labels", i, …]``):
-    ``(ids, packed Y, each y as stored)``."""
+    ``(ids, packed Y)``."""
     ids: list[str] = []
     ys: list[Any] = []
     for i, item in enumerate(items):
+        if type(item) is dict and len(item) == 2 and type(pid := item.get("id")) is str and "y" in item:
+            # the common form, checked in line (the loop below says what is wrong otherwise)
+            if not (0 < len(pid) <= 128 and pid.isascii() and pid.isprintable()):
+                check_id(pid, [*LABELS, i, "id"])
+            ids.append(pid)
+            ys.append(item["y"])
+            continue
         if not isinstance(item, dict):
             raise Invalid.at([*LABELS, i], 'expected an object {"id": ..., "y": ...}')
         for k in item:
@@ -99,8 +102,7 @@ def parse_labels(spec: SampleSpec, items: list[Any]) -> tuple[list[str], np.ndar
             raise Invalid.at([*LABELS, i, "y"], "field required")
         ids.append(check_id(item["id"], [*LABELS, i, "id"]))
         ys.append(item["y"])
-    Y = pack_labels(spec, ys, LABELS)
-    return ids, Y, [Y[k].tolist() for k in range(len(ys))]
+    return ids, pack_labels(spec, ys, LABELS)
 
 
 def _read(text: bytes, what: str) -> Any:
@@ -110,16 +112,40 @@ def _read(text: bytes, what: str) -> Any:
         raise BadRequest(f"{what}: {e}") from None
 
 
-def label_items(ctype: str, body: bytes) -> list[Any]:
-    """The label objects of a JSON body ``{"labels": [...]}`` or of NDJSON lines (read
-    strictly: malformed JSON or a duplicate key is 400)."""
-    if ctype in NDJSON_TYPES:
-        items = [
-            _read(line, f"malformed NDJSON line {n}") for n, line in enumerate(body.split(b"\n"), 1) if line.strip()
-        ]
-        if not items:
-            raise BadRequest("empty body: send one label object per line")
-        return items
+def _fast_items(body: bytes) -> list[Any] | None:
+    """The labels of a JSON body read by orjson, when that reading is the strict one's:
+    the body is ``{"labels": [...]}`` of objects with the two keys ``id`` and ``y``, and it
+    holds exactly the double quotes of those keys, the ids and ``"labels"`` (6 per label,
+    plus 2) — so no key is repeated (orjson would keep the last silently), no string hides
+    an escaped quote and ``y`` is no string. Otherwise None: the strict reading decides.
+    (orjson refuses what the strict reading reads differently: NaN, integers beyond 64
+    bits, deep nesting.)"""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    items = doc.get("labels") if type(doc) is dict and len(doc) == 1 else None
+    if type(items) is not list or not items:
+        return None
+    for item in items:
+        if type(item) is not dict or len(item) != 2 or type(item.get("id")) is not str or "y" not in item:
+            return None  # (each label then holds at least its 6 quotes: the count is exact)
+    if int(np.count_nonzero(np.frombuffer(body, np.uint8) == QUOTE)) != 2 + 6 * len(items):
+        return None
+    return items
+
+
+def json_items(body: bytes) -> list[Any]:
+    """The label objects of a JSON body ``{"labels": [...]}``: :func:`_fast_items` when it
+    may, else the strict reading (malformed JSON or a repeated key is 400)."""
+    fast = _fast_items(body)
+    if fast is not None:
+        return fast
+    return strict_items(body)
+
+
+def strict_items(body: bytes) -> list[Any]:
+    """:func:`json_items` by the strict reading alone."""
     doc = _read(body, "malformed JSON body")
     if not isinstance(doc, dict):
         raise Invalid.at(["body"], 'expected an object {"labels": [...]}')
@@ -132,9 +158,60 @@ def label_items(ctype: str, body: bytes) -> list[Any]:
     return given
 
 
-def labels_digest(ids: Sequence[str], stored: Sequence[Any]) -> str:
+class LabelLines:
+    """The label objects of an NDJSON body, read line by line as its chunks arrive (the
+    body is never held whole). A line is read by orjson when it is a plain label object
+    whose only double quotes are those of ``"id"``, ``"y"`` and the id (so no key repeats),
+    else strictly (:func:`app.core.jsonbody.loads`); blank lines are skipped."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._rest = b""
+        self._line = 0
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._rest + chunk if self._rest else chunk
+        lines = data.split(b"\n")
+        self._rest = lines.pop()
+        for line in lines:
+            self._one(line)
+
+    def _one(self, line: bytes) -> None:
+        self._line += 1
+        if not line.strip():
+            return
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            item = None
+        if not (
+            type(item) is dict
+            and len(item) == 2
+            and type(item.get("id")) is str
+            and "y" in item
+            and line.count(b'"') == 6
+        ):
+            item = _read(line, f"malformed NDJSON line {self._line}")
+        self.items.append(item)
+
+    def finish(self) -> list[Any]:
+        if self._rest:
+            self._one(self._rest)
+            self._rest = b""
+        if not self.items:
+            raise BadRequest("empty body: send one label object per line")
+        return self.items
+
+
+def labels_digest(ids: Sequence[str], Y: np.ndarray) -> str:
     """What an Idempotency-Key remembers of a labels request: its ids and packed labels."""
-    return hashlib.sha256(orjson.dumps([list(ids), list(stored)])).hexdigest()
+    h = hashlib.sha256(orjson.dumps(list(ids)))
+    h.update(np.ascontiguousarray(Y).tobytes())
+    return h.hexdigest()
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class FeedbackService:
@@ -149,7 +226,6 @@ class FeedbackService:
     ) -> tuple[int, np.ndarray, list[str]]:
         """Store a recorded predict; ``(version, outputs, ids)`` to answer — those of the
         first answer when this repeats a recorded request (see the module doc)."""
-        pids = ids if ids is not None else prediction_ids(len(X))
         # the statements are the group commit's (SampleRepository.add_records), run on the
         # driver's cursor: a duplicate id is the driver's IntegrityError
         dbapi = self.db.engine.dialect.dbapi
@@ -162,8 +238,8 @@ class FeedbackService:
                         replay = self._replay(PredictionRepository(s), m, X, ids)
                         if replay is not None:
                             return replay
-                    SampleRepository(s).add_records([(m.id, version, X, outputs, pids)])
-                    return version, outputs, pids
+                    (made,) = SampleRepository(s).add_records([(m.id, version, X, outputs, ids)])
+                    return version, outputs, made
             except duplicate:
                 if attempt or ids is None:  # a concurrent request recorded one of the ids
                     raise
@@ -172,16 +248,15 @@ class FeedbackService:
     def _replay(
         self, repo: PredictionRepository, m: Model, X: np.ndarray, ids: list[str]
     ) -> tuple[int, np.ndarray, list[str]] | None:
-        found = repo.find(m.id, ids)
-        if not found:
+        where, batches = repo.locate(m.id, ids)
+        if not where:
             return None
-        batches = repo.batches(b for b, _, _, _ in found.values())
         versions: set[int] = set()
         outs = []
         for i, pid in enumerate(ids):
-            hit = found.get(pid)
+            hit = where.get(pid)
             if hit is None:
-                first = next(k for k, p in enumerate(ids) if p in found)
+                first = next(k for k, p in enumerate(ids) if p in where)
                 raise Conflict(
                     f"id {ids[first]!r} was recorded by another predict request",
                     errors=[{"loc": ["body", "ids", first], "msg": "already recorded with other inputs"}],
@@ -203,15 +278,11 @@ class FeedbackService:
         return versions.pop(), np.stack(outs), ids
 
     # ------------------------------------------------------------------ labels
-    def label_body(self, name: str, ctype: str, body: bytes, key: str | None) -> dict[str, Any]:
-        """:meth:`label` of a request body (JSON or NDJSON, see :func:`label_items`)."""
-        return self.label(name, label_items(ctype, body), key)
-
     def label(self, name: str, items: list[Any], key: str | None) -> dict[str, Any]:
         """``POST /labels``: the 202 answer (see the module doc)."""
         spec = SampleSpec.of(read_model(self.db, name))
-        ids, Y, stored = parse_labels(spec, items)
-        digest = labels_digest(ids, stored) if key is not None else ""
+        ids, Y = parse_labels(spec, items)
+        digest = labels_digest(ids, Y) if key is not None else ""
         with self.db.write() as s:
             m = get_model(s, name)
             samples, keys = SampleRepository(s), IdempotencyRepository(s)
@@ -230,28 +301,46 @@ class FeedbackService:
                     return {**prior[1], "duplicate": True}
                 if prior is not None:
                     keys.delete(m.id, key)
-            answer = self._append(s, m, locked[3], ids, Y, stored)
+            answer = self._append(s, m, spec, locked[3], ids, Y)
             if key is not None:
                 keys.add_many([{"model_id": m.id, "key": key, "request_hash": digest, "response": answer}])
         if answer["accepted"]:
             self.metrics.accept_samples(name, answer["accepted"])
         return {**answer, "duplicate": False}
 
-    def _append(self, s: Any, m: Model, first: int, ids: list[str], Y: np.ndarray, stored: list[Any]) -> dict[str, Any]:
+    def _append(self, s: Any, m: Model, spec: SampleSpec, first: int, ids: list[str], Y: np.ndarray) -> dict[str, Any]:
         repo = PredictionRepository(s)
-        found = repo.find(m.id, ids)
+        where, batches = repo.locate(m.id, ids)
+        given = Y.tolist()  # each label as Python compares it
+        so_far: dict[int, tuple[np.ndarray, list[Any]]] = {}  # a batch's offsets and labels
+
+        def labelled(b: Batch) -> tuple[np.ndarray, list[Any]]:
+            got = so_far.get(b.id)
+            if got is None:
+                if b.offsets is None or b.y is None:
+                    got = (np.full(b.count, -1, np.int64), [])
+                else:
+                    y = np.frombuffer(b.y, spec.y_dtype).reshape(b.count, *spec.y_shape)
+                    got = (np.frombuffer(b.offsets, np.int64), y.tolist())
+                so_far[b.id] = got
+            return got
+
         new: list[int] = []  # indexes of the labels that become samples
-        seen: dict[str, Any] = {}
+        seen: dict[tuple[int, int], Any] = {}  # (batch, position) → the label it got in this request
         duplicates = 0
         for i, pid in enumerate(ids):
-            hit = found.get(pid)
-            if hit is None:
+            at = where.get(pid)
+            if at is None:
                 raise Invalid.at([*LABELS, i, "id"], f"no recorded prediction {pid!r} (unknown or expired)")
-            before = seen.get(pid, hit[2])
+            before = seen.get(at)
             if before is None:
-                seen[pid] = stored[i]
+                offsets, ys = labelled(batches[at[0]])
+                if offsets[at[1]] >= 0:
+                    before = ys[at[1]]
+            if before is None:
+                seen[at] = given[i]
                 new.append(i)
-            elif before == stored[i]:
+            elif before == given[i]:
                 duplicates += 1
             else:
                 raise Conflict(
@@ -260,29 +349,47 @@ class FeedbackService:
                 )
         if not new:
             return {"accepted": 0, "duplicates": duplicates, "first_offset": None, "last_offset": None}
-        batches = repo.batches(found[ids[i]][0] for i in new)
         n = len(new)
-        X = np.empty((n, m.input_dim), np.float32)
-        out = np.empty((n, m.output_dim), np.float32)
-        served = np.empty(n, np.int64)
-        for k, i in enumerate(new):
-            b_id, pos, _, _ = found[ids[i]]
-            b = batches[b_id]
-            X[k] = np.frombuffer(b.x, np.float32).reshape(b.count, m.input_dim)[pos]
-            out[k] = np.frombuffer(b.outputs, np.float32).reshape(b.count, m.output_dim)[pos]
-            served[k] = b.version
-        Yn = Y[new]
+        # the recorded inputs and served outputs: the touched batches side by side, one gather
+        start: dict[int, int] = {}
+        total = 0
+        for i in new:
+            b_id = where[ids[i]][0]
+            if b_id not in start:
+                start[b_id] = total
+                total += batches[b_id].count
+        order = [batches[b] for b in start]
+        rows = np.fromiter((start[where[ids[i]][0]] + where[ids[i]][1] for i in new), np.int64, n)
+        X = _stack([np.frombuffer(b.x, np.float32) for b in order]).reshape(-1, m.input_dim)[rows]
+        out = _stack([np.frombuffer(b.outputs, np.float32) for b in order]).reshape(-1, m.output_dim)[rows]
+        served = np.repeat(np.array([b.version for b in order]), [b.count for b in order])[rows]
+        Yn = Y[new] if n < len(Y) else Y
         samples = SampleRepository(s)
         samples.add_rows(pack_rows(m.id, first, X, Yn, max_rows=MAX_ROW_SAMPLES))
         samples.set_next_offset(m.id, first + n)
-        repo.set_labels(m.id, [(ids[i], stored[i], first + k) for k, i in enumerate(new)])
+        # each touched batch's labels as they are now
+        changed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for k, i in enumerate(new):
+            b_id, pos = where[ids[i]]
+            state = changed.get(b_id)
+            if state is None:
+                b = batches[b_id]
+                if b.y is None or b.offsets is None:
+                    state = (np.zeros((b.count, *spec.y_shape), spec.y_dtype), np.full(b.count, -1, np.int64))
+                else:
+                    y = np.frombuffer(b.y, spec.y_dtype).reshape(b.count, *spec.y_shape)
+                    state = (y.copy(), np.frombuffer(b.offsets, np.int64).copy())
+                changed[b_id] = state
+            state[0][pos] = Yn[k]
+            state[1][pos] = first + k
+        repo.put_labels([(b, y, o) for b, (y, o) in changed.items()])
         loss = per_sample_loss(m.task, out, Yn)
         hits = class_labels(m.task, out)
         right = (hits == Yn.reshape(-1)) if hits is not None else np.zeros(n, bool)
         metrics = ServedRepository(s)
-        for v in np.unique(served):
+        for v in np.unique(served).tolist():
             sel = served == v
-            metrics.add_labels(m.id, int(v), int(sel.sum()), float(loss[sel].sum()), int(right[sel].sum()))
+            metrics.add_labels(m.id, v, int(sel.sum()), float(loss[sel].sum()), int(right[sel].sum()))
         return {"accepted": n, "duplicates": duplicates, "first_offset": first, "last_offset": first + n - 1}
 
     # ------------------------------------------------------------------ expiry

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.core.tables import IdempotencyKey, Learner, Model, SampleBatch, Shadow, Version, table, utcnow
+from app.online.records import make_ids, new_token
 
 
 # --------------------------------------------------------------------------- online learning
@@ -32,8 +33,8 @@ class _AppendSQL:
         self.stamp: Any = stamp if stamp is not None else (lambda v: v)
         # recorded predictions carried by the same group commit (app.feedback)
         self.record_batch = (
-            "INSERT INTO prediction_batches (model_id, version, count, x, outputs, created_at) "
-            f"VALUES ({', '.join([q] * 6)}) RETURNING id"
+            "INSERT INTO prediction_batches (model_id, version, count, x, outputs, token, created_at) "
+            f"VALUES ({', '.join([q] * 7)}) RETURNING id"
         )
         self.record_ids = f"INSERT INTO predictions (model_id, pid, batch_id, position) VALUES ({q}, {q}, {q}, {q})"
         self.served = (
@@ -138,24 +139,36 @@ class SampleRepository:
         finally:
             cur.close()
 
-    def add_records(self, records: Sequence[tuple[int, int, np.ndarray, np.ndarray, Sequence[str]]]) -> None:
+    def add_records(
+        self, records: Sequence[tuple[int, int, np.ndarray, np.ndarray, Sequence[str] | None]]
+    ) -> list[list[str]]:
         """Store recorded predictions ``(model_id, version, X, outputs, ids)``: one
-        ``prediction_batches`` row each, one ``predictions`` row per id, and their count in
-        the version's served metrics (the group commit's and FeedbackService.record's one way)."""
+        ``prediction_batches`` row each and their count in the version's served metrics
+        (the group commit's and FeedbackService.record's one way). ``ids`` None: Steward
+        makes them (:mod:`app.online.records`, no row per id); else the client's, one
+        ``predictions`` row each. Returns each record's ids."""
         if not records:
-            return
+            return []
         cur, sql = self._cursor()
+        made: list[list[str]] = []
         try:
             now = sql.stamp(utcnow())
             for mid, version, X, out, pids in records:
                 x = np.ascontiguousarray(X, dtype=np.float32).tobytes()
                 o = np.ascontiguousarray(out, dtype=np.float32).tobytes()
-                raw_execute(cur, sql.record_batch, (mid, version, len(X), x, o, now))
+                token = new_token() if pids is None else None
+                raw_execute(cur, sql.record_batch, (mid, version, len(X), x, o, token, now))
                 batch_id = int(cur.fetchone()[0])
-                raw_execute(cur, sql.record_ids, [(mid, p, batch_id, k) for k, p in enumerate(pids)], many=True)
+                if token is not None:
+                    made.append(make_ids(batch_id, token, len(X)))
+                else:
+                    assert pids is not None
+                    raw_execute(cur, sql.record_ids, [(mid, p, batch_id, k) for k, p in enumerate(pids)], many=True)
+                    made.append(list(pids))
                 raw_execute(cur, sql.served, (mid, version, len(X)))
         finally:
             cur.close()
+        return made
 
     def covering(self, model_id: int, lo: int, hi: int) -> Sequence[sa.Row[tuple[int, int, bytes, bytes]]]:
         """Rows holding any offset in ``lo..hi`` (inclusive), in offset order, as

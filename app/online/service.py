@@ -144,9 +144,9 @@ class _Append:
     done: bool = False
     answer: dict[str, Any] | None = None
     error: BaseException | None = None
-    #: a recorded predict instead of samples: (serving version, prediction ids); X holds
-    #: its inputs and Y its outputs
-    record: tuple[int, list[str]] | None = None
+    #: a recorded predict instead of samples: its serving version; X holds its inputs and
+    #: Y its outputs, and the answer ``{"recorded": n, "ids": [...]}`` the ids Steward made
+    record: int | None = None
     #: what the waiter waits on: a thread an event, a request on the event loop a future
     finished: threading.Event | None = None
     future: asyncio.Future[None] | None = None
@@ -320,13 +320,13 @@ class OnlineService:
         version: int,
         X: np.ndarray,
         outputs: np.ndarray,
-        ids: list[str],
         *,
         loop: asyncio.AbstractEventLoop,
     ) -> _Append:
-        """Queue a recorded predict (generated ``ids``, which never collide) for the group
-        commit, as :meth:`submit` queues samples; await :meth:`wait_committed`."""
-        append = _Append(t, X, outputs, None, "", record=(version, ids))
+        """Queue a recorded predict for the group commit, as :meth:`submit` queues samples;
+        await :meth:`wait_committed`: the answer's ``ids`` are the ones Steward made (which
+        never collide, :mod:`app.online.records`)."""
+        append = _Append(t, X, outputs, None, "", record=version)
         append.future = loop.create_future()
         return self._enqueue(append, None)
 
@@ -466,7 +466,8 @@ class OnlineService:
         fresh_after = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
         models = samples.lock_models(sorted({j.t.model_id for j in batch}))
         nexts: dict[int, int] = {}
-        records: list[tuple[int, int, np.ndarray, np.ndarray, list[str]]] = []
+        records: list[tuple[int, int, np.ndarray, np.ndarray, None]] = []
+        recorded: list[dict[str, Any]] = []  # their answers, given the ids once stored
         arrays: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}  # what each model gets, in order
         seen: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
         key_rows: list[dict[str, Any]] = []
@@ -482,8 +483,9 @@ class OnlineService:
                 out.append((append, None, SpecChanged(msg)))
                 continue
             if append.record is not None:  # a recorded predict: no offsets, no key
-                records.append((mid, append.record[0], append.X, append.Y, append.record[1]))
-                out.append((append, {"recorded": len(append.X)}, None))
+                records.append((mid, append.record, append.X, append.Y, None))
+                recorded.append({"recorded": len(append.X)})
+                out.append((append, recorded[-1], None))
                 continue
             if append.key is not None:
                 prior = seen.get((mid, append.key))
@@ -517,7 +519,8 @@ class OnlineService:
         for mid, nxt in nexts.items():
             samples.set_next_offset(mid, nxt)
         samples.add_rows(sample_rows)
-        samples.add_records(records)
+        for said, ids in zip(recorded, samples.add_records(records), strict=True):
+            said["ids"] = ids
         keys.add_many(key_rows)
         return out
 

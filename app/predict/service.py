@@ -36,7 +36,7 @@ from app.core.schemas import NAME_PATTERN
 from app.core.tables import Model, Version
 from app.engine.nn import network
 from app.engine.nn.evaluation import evaluate
-from app.feedback.service import FeedbackService, prediction_ids
+from app.feedback.service import FeedbackService
 from app.online.samples import SampleSpec, check_matrix, parse_samples, plain_matrix
 from app.online.service import OnlineService, Target
 from app.predict.schemas import EvaluateOut, PredictIn
@@ -194,15 +194,14 @@ class PredictService:
             out = net.forward(X)
         else:
             out = await run_in_threadpool(lambda: self.versions.load(m, v).forward(X))
-        ids = prediction_ids(len(X))
         t = Target(m.id, m.name, SampleSpec.of(m))
-        append = self.committer.submit_record(t, v.version, X, out, ids, loop=asyncio.get_running_loop())
+        append = self.committer.submit_record(t, v.version, X, out, loop=asyncio.get_running_loop())
         try:
-            await self.committer.wait_committed(append)
+            answer = await self.committer.wait_committed(append)
         finally:
             if not append.done:
                 self.committer.abandon(append)
-        return self._json(m, v.version, out, ids)
+        return self._json(m, v.version, out, answer["ids"])
 
     def _json(self, m: Model, version: int, out: np.ndarray, ids: list[str] | None) -> bytes:
         doc: dict[str, Any] = {"model": m.name, "version": version, "outputs": out.astype(np.float64)}

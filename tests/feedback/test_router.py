@@ -363,3 +363,113 @@ def test_the_fast_and_the_strict_recorded_predict_answer_alike(client):
     assert fast == strict and len(set(ids)) == 4
     assert label(client, [(i, 1) for i in ids])["accepted"] == 4
     assert client.get("/v1/models/m/versions/1").json()["served"]["predictions"] == 4
+
+
+# --------------------------------------------------------------------------- the ids Steward makes
+def test_made_ids_name_their_request_and_nothing_else(client):
+    """A made id resolves only to its own batch, position and token, in its own model: every
+    altered form is unknown (422), never another prediction; a client may name its ids in
+    the same form, and they are its own."""
+    create(client, "m", task="binary", input_dim=2, hidden=[])
+    create(client, "other", task="binary", input_dim=2, hidden=[])
+    X = data("binary", 3, 2)[0]
+    ids = record(client, X)["prediction_ids"]
+    r = client.post("/v1/models/other/predict", json={"inputs": X.tolist(), "record": True})
+    theirs = r.json()["prediction_ids"]
+    batch, pos, token = ids[0].split("-")[1:]
+    forged = [
+        f"p-{batch}-{pos}-{int(token, 16) ^ 1:012x}",  # another token
+        f"p-{batch}-3-{token}",  # past the batch's end
+        f"p-{batch}-0{pos}-{token}",  # not the canonical form
+        f"p-{int(batch) + 10}-0-{token}",  # no such batch
+        theirs[0],  # another model's
+        ids[0].upper(),
+    ]
+    for bad in forged:
+        assert_problem(label(client, [(bad, 1)], expect=422), 422, ["body", "labels", 0, "id"])
+    assert accepted(client) == 0
+    # a client's id of the same form is just a client's id
+    mine = record(client, X[:1], ids=[forged[0]])["prediction_ids"]
+    assert mine == [forged[0]]
+    assert label(client, [(forged[0], 1), (ids[2], 0)])["accepted"] == 2
+    # a made id sent back with the same input answers the first answer; with another, 409
+    again = client.post("/v1/models/m/predict", json={"inputs": X[1:2].tolist(), "record": True, "ids": [ids[1]]})
+    assert again.status_code == 200 and again.json()["prediction_ids"] == [ids[1]]
+    other = client.post("/v1/models/m/predict", json={"inputs": X[:1].tolist(), "record": True, "ids": [ids[1]]})
+    assert_problem(other, 409, ["body", "ids", 0])
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"labels": [{"id": "a", "y": 1}, {"id": "b", "y": 0}]}',
+        b'{"labels": [{"id": "a", "id": "b", "y": 1}, {"id": 5, "y": 1}]}',  # a repeat the count could miss
+        b'{"labels": [{"id": "a\\"b", "y": 1}]}',
+        b'{"labels": [{"id": "a", "y": "1"}]}',
+        b'{"\\u006cabels": [{"id": "a", "y": 1}]}',
+        b'{"labels": [{"id": "a", "y": 1e999}]}',
+        b'{"labels": [{"id": "a", "y": 123456789012345678901234567890}]}',
+        b'{"labels": [{"id": "a", "y": NaN}]}',
+        b'{"labels": [{"id": "a", "y": 1}], "labels": [{"id": "b", "y": 1}]}',
+    ],
+)
+def test_the_fast_reading_of_a_labels_body_is_the_strict_one(content):
+    """orjson reads a labels body only when its reading cannot differ from the strict one's
+    (no repeated key, nothing orjson reads otherwise): same labels or same error."""
+    from app.core.errors import StewardError
+    from app.feedback.service import _fast_items, parse_labels, strict_items
+    from app.online.samples import SampleSpec
+
+    spec = SampleSpec("binary", 2, 1)
+
+    def outcome(read: Any) -> Any:
+        try:
+            ids, Y = parse_labels(spec, read())
+            return ids, Y.tolist()
+        except StewardError as e:
+            return e.status, [err.get("loc") for err in e.errors or []]
+
+    fast = _fast_items(content)
+    if fast is not None:
+        assert outcome(lambda: fast) == outcome(lambda: strict_items(content))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"id": "a", "y": 1}\n{"id": "b", "y": 0}',
+        b'{"id": "a", "id": "b", "y": 1}\n{"id": "c", "y": 0}',
+        b'{"id": "a\\"b", "y": 1}',
+        b'{"id": "a", "y": "1"}',
+        b'{"id": "a", "y": NaN}',
+        b'{"id": "a", "y": 1}\n{"id": ',
+        b"\n\n",
+    ],
+)
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_ndjson_labels_read_in_chunks_are_read_as_a_whole(content, chunk):
+    """NDJSON labels are read line by line as chunks arrive, orjson only where it cannot
+    differ: any chunking gives what the strict reading of each line gives."""
+    from app.core.errors import StewardError
+    from app.core.jsonbody import loads
+    from app.feedback.service import LabelLines
+
+    def chunked() -> Any:
+        lines = LabelLines()
+        for i in range(0, len(content), chunk):
+            lines.feed(content[i : i + chunk])
+        return lines.finish()
+
+    def whole() -> Any:
+        items = [loads(line) for line in content.split(b"\n") if line.strip()]
+        if not items:
+            raise StewardError("empty")
+        return items
+
+    def outcome(read: Any) -> Any:
+        try:
+            return read()
+        except (StewardError, ValueError):
+            return "error"
+
+    assert outcome(chunked) == outcome(whole)

@@ -140,3 +140,63 @@ def test_0004_gives_existing_models_the_default_checkpoint_seconds(db_url):
         assert "checkpoint_seconds" not in models.c
     finally:
         eng.dispose()
+
+
+def test_0007_moves_labels_out_of_the_prediction_rows_and_back(db_url):
+    """0007 packs the labels given so far into ``prediction_labels`` (the sample log's
+    packing, −1 offsets for the unlabelled); the downgrade puts them back on the rows and
+    gives the predictions of made ids (``token``) rows of their own."""
+    import numpy as np
+
+    upgrade(db_url, "0006")
+    eng = sa.create_engine(db_url)
+    try:
+        with eng.begin() as c:
+            for mid, task, out in ((1, "regression", 2), (2, "multiclass", 3)):
+                c.exec_driver_sql(
+                    "INSERT INTO models (id, name, task, input_dim, output_dim, hidden, activation, optimizer,"
+                    " checkpoint_every, checkpoint_seconds, seed, description, tags, guard, status, next_offset,"
+                    f" created_at, updated_at) VALUES ({mid}, 'm{mid}', '{task}', 1, {out}, '[]', 'relu', '{{}}',"
+                    " 10, 0, 0, '', '{}', '{}', 'active', 9, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+                c.execute(
+                    sa.text(
+                        "INSERT INTO prediction_batches (id, model_id, version, count, x, outputs, created_at)"
+                        " VALUES (:b, :b, 1, 3, :x, :o, CURRENT_TIMESTAMP)"
+                    ),
+                    {"b": mid, "x": b"\0" * 12, "o": b"\0" * (12 * out)},
+                )
+            labels = {(1, 0): [0.5, -1.0], (1, 2): [2.0, 3.0], (2, 1): 2}
+            offsets = {(1, 0): 4, (1, 2): 7, (2, 1): 8}
+            for b in (1, 2):
+                for pos in range(3):
+                    c.execute(
+                        sa.text(
+                            'INSERT INTO predictions (model_id, pid, batch_id, position, label, "offset")'
+                            " VALUES (:b, :pid, :b, :pos, :label, :off)"
+                        ).bindparams(sa.bindparam("label", type_=sa.JSON(none_as_null=True))),
+                        {"b": b, "pid": f"id{pos}", "pos": pos, "label": labels.get((b, pos)),
+                         "off": offsets.get((b, pos))},
+                    )  # fmt: skip
+        upgrade(db_url, "0007")
+        with eng.connect() as c:
+            rows = {r[0]: r for r in c.exec_driver_sql("SELECT batch_id, y, offsets FROM prediction_labels")}
+            assert set(rows) == {1, 2}
+            np.testing.assert_array_equal(
+                np.frombuffer(rows[1][1], np.float32).reshape(3, 2), [[0.5, -1.0], [0, 0], [2.0, 3.0]]
+            )
+            assert np.frombuffer(rows[1][2], np.int64).tolist() == [4, -1, 7]
+            assert np.frombuffer(rows[2][1], np.int64).tolist() == [0, 2, 0]
+            assert np.frombuffer(rows[2][2], np.int64).tolist() == [-1, 8, -1]
+            c.exec_driver_sql("UPDATE prediction_batches SET token = 255 WHERE id = 2")
+            c.exec_driver_sql("DELETE FROM predictions WHERE batch_id = 2")  # as if its ids were made
+            c.commit()
+        downgrade(db_url, "0006")
+        preds = sa.Table("predictions", sa.MetaData(), autoload_with=eng)
+        with eng.connect() as c:
+            got = {(r.batch_id, r.position): (r.pid, r.label, r.offset) for r in c.execute(sa.select(preds))}
+        assert got[(1, 0)] == ("id0", [0.5, -1.0], 4) and got[(1, 1)] == ("id1", None, None)
+        assert got[(1, 2)] == ("id2", [2.0, 3.0], 7)
+        assert got[(2, 1)] == ("p-2-1-0000000000ff", 2, 8) and got[(2, 0)] == ("p-2-0-0000000000ff", None, None)
+    finally:
+        eng.dispose()
