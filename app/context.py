@@ -65,7 +65,7 @@ class AppContext:
         online = OnlineService(db, settings, metrics, models, caches)
         models.on_deleted.append(online.forget)
         gauges = OnlineGauges(db, metrics)
-        feedback = FeedbackService(db, settings, metrics)
+        feedback = FeedbackService(db, settings, online)
         return cls(
             settings=settings,
             db=db,

@@ -51,13 +51,13 @@ class Batch:
 
 
 class PredictionRepository:
-    def __init__(self, s: Session) -> None:
+    def __init__(self, s: Session | sa.Connection) -> None:
         self.s = s
-        conn = s.connection()
-        self._q = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        self.conn = s.connection() if isinstance(s, Session) else s
+        self._q = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
 
     def _run(self, sql: str, params: Sequence[Any], *, many: bool = False) -> list[Any]:
-        cur = self.s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cur = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             if many:
                 cur.executemany(sql, params)
@@ -137,6 +137,18 @@ class PredictionRepository:
             "ON CONFLICT (batch_id) DO UPDATE SET y = excluded.y, offsets = excluded.offsets"
         )
         self._run(sql, [(b, y.tobytes(), o.tobytes()) for b, y, o in rows], many=True)
+
+    def add_served(self, model_id: int, rows: Sequence[tuple[int, int, float, int]]) -> None:
+        """``(version, labelled, loss sum, correct)``: more of the versions' recorded
+        predictions labelled, with the sums of their losses and hits (``served``)."""
+        sql = (
+            "INSERT INTO served_metrics (model_id, version, predictions, labelled, loss_sum, correct) "
+            f"VALUES ({self._marks(6)}) ON CONFLICT (model_id, version) DO UPDATE SET "
+            "labelled = served_metrics.labelled + excluded.labelled, "
+            "loss_sum = served_metrics.loss_sum + excluded.loss_sum, "
+            "correct = served_metrics.correct + excluded.correct"
+        )
+        self._run(sql, [(model_id, v, 0, n, loss, right) for v, n, loss, right in rows], many=True)
 
     def expired(self, before: datetime, limit: int) -> list[int]:
         """Ids of up to ``limit`` recorded requests made before ``before``, oldest first."""

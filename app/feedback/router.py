@@ -81,7 +81,7 @@ async def labels(
             raise BadRequest('empty body: send {"labels": [...]} or NDJSON')
         items = await run_in_threadpool(json_items, body) if len(body) > INLINE_PARSE_BYTES else json_items(body)
         del body
-    answer = await run_in_threadpool(ctx.feedback.label, name, items, idempotency_key)
+    answer = await ctx.feedback.label(name, items, idempotency_key)
     return Response(LabelsOut(**answer).model_dump_json(), status_code=202, media_type="application/json")
 
 

@@ -35,6 +35,8 @@ transaction, so it never holds the write lock for long (the job worker calls it)
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -44,11 +46,11 @@ from typing import Any
 import numpy as np
 import orjson
 import sqlalchemy as sa
+from starlette.concurrency import run_in_threadpool
 
 from app.core.db import Database
 from app.core.errors import BadRequest, Conflict, Invalid, NotFound
 from app.core.jsonbody import loads
-from app.core.metrics import Metrics
 from app.core.settings import Settings
 from app.core.tables import Model, Shadow, utcnow
 from app.engine.nn.network import labels as class_labels
@@ -56,14 +58,15 @@ from app.engine.nn.network import per_sample_loss
 from app.feedback.repository import Batch, PredictionRepository
 from app.feedback.schemas import ShadowOut
 from app.online.ingest import QUOTE
-from app.online.log import pack_rows
-from app.online.repository import IdempotencyRepository, LearnerRepository, SampleRepository, ShadowRepository
+from app.online.repository import LearnerRepository, SampleRepository, ShadowRepository
 from app.online.samples import SampleSpec, pack_labels
-from app.online.service import MAX_ROW_SAMPLES
-from app.registry.models import get_model, read_model
-from app.registry.repository import AliasRepository, ServedRepository, VersionRepository
+from app.online.service import OnlineService
+from app.registry.models import get_model
+from app.registry.repository import AliasRepository, VersionRepository
 
 LABELS: list[str | int] = ["body", "labels"]
+#: Labels up to this many are checked on the event loop; more in the thread pool.
+INLINE_LABELS = 2048
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
 #: Expired recorded requests removed per purge transaction.
 PURGE_BATCH = 500
@@ -215,10 +218,11 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
 
 
 class FeedbackService:
-    def __init__(self, db: Database, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, db: Database, settings: Settings, online: OnlineService) -> None:
         self.db = db
         self.settings = settings
-        self.metrics = metrics
+        #: the sample log's group commit, which carries labels
+        self.online = online
 
     # ------------------------------------------------------------------ recording
     def record(
@@ -278,39 +282,39 @@ class FeedbackService:
         return versions.pop(), np.stack(outs), ids
 
     # ------------------------------------------------------------------ labels
-    def label(self, name: str, items: list[Any], key: str | None) -> dict[str, Any]:
-        """``POST /labels``: the 202 answer (see the module doc)."""
-        spec = SampleSpec.of(read_model(self.db, name))
-        ids, Y = parse_labels(spec, items)
+    async def label(self, name: str, items: list[Any], key: str | None) -> dict[str, Any]:
+        """``POST /labels``: the 202 answer (see the module doc). The labels are checked
+        here, then carried by the sample log's group commit (one fsync for concurrent
+        requests, ``/update``'s among them), which runs :meth:`_work` in its transaction."""
+        online = self.online
+        t = online.cached_target(name)
+        if t is None:
+            t = await run_in_threadpool(online.target, name)
+        if len(items) > INLINE_LABELS:
+            ids, Y = await run_in_threadpool(parse_labels, t.spec, items)
+        else:
+            ids, Y = parse_labels(t.spec, items)
+        del items
         digest = labels_digest(ids, Y) if key is not None else ""
-        with self.db.write() as s:
-            m = get_model(s, name)
-            samples, keys = SampleRepository(s), IdempotencyRepository(s)
-            locked = samples.lock_models([m.id]).get(m.id)
-            if locked is None or locked[:3] != (spec.task, spec.input_dim, spec.output_dim):
-                raise Conflict(f"model {name!r} was re-created with another shape during the request; retry it")
-            if key is not None:
-                prior = keys.get(m.id, key)
-                fresh_after = utcnow() - timedelta(seconds=self.settings.idempotency_ttl_seconds)
-                if prior is not None and prior[2] > fresh_after:
-                    if prior[0] != digest:
-                        raise Conflict(
-                            f"Idempotency-Key {key!r} was already used with a different request body",
-                            errors=[{"loc": ["header", "Idempotency-Key"], "msg": "key reused with a different body"}],
-                        )
-                    return {**prior[1], "duplicate": True}
-                if prior is not None:
-                    keys.delete(m.id, key)
-            answer = self._append(s, m, spec, locked[3], ids, Y)
-            if key is not None:
-                keys.add_many([{"model_id": m.id, "key": key, "request_hash": digest, "response": answer}])
-        if answer["accepted"]:
-            self.metrics.accept_samples(name, answer["accepted"])
-        return {**answer, "duplicate": False}
+        work = functools.partial(self._work, t.model_id, t.spec, ids, Y)
+        append = online.submit_work(t, len(ids), work, key, digest, loop=asyncio.get_running_loop())
+        try:
+            return await online.wait_committed(append)
+        finally:
+            if not append.done:
+                online.abandon(append)
 
-    def _append(self, s: Any, m: Model, spec: SampleSpec, first: int, ids: list[str], Y: np.ndarray) -> dict[str, Any]:
-        repo = PredictionRepository(s)
-        where, batches = repo.locate(m.id, ids)
+    @staticmethod
+    def _work(
+        model_id: int, spec: SampleSpec, ids: list[str], Y: np.ndarray, conn: sa.Connection, first: int
+    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """The labels' part of the group commit, under the model row's lock: check every id
+        against what is recorded and labelled (unknown 422, another ``y`` 409, the same ``y``
+        a duplicate), mark the new ones labelled as the samples ``first, first + 1, …``,
+        score the outputs they were served; returns the answer and those samples (the
+        committer appends them to the log)."""
+        repo = PredictionRepository(conn)
+        where, batches = repo.locate(model_id, ids)
         given = Y.tolist()  # each label as Python compares it
         so_far: dict[int, tuple[np.ndarray, list[Any]]] = {}  # a batch's offsets and labels
 
@@ -347,9 +351,16 @@ class FeedbackService:
                     f"prediction {pid!r} is already labelled with another y",
                     errors=[{"loc": [*LABELS, i, "y"], "msg": "already labelled with another value"}],
                 )
-        if not new:
-            return {"accepted": 0, "duplicates": duplicates, "first_offset": None, "last_offset": None}
         n = len(new)
+        answer = {
+            "accepted": n,
+            "duplicates": duplicates,
+            "first_offset": first if n else None,
+            "last_offset": first + n - 1 if n else None,
+            "duplicate": False,
+        }
+        if not n:
+            return answer, np.empty((0, spec.input_dim), np.float32), Y[:0]
         # the recorded inputs and served outputs: the touched batches side by side, one gather
         start: dict[int, int] = {}
         total = 0
@@ -360,13 +371,10 @@ class FeedbackService:
                 total += batches[b_id].count
         order = [batches[b] for b in start]
         rows = np.fromiter((start[where[ids[i]][0]] + where[ids[i]][1] for i in new), np.int64, n)
-        X = _stack([np.frombuffer(b.x, np.float32) for b in order]).reshape(-1, m.input_dim)[rows]
-        out = _stack([np.frombuffer(b.outputs, np.float32) for b in order]).reshape(-1, m.output_dim)[rows]
+        X = _stack([np.frombuffer(b.x, np.float32) for b in order]).reshape(-1, spec.input_dim)[rows]
+        out = _stack([np.frombuffer(b.outputs, np.float32) for b in order]).reshape(-1, spec.output_dim)[rows]
         served = np.repeat(np.array([b.version for b in order]), [b.count for b in order])[rows]
         Yn = Y[new] if n < len(Y) else Y
-        samples = SampleRepository(s)
-        samples.add_rows(pack_rows(m.id, first, X, Yn, max_rows=MAX_ROW_SAMPLES))
-        samples.set_next_offset(m.id, first + n)
         # each touched batch's labels as they are now
         changed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k, i in enumerate(new):
@@ -383,14 +391,15 @@ class FeedbackService:
             state[0][pos] = Yn[k]
             state[1][pos] = first + k
         repo.put_labels([(b, y, o) for b, (y, o) in changed.items()])
-        loss = per_sample_loss(m.task, out, Yn)
-        hits = class_labels(m.task, out)
+        loss = per_sample_loss(spec.task, out, Yn)
+        hits = class_labels(spec.task, out)
         right = (hits == Yn.reshape(-1)) if hits is not None else np.zeros(n, bool)
-        metrics = ServedRepository(s)
-        for v in np.unique(served).tolist():
-            sel = served == v
-            metrics.add_labels(m.id, v, int(sel.sum()), float(loss[sel].sum()), int(right[sel].sum()))
-        return {"accepted": n, "duplicates": duplicates, "first_offset": first, "last_offset": first + n - 1}
+        versions = np.unique(served)
+        sums = [(v, served == v) for v in versions.tolist()]
+        repo.add_served(
+            model_id, [(v, int(sel.sum()), float(loss[sel].sum()), int(right[sel].sum())) for v, sel in sums]
+        )
+        return answer, X, Yn
 
     # ------------------------------------------------------------------ expiry
     def purge(self) -> int:

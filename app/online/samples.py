@@ -247,9 +247,36 @@ def _pack_labels(spec: SampleSpec, ys: list[Any]) -> np.ndarray:
     return Y.reshape(len(ys), spec.output_dim)
 
 
+def _plain_labels(spec: SampleSpec, ys: list[Any]) -> np.ndarray | None:
+    """The packed ``Y`` of labels that are all plain numbers of the task's kind and in
+    range, checked as arrays (no Python call per label); None when any is not (a boolean,
+    a list, a string, out of range …): :func:`pack_labels` then checks them one by one."""
+    types = set(map(type, ys))
+    try:
+        if spec.task == "multiclass":
+            if types != {int}:
+                return None
+            Y = np.array(ys, dtype=np.int64)
+            return Y if ((Y >= 0) & (spec.output_dim > Y)).all() else None
+        if not types <= _NUMBER_TYPES or (spec.task == "regression" and spec.output_dim != 1):
+            return None
+        A = np.array(ys, dtype=np.float64)
+    except OverflowError:  # an integer beyond int64 / float64
+        return None
+    if spec.task == "binary":
+        return A.astype(np.float32) if ((A == 0) | (A == 1)).all() else None
+    if not (np.abs(A) < F32_ROUNDS_TO_INF).all():  # (NaN compares False: refused too)
+        return None
+    return A.astype(np.float32).reshape(len(ys), 1)
+
+
 def pack_labels(spec: SampleSpec, ys: list[Any], loc: list[str | int]) -> np.ndarray:
     """Check labels as a sample's ``y`` is checked (label ``k`` answers at ``[*loc, k, "y"]``)
     and pack them as the log's ``Y``."""
+    if ys:
+        plain = _plain_labels(spec, ys)
+        if plain is not None:
+            return plain
     for k, y in enumerate(ys):
         _check_label(spec, y, k, loc)
     return _pack_labels(spec, ys)

@@ -79,7 +79,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.cache import Caches
 from app.core.db import Database, model_subject
-from app.core.errors import Conflict, Invalid, NotFound, Unavailable
+from app.core.errors import Conflict, Invalid, NotFound, StewardError, Unavailable
 from app.core.metrics import Metrics
 from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
@@ -94,6 +94,9 @@ from app.registry.versions import version_out
 #: Reads and validates a request body for a model's sample shape: ``read(spec, body_read)``
 #: calls ``body_read()`` once the whole body has arrived, and returns (X, Y).
 SampleReader = Callable[["SampleSpec", Callable[[], None]], Awaitable[tuple[np.ndarray, np.ndarray]]]
+#: labels' part of a group commit (see ``_Append.work``): (connection, first offset) →
+#: (answer, X, Y)
+LabelWork = Callable[[sa.Connection, int], tuple[dict[str, Any], np.ndarray, np.ndarray]]
 
 #: Largest number of samples in one ``sample_batches`` row.
 MAX_ROW_SAMPLES = 65_536
@@ -147,6 +150,11 @@ class _Append:
     #: a recorded predict instead of samples: its serving version; X holds its inputs and
     #: Y its outputs, and the answer ``{"recorded": n, "ids": [...]}`` the ids Steward made
     record: int | None = None
+    #: labels instead of samples (app.feedback): called in the commit's transaction with
+    #: the model's next offset, it checks and stores what it must and returns its answer and
+    #: the samples it became (X, Y); a StewardError it raises is this append's answer alone.
+    #: X holds a placeholder of its length until then.
+    work: LabelWork | None = None
     #: what the waiter waits on: a thread an event, a request on the event loop a future
     finished: threading.Event | None = None
     future: asyncio.Future[None] | None = None
@@ -330,6 +338,16 @@ class OnlineService:
         append.future = loop.create_future()
         return self._enqueue(append, None)
 
+    def submit_work(
+        self, t: Target, n: int, work: LabelWork, key: str | None, digest: str, *, loop: asyncio.AbstractEventLoop
+    ) -> _Append:
+        """Queue ``n`` labels for the group commit (``work`` turns them into samples inside
+        it, see :class:`_Append`); ``key`` / ``digest``: an Idempotency-Key and what it
+        remembers of the request. Await :meth:`wait_committed`."""
+        append = _Append(t, np.empty((n, 0), np.float32), np.empty(0), key, digest, work=work)
+        append.future = loop.create_future()
+        return self._enqueue(append, None)
+
     def _enqueue(self, append: _Append, announced: int | None) -> _Append:
         """Put ``append`` in the committer's queue (settling its announcement), waking the
         committer when the queue reached what it waits for; the committer starts on first use."""
@@ -368,15 +386,15 @@ class OnlineService:
         return self._outcome(append)
 
     def _outcome(self, append: _Append) -> dict[str, Any]:
-        t, X = append.t, append.X
+        t = append.t
         if append.error is not None:
             if isinstance(append.error, SpecChanged | NotFound):
                 self.forget(t.name)
             raise append.error
         answer = append.answer
         assert answer is not None
-        if append.record is None and not answer["duplicate"]:
-            self.metrics.accept_samples(t.name, len(X))
+        if append.record is None and not answer["duplicate"] and answer["accepted"]:
+            self.metrics.accept_samples(t.name, answer["accepted"])
         return answer
 
     def _commit_loop(self) -> None:
@@ -501,13 +519,21 @@ class OnlineService:
                     else:
                         out.append((append, {**prior[1], "duplicate": True}, None))
                     continue
-            n = len(append.X)
             first = nexts.get(mid, got[3])
-            nexts[mid] = first + n
-            answer = {"accepted": n, "first_offset": first, "last_offset": first + n - 1, "duplicate": False}
-            xs, ys = arrays.setdefault(mid, ([], []))
-            xs.append(append.X)
-            ys.append(append.Y)
+            if append.work is not None:
+                try:
+                    answer, X, Y = append.work(s, first)
+                except StewardError as e:
+                    out.append((append, None, e))
+                    continue
+            else:
+                X, Y, n = append.X, append.Y, len(append.X)
+                answer = {"accepted": n, "first_offset": first, "last_offset": first + n - 1, "duplicate": False}
+            if len(X):
+                nexts[mid] = first + len(X)
+                xs, ys = arrays.setdefault(mid, ([], []))
+                xs.append(X)
+                ys.append(Y)
             if append.key is not None:
                 seen[(mid, append.key)] = (append.digest, answer)
                 key_rows.append({"model_id": mid, "key": append.key, "request_hash": append.digest, "response": answer})

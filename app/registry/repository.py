@@ -6,12 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.core.db import mark_changed, model_subject
-from app.core.tables import Alias, Learner, Model, ServedMetrics, Version, table, utcnow
+from app.core.tables import Alias, Learner, Model, ServedMetrics, Version, utcnow
 
 
 class ModelRepository:
@@ -140,26 +138,13 @@ class AliasRepository:
 
 class ServedRepository:
     """``served_metrics``: per version, what it really served (recorded predictions, their
-    labels, the sums of the labels' losses and correct answers). Counts are added by one
-    upsert each (``INSERT … ON CONFLICT DO UPDATE``), so concurrent writers need no lock."""
+    labels, the sums of the labels' losses and correct answers), read here. Counts are added
+    by one upsert each (``INSERT … ON CONFLICT DO UPDATE``, so concurrent writers need no
+    lock) on the write paths' DBAPI cursors: ``SampleRepository.add_records`` and
+    ``PredictionRepository.add_served``."""
 
     def __init__(self, s: Session) -> None:
         self.s = s
-
-    def _add(self, model_id: int, version: int, **inc: int | float) -> None:
-        t = table(ServedMetrics)
-        insert = sqlite_insert if self.s.get_bind().dialect.name == "sqlite" else pg_insert
-        values = {"predictions": 0, "labelled": 0, "loss_sum": 0.0, "correct": 0, **inc}
-        stmt = insert(t).values(model_id=model_id, version=version, **values)
-        self.s.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["model_id", "version"], set_={k: t.c[k] + stmt.excluded[k] for k in inc}
-            )
-        )
-
-    def add_labels(self, model_id: int, version: int, n: int, loss_sum: float, correct: int) -> None:
-        """``n`` more of its predictions labelled, with the sums of their losses and hits."""
-        self._add(model_id, version, labelled=n, loss_sum=loss_sum, correct=correct)
 
     def get(self, model_id: int, versions: Sequence[int]) -> dict[int, ServedMetrics]:
         if not versions:

@@ -179,3 +179,43 @@ def test_the_same_bad_sample_is_the_same_422_everywhere(client, subtests):
             assert _post(client, "/v1/models/m/migrate", transfer) == want
     assert client.get("/v1/jobs").json()["items"] == []
     assert client.get("/v1/models/m").json()["online"]["accepted"] == 0
+
+
+_LABEL = st.one_of(
+    st.integers(-3, 4),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, 1.0, 2.0, -0.0, 1e39, 3.4028235e38, True, False, None, "1", [1], [0.5]]),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    spec=st.sampled_from([SampleSpec("binary", 2, 1), SampleSpec("multiclass", 2, 3), SampleSpec("regression", 2, 1)]),
+    ys=st.lists(_LABEL, min_size=1, max_size=6),
+)
+def test_labels_packed_as_arrays_are_packed_as_one_by_one(spec, ys) -> None:
+    """pack_labels checks plain labels as arrays: what it accepts so is exactly what the
+    label-by-label check accepts, packed alike; anything else goes to that check."""
+    from app.online.samples import _check_label, _pack_labels, _plain_labels
+
+    plain = _plain_labels(spec, ys)
+    try:
+        for k, y in enumerate(ys):
+            _check_label(spec, y, k, ["body", "labels"])
+        slow = _pack_labels(spec, ys)
+    except Invalid:
+        assert plain is None
+        return
+    if plain is not None:
+        assert plain.dtype == slow.dtype and plain.shape == slow.shape
+        np.testing.assert_array_equal(plain, slow)
+
+
+def test_plain_labels_take_the_array_path():
+    from app.online.samples import _plain_labels
+
+    assert _plain_labels(SampleSpec("binary", 2, 1), [0, 1, 1.0]) is not None
+    assert _plain_labels(SampleSpec("multiclass", 2, 3), [0, 2, 1]) is not None
+    assert _plain_labels(SampleSpec("regression", 2, 1), [0.5, -3, 1e30]) is not None
+    assert _plain_labels(SampleSpec("binary", 2, 1), [0, True]) is None
