@@ -1,0 +1,100 @@
+"""The README's scripts run as written: every fenced ``bash`` block preceded by a
+``<!-- tested: … -->`` line runs with bash (``-e -o pipefail``) against a fresh server
+(``steward serve`` on SQLite, the learner on), with ``S`` and ``KEY`` set as the tour says,
+and every ``#   → …`` comment in it matches a line of what the script printed, in order
+(``…`` after a digit stands for more digits, elsewhere for anything)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import env_for, free_port, stop, wait_ready
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+KEY = "readme-admin-key-0123456789abcdef"
+_BLOCK = re.compile(r"<!-- tested: (?P<name>[^>]+?) -->\n```bash\n(?P<body>.*?)\n```", re.S)
+
+
+def readme_blocks() -> dict[str, str]:
+    return {m["name"]: m["body"] for m in _BLOCK.finditer(README)}
+
+
+def expectations(script: str) -> list[str]:
+    """The ``→`` comments of a script, continuation lines joined."""
+    out: list[str] = []
+    lines = script.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*#\s+→ (.*)", line)
+        if m is None:
+            continue
+        text = m[1]
+        for nxt in lines[i + 1 :]:
+            cont = re.match(r"\s*#\s{4,}(\S.*)", nxt)
+            if cont is None or "→" in nxt:
+                break
+            text += cont[1]
+        out.append(text)
+    return out
+
+
+def pattern(expected: str) -> re.Pattern[str]:
+    parts = re.split(r"(…)", expected)
+    rx = ""
+    for k, p in enumerate(parts):
+        if p == "…":
+            rx += r"\d*" if k and parts[k - 1][-1:].isdigit() else ".*"
+        else:
+            rx += re.escape(p)
+    return re.compile(rx)
+
+
+def test_the_readme_has_readme_blocks_and_they_expect_something():
+    blocks = readme_blocks()
+    assert "the feedback loop" in blocks
+    for body in blocks.values():
+        assert expectations(body)
+
+
+def test_expectation_patterns():
+    assert pattern("{'loss': 0.69…, 'n': 3}").fullmatch("{'loss': 0.6915, 'n': 3}")
+    assert not pattern("{'loss': 0.69…, 'n': 3}").fullmatch("{'loss': 0.7015, 'n': 3}")
+    assert pattern('{"version":2,…}').fullmatch('{"version":2,"at":"x"}')
+    assert not pattern('{"version":2,…}').fullmatch('{"version":3,"at":"x"}')
+
+
+@pytest.mark.parametrize("name", sorted(readme_blocks()))
+def test_a_readme_script_runs_as_written(name, tmp_path):
+    script = readme_blocks()[name]
+    port = free_port()
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-worker"]
+    env = env_for(tmp_path, STEWARD_ADMIN_KEY=KEY)
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_ready(server, f"http://127.0.0.1:{port}/readyz", timeout=60)
+        work = tmp_path / "work"
+        work.mkdir()
+        run = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", script],
+            cwd=work,
+            env={**env, "S": f"http://127.0.0.1:{port}", "KEY": KEY},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        stop(server)
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    printed = run.stdout.splitlines()
+    at = 0
+    for expected in expectations(script):
+        rx = pattern(expected)
+        while at < len(printed) and not rx.fullmatch(printed[at]):
+            at += 1
+        assert at < len(printed), f"nothing printed matches {expected!r} (in order); printed:\n{run.stdout}"
+        at += 1
