@@ -1,25 +1,28 @@
 """Recorded predictions and delayed labels (see the package doc).
 
-**Recording.** :meth:`FeedbackService.record` stores a recorded ``/predict`` request in one
-transaction: one ``prediction_batches`` row (inputs and served outputs packed), one
-``predictions`` row per id, and the served version's ``predictions`` count — before the
-answer, like every write. A client's ids are its idempotency: the same ids with the same
-inputs answer the first answer again (same version, same outputs, from the stored rows);
-an id already recorded with other inputs, or in another request, is 409 at
-``["body", "ids", i]``.
+**Recording.** A recorded ``/predict`` is stored in one transaction: one
+``prediction_batches`` row (inputs and served outputs packed) and the served version's
+``predictions`` count — before the answer, like every write. Without ids of its own it
+rides the sample log's group commit and gets ids Steward makes, which name the row
+(:mod:`app.online.records`: no row per id). With the client's ids
+(:meth:`FeedbackService.record`), one ``predictions`` row per id: they are its
+idempotency — the same ids with the same inputs answer the first answer again (same
+version, same outputs, from the stored rows); an id already recorded with other inputs,
+or in another request, is 409 at ``["body", "ids", i]``.
 
 **Labelling.** :meth:`FeedbackService.label` checks every label first (the ids' form and
-the ``y`` of the model's task, as ``/update`` checks a sample's), then, in one
-transaction under the model row's lock (the lock every append of the sample log takes):
-an unknown or expired id is 422 at ``["body", "labels", i, "id"]``; a label repeated with
-the same ``y`` (in the request or since an earlier request) is a duplicate and adds
-nothing; another ``y`` for a labelled id is 409 at ``["body", "labels", i, "y"]``. The new
-labels become samples at the log's next offsets — the recorded input with its ``y`` —
-their ids are marked labelled with their offsets, and each scores the output that was
-served: the per-sample loss of :func:`app.engine.nn.network.per_sample_loss` and the
-label of :func:`~app.engine.nn.network.labels`, summed per serving version into its
-``served`` metrics. All or nothing, durable before the 202; an ``Idempotency-Key`` works
-as on ``/update``.
+the ``y`` of the model's task, as ``/update`` checks a sample's) and queues them on the
+sample log's group commit, whose transaction holds the model row's lock (the lock every
+append takes) and runs :meth:`FeedbackService._work`: an unknown or expired id is 422 at
+``["body", "labels", i, "id"]``; a label repeated with the same ``y`` (in the request or
+since an earlier request) is a duplicate and adds nothing; another ``y`` for a labelled id
+is 409 at ``["body", "labels", i, "y"]``. The new labels become samples at the log's next
+offsets — the recorded input with its ``y`` — their predictions are marked labelled with
+their offsets (``prediction_labels``), and each scores the output that was served: the
+per-sample loss of :func:`app.engine.nn.network.per_sample_loss` and the label of
+:func:`~app.engine.nn.network.labels`, summed per serving version into its ``served``
+metrics. All or nothing, durable before the 202; an ``Idempotency-Key`` works as on
+``/update``.
 
 **Shadows.** ``PUT /models/{name}/shadows/{v}`` starts version ``v`` scoring every sample
 appended to the log from then on (``since_offset``, the model's ``next_offset`` at the
