@@ -85,8 +85,9 @@ class Adwin:
         self._clear()
 
     def _clear(self) -> None:
-        # levels[i]: the buckets of 2**i values, oldest first, as [total, variance] pairs
-        self.levels: list[list[list[float]]] = [[]]
+        # level i holds buckets of 2**i values, oldest first: their totals and variances
+        self.totals: list[list[float]] = [[]]
+        self.variances: list[list[float]] = [[]]
         self.width = 0.0
         self.total = 0.0
         self.variance = 0.0
@@ -111,35 +112,42 @@ class Adwin:
         return self.detected
 
     def _insert(self, x: float) -> None:
-        self.levels[0].append([x, 0.0])
-        self.width += 1
-        if self.width > 1:
-            d = x - self.total / (self.width - 1)
-            self.variance += (self.width - 1) * d * d / self.width
+        totals, variances = self.totals, self.variances
+        totals[0].append(x)
+        variances[0].append(0.0)
+        width = self.width = self.width + 1
+        if width > 1:
+            d = x - self.total / (width - 1)
+            self.variance += (width - 1) * d * d / width
         self.total += x
         level = 0
-        while len(self.levels[level]) == self.max_buckets + 1:  # merge the two oldest
-            if level + 1 == len(self.levels):
-                self.levels.append([])
-            (t1, v1), (t2, v2) = self.levels[level][0], self.levels[level][1]
+        full = self.max_buckets + 1
+        while len(totals[level]) == full:  # merge the two oldest
+            if level + 1 == len(totals):
+                totals.append([])
+                variances.append([])
+            ts, vs = totals[level], variances[level]
+            t1, t2 = ts[0], ts[1]
             n = float(1 << level)
             d = t1 / n - t2 / n
-            self.levels[level + 1].append([t1 + t2, v1 + v2 + n * 0.5 * d * d])
-            del self.levels[level][:2]
+            totals[level + 1].append(t1 + t2)
+            variances[level + 1].append(vs[0] + vs[1] + n * 0.5 * d * d)
+            del ts[:2], vs[:2]
             level += 1
 
     def _drop_oldest(self) -> float:
         """Remove the oldest bucket from the window; returns how many values it held."""
-        top = len(self.levels) - 1
+        top = len(self.totals) - 1
         n = float(1 << top)
-        total, var = self.levels[top][0]
+        total, var = self.totals[top][0], self.variances[top][0]
         self.width -= n
         self.total -= total
         mu, mu_w = total / n, self.total / self.width
         self.variance -= var + n * self.width * (mu - mu_w) ** 2 / (n + self.width)
-        del self.levels[top][0]
-        if not self.levels[top] and top > 0:
-            self.levels.pop()
+        del self.totals[top][0], self.variances[top][0]
+        if not self.totals[top] and top > 0:
+            self.totals.pop()
+            self.variances.pop()
         return n
 
     def _detect(self) -> bool:
@@ -147,6 +155,7 @@ class Adwin:
         changed = False
         again = True
         L = self.min_window_length
+        sqrt = math.sqrt
         while again:
             again = False
             # ε's terms that depend on the window alone (δ', σ²), in River's order of operations
@@ -156,17 +165,18 @@ class Adwin:
             n0 = u0 = 0.0
             n1, u1 = self.width, self.total
             done = False
-            for level in range(len(self.levels) - 1, -1, -1):
+            for level in range(len(self.totals) - 1, -1, -1):
                 size = float(1 << level)
-                buckets = self.levels[level]
-                for k, (u2, _) in enumerate(buckets):
+                buckets = self.totals[level]
+                last = len(buckets) - 1 if level == 0 else -1
+                for k, u2 in enumerate(buckets):
                     n0, n1, u0, u1 = n0 + size, n1 - size, u0 + u2, u1 - u2
-                    if level == 0 and k == len(buckets) - 1:
+                    if k == last:
                         done = True
                         break
                     if n0 >= L and n1 >= L:
                         m = 1.0 / (n0 - L + 1) + 1.0 / (n1 - L + 1)
-                        if abs(u0 / n0 - u1 / n1) <= math.sqrt(2 * m * var_w * d_prime) + third_d * m:
+                        if abs(u0 / n0 - u1 / n1) <= sqrt(2 * m * var_w * d_prime) + third_d * m:
                             continue
                         changed = again = True
                         if self.width > 0:
