@@ -473,3 +473,49 @@ def test_ndjson_labels_read_in_chunks_are_read_as_a_whole(content, chunk):
             return "error"
 
     assert outcome(chunked) == outcome(whole)
+
+
+def test_concurrent_labels_and_updates_share_commits_and_count_once(client):
+    """Label requests for the same predictions race each other and /update requests: each
+    prediction becomes exactly one sample, the answers' counts add up (accepted once,
+    duplicates the rest), and the log holds every labelled input once and every update,
+    at contiguous offsets."""
+    import threading
+
+    create(client, "m", task="binary", input_dim=3, hidden=[])
+    X, Y = data("binary", 60, 3)
+    ids = record(client, X)["prediction_ids"]
+    pairs = [(i, int(y)) for i, y in zip(ids, Y, strict=True)]
+    U = data("binary", 5, 3, seed=1)[0]
+    answers: list[dict] = []
+    errors: list[str] = []
+
+    def send(kind: int) -> None:
+        for _ in range(3):
+            if kind < 4:
+                body = {"labels": [{"id": i, "y": y} for i, y in pairs[kind * 7 :] + pairs[: kind * 7]]}
+                r = client.post("/v1/models/m/labels", json=body)
+            else:
+                r = client.post("/v1/models/m/update", json={"samples": [{"x": x, "y": 0} for x in U.tolist()]})
+            if r.status_code != 202:
+                errors.append(r.text)
+            elif kind < 4:
+                answers.append(r.json())
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sum(a["accepted"] for a in answers) == 60
+    assert sum(a["duplicates"] for a in answers) == 60 * 11
+    assert accepted(client) == 60 + 6 * 5
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+    with ctx.db.read() as s:
+        Xl, Yl = read_log(s, get_model(s, "m"), 0, 89)
+    truth = {tuple(x): float(y) for x, y in zip(X.tolist(), Y.tolist(), strict=True)}
+    mine = np.array([tuple(row) in truth for row in Xl.tolist()])
+    assert sorted(map(tuple, Xl[mine].tolist())) == sorted(truth)  # each labelled input exactly once
+    assert [truth[tuple(x)] for x in Xl[mine].tolist()] == Yl[mine].tolist()  # with its label
+    np.testing.assert_array_equal(Xl[~mine], np.tile(U, (6, 1)))
