@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from app.core.errors import BadRequest, PayloadTooLarge
 
@@ -15,9 +16,40 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BadRequest("invalid Content-Length")
         if int(cl) > limit:
             raise PayloadTooLarge(f"body of {int(cl)} bytes exceeds the limit of {limit} bytes")
+    if not hasattr(request, "_body") and not request._stream_consumed:
+        # the common case, a body that came in one message, without Starlette's stream
+        # machinery; kept as Starlette keeps a read body, so request.body() still answers
+        message = await request.receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            body: bytes = message.get("body", b"")
+            if len(body) > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            request._body = body
+            return body
+        first = message
+    else:
+        first = None
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-    return bytes(buf)
+    if first is not None:
+        if first["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        buf += first.get("body", b"")
+        request._stream_consumed = True
+        while True:
+            if len(buf) > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            buf += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+    else:
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+    if len(buf) > limit:
+        raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+    request._body = bytes(buf)
+    return request._body
