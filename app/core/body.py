@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
@@ -53,3 +55,18 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
     request._body = bytes(buf)
     return request._body
+
+
+async def body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's non-empty chunks as they arrive (a streamed body: NDJSON), refusing (413)
+    a declared length past ``limit`` before reading and a body that grows past it."""
+    cl = request.headers.get("content-length")
+    if cl is not None and cl.isdigit() and int(cl) > limit:
+        raise PayloadTooLarge(f"body of {int(cl)} bytes exceeds the limit of {limit} bytes")
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        if chunk:
+            yield chunk

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
-from app.core.body import read_body
-from app.core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from app.core.body import body_chunks, read_body
+from app.core.errors import BadRequest, UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.schemas import problem_responses
 from app.deps import ModelIngest, ModelMaintain, ModelNamePath, ModelRead, VersionPath
@@ -64,16 +64,9 @@ async def labels(
         )
     limit = ctx.settings.max_body_bytes
     if ctype in NDJSON_TYPES:  # read line by line as it arrives, like /update's NDJSON
-        cl = request.headers.get("content-length")
-        if cl is not None and cl.isdigit() and int(cl) > limit:
-            raise PayloadTooLarge(f"body of {int(cl)} bytes exceeds the limit of {limit} bytes")
-        lines, seen = LabelLines(), 0
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen > limit:
-                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-            if chunk:
-                lines.feed(chunk)
+        lines = LabelLines()
+        async for chunk in body_chunks(request, limit):
+            lines.feed(chunk)
         items = lines.finish()
     else:
         body = await read_body(request, limit)

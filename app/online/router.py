@@ -17,8 +17,8 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
-from app.core.body import read_body
-from app.core.errors import BadRequest, Invalid, PayloadTooLarge, UnsupportedMediaType
+from app.core.body import body_chunks, read_body
+from app.core.errors import BadRequest, Invalid, UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.memory import release_free_memory
 from app.core.routes import HotRoute, path_name_param, query_bool, query_float, query_param
@@ -77,17 +77,11 @@ async def _read_samples(
     (before the last of the parsing); ``size`` (if given) gets the body's length appended."""
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype in NDJSON_TYPES:
-        cl = request.headers.get("content-length")
-        if cl is not None and cl.isdigit() and int(cl) > limit:
-            raise PayloadTooLarge(f"body of {int(cl)} bytes exceeds the limit of {limit} bytes")
         parser = NDJSONParser(spec)
         seen = 0
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, limit):
             seen += len(chunk)
-            if seen > limit:
-                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-            if chunk:
-                parser.feed(chunk)
+            parser.feed(chunk)
         if size is not None:
             size.append(seen)
         body_read()
