@@ -9,6 +9,13 @@ from starlette.requests import ClientDisconnect
 
 from app.core.errors import BadRequest, PayloadTooLarge
 
+#: The Content-Types read as one JSON document (none given counts as JSON) …
+JSON_TYPES = frozenset({"", "application/json"})
+#: … and as newline-delimited JSON, one object per line.
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
+#: JSON bodies larger than this are parsed in the thread pool instead of on the event loop.
+INLINE_PARSE_BYTES = 1 << 20
+
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (413) once it passes ``limit`` bytes, before reading it all."""

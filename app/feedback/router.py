@@ -9,19 +9,15 @@ from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
-from app.core.body import body_chunks, read_body
+from app.core.body import INLINE_PARSE_BYTES, JSON_TYPES, NDJSON_TYPES, body_chunks, read_body
 from app.core.errors import BadRequest, UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.schemas import problem_responses
 from app.deps import ModelIngest, ModelMaintain, ModelNamePath, ModelRead, VersionPath
 from app.feedback.schemas import LABELS_BODY, LabelsOut, ShadowIn, ShadowList, ShadowOut
-from app.feedback.service import NDJSON_TYPES, LabelLines, json_items
+from app.feedback.service import LabelLines, json_items
 
 router = APIRouter(route_class=JSONRoute, tags=["online"])
-
-JSON_TYPES = frozenset({"", "application/json"})
-#: JSON bodies larger than this are read in the thread pool instead of on the event loop.
-INLINE_PARSE_BYTES = 1 << 20
 
 
 @router.post(

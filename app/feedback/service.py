@@ -60,7 +60,7 @@ from app.engine.nn.network import labels as class_labels
 from app.engine.nn.network import per_sample_loss
 from app.feedback.repository import Batch, PredictionRepository
 from app.feedback.schemas import ShadowOut
-from app.online.ingest import QUOTE
+from app.online.ingest import count_quotes
 from app.online.repository import LearnerRepository, SampleRepository, ShadowRepository
 from app.online.samples import SampleSpec, pack_labels
 from app.online.service import OnlineService
@@ -70,7 +70,6 @@ from app.registry.repository import AliasRepository, VersionRepository
 LABELS: list[str | int] = ["body", "labels"]
 #: Labels up to this many are checked on the event loop; more in the thread pool.
 INLINE_LABELS = 2048
-NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
 #: Expired recorded requests removed per purge transaction.
 PURGE_BATCH = 500
 
@@ -136,7 +135,7 @@ def _fast_items(body: bytes) -> list[Any] | None:
     for item in items:
         if type(item) is not dict or len(item) != 2 or type(item.get("id")) is not str or "y" not in item:
             return None  # (each label then holds at least its 6 quotes: the count is exact)
-    if int(np.count_nonzero(np.frombuffer(body, np.uint8) == QUOTE)) != 2 + 6 * len(items):
+    if count_quotes(body) != 2 + 6 * len(items):
         return None
     return items
 
@@ -195,7 +194,7 @@ class LabelLines:
             and len(item) == 2
             and type(item.get("id")) is str
             and "y" in item
-            and line.count(b'"') == 6
+            and count_quotes(line) == 6
         ):
             item = _read(line, f"malformed NDJSON line {self._line}")
         self.items.append(item)

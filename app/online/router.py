@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
-from app.core.body import body_chunks, read_body
+from app.core.body import INLINE_PARSE_BYTES, JSON_TYPES, NDJSON_TYPES, body_chunks, read_body
 from app.core.errors import BadRequest, Invalid, UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.memory import release_free_memory
@@ -31,10 +31,6 @@ from app.registry.schemas import ModelOut, VersionOut
 
 router = APIRouter(route_class=JSONRoute, tags=["online"])
 
-JSON_TYPES = frozenset({"", "application/json"})
-NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
-#: JSON bodies larger than this are parsed in the thread pool instead of on the event loop.
-INLINE_PARSE_BYTES = 1 << 20
 #: After a body larger than this, the freed heap is handed back to the OS (app.core.memory).
 TRIM_BODY_BYTES = 8 << 20
 KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app.context import AppContext
-from app.core.body import read_body
+from app.core.body import JSON_TYPES, read_body
 from app.core.errors import UnsupportedMediaType
 from app.core.jsonbody import JSONRoute
 from app.core.routes import HotRoute, path_name_param
@@ -20,7 +20,6 @@ from app.predict.schemas import EvaluateIn, EvaluateOut, PredictIn, PredictOut
 
 router = APIRouter(route_class=JSONRoute, tags=["predict"])
 
-JSON_TYPES = frozenset({"", "application/json"})
 
 PREDICT_BODY = {
     "required": True,
