@@ -19,6 +19,7 @@ from app.context import AppContext
 from app.core.migrations import upgrade
 from app.core.settings import Settings
 from app.jobs.runner import Worker
+from app.webhooks.delivery import Deliverer
 
 log = logging.getLogger("steward.worker")
 
@@ -31,6 +32,11 @@ def make_worker(ctx: AppContext) -> Worker:
         poll_seconds=ctx.settings.worker_poll_seconds,
         on_finished=lambda kind, status: ctx.metrics.jobs.labels(kind, status).inc(),
     )
+
+
+def make_deliverer(ctx: AppContext) -> Deliverer:
+    """The webhook delivery loop of a worker (:mod:`app.webhooks.delivery`)."""
+    return Deliverer(ctx.db, ctx.webhooks, ctx.settings, metrics=ctx.metrics)
 
 
 def remove_leftovers(ctx: AppContext) -> int:
@@ -82,6 +88,7 @@ def start_background(ctx: AppContext) -> Callable[[], None]:
         stops.append(ctx.start_learner().stop)
     if ctx.settings.run_worker:
         stops.append(make_worker(ctx).start().stop)
+        stops.append(make_deliverer(ctx).start().stop)
 
     def stop() -> None:
         for fn in reversed(stops):
@@ -98,6 +105,7 @@ def run_worker_process(settings: Settings, concurrency: int = 1) -> None:
     ctx = AppContext.build(settings)
     remove_leftovers(ctx)
     workers = [make_worker(ctx).start() for _ in range(max(concurrency, 1))]
+    deliverer = make_deliverer(ctx).start()
     done = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -111,6 +119,7 @@ def run_worker_process(settings: Settings, concurrency: int = 1) -> None:
         pass
     for w in workers:
         w.stop()
+    deliverer.stop()
     ctx.close()
 
 

@@ -131,6 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "proxy_headers": True,
         "log_level": "info",
         "workers": n,  # explicit: uvicorn would otherwise read WEB_CONCURRENCY
+        # open event streams (SSE, long polls) never end on their own: past this, a stop closes them
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
     }
     if n == 1:
         from app.main import create_app

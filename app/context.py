@@ -16,6 +16,8 @@ from app.core.cache import Caches
 from app.core.db import Database
 from app.core.metrics import Metrics
 from app.core.settings import Settings
+from app.events.feed import EventHub
+from app.events.service import EventService
 from app.feedback.service import FeedbackService
 from app.jobs.contract import Handlers
 from app.jobs.queue import Queue
@@ -30,6 +32,7 @@ from app.predict.service import PredictService
 from app.registry.models import ModelService
 from app.registry.versions import NetworkCache, VersionService
 from app.training.service import TrainingService
+from app.webhooks.service import WebhookService
 
 
 @dataclass
@@ -51,6 +54,9 @@ class AppContext:
     compression: CompressionService
     migration: MigrationService
     operations: OperationsService
+    events: EventHub
+    feed: EventService
+    webhooks: WebhookService
     learner: LearnerRuntime | None = None
 
     @classmethod
@@ -66,6 +72,7 @@ class AppContext:
         models.on_deleted.append(online.forget)
         gauges = OnlineGauges(db, metrics)
         feedback = FeedbackService(db, settings, online)
+        hub = EventHub(db, poll_seconds=settings.events_poll_seconds, keep=settings.events_keep)
         return cls(
             settings=settings,
             db=db,
@@ -84,6 +91,9 @@ class AppContext:
             compression=CompressionService(db, blobs, versions, jobs, metrics),
             migration=MigrationService(db, blobs, versions, models, jobs, metrics, settings),
             operations=OperationsService(db, blobs, metrics, gauges, enabled=settings.metrics_enabled),
+            events=hub,
+            feed=EventService(db, settings, hub),
+            webhooks=WebhookService(db, settings),
         )
 
     def job_handlers(self) -> Handlers:

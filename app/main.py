@@ -26,6 +26,7 @@ from app.core.routes import HotLane
 from app.core.schemas import problem_responses
 from app.core.settings import Settings
 from app.deps import document_page_limit
+from app.events import router as events
 from app.feedback import router as feedback
 from app.jobs import router as jobs
 from app.keys import router as keys
@@ -35,6 +36,7 @@ from app.operations import router as ops
 from app.predict import router as predict
 from app.registry import router as registry
 from app.training import router as training
+from app.webhooks import router as webhooks
 
 log = logging.getLogger("steward")
 
@@ -60,6 +62,12 @@ TAGS = [
     {"name": "online", "description": "Online learning: append samples, checkpoint, resume."},
     {"name": "jobs", "description": "Queued maintenance work: batch-update, prune, quantize, migrate."},
     {"name": "keys", "description": "API keys (admin)."},
+    {
+        "name": "events",
+        "description": "Every change as an event (written in the change's transaction): pages, long poll, "
+        "Server-Sent Events.",
+    },
+    {"name": "webhooks", "description": "Signed, retried deliveries of events to your URLs (admin)."},
     {"name": "operations", "description": "Health, readiness and Prometheus metrics."},
 ]
 
@@ -291,6 +299,7 @@ def create_app(settings: Settings | None = None) -> Steward:
             try:
                 yield
             finally:
+                await ctx.events.close()
                 stop()
         finally:
             if restore_gc is not None:
@@ -311,7 +320,7 @@ def create_app(settings: Settings | None = None) -> Steward:
     # Routes are matched in order: the ingestion and predict routes (the hot paths) come
     # first. No two routers share a path, so the order changes nothing else.
     app.hot_lane = HotLane()
-    for module in (online, predict, feedback, registry, training, compression, migration, jobs, keys):
+    for module in (online, predict, feedback, registry, training, compression, migration, jobs, keys, events, webhooks):
         app.include_router(module.router, prefix="/v1")
         app.hot_lane.add_router(module.router, prefix="/v1")
     app.include_router(ops.router)

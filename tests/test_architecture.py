@@ -18,6 +18,8 @@ import pytest
 
 APP = Path(__file__).resolve().parents[1] / "app"
 CAPABILITIES = (
+    "events",
+    "webhooks",
     "registry",
     "predict",
     "online",

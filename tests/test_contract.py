@@ -20,9 +20,11 @@ from tests.api_helpers import assert_problem, create_model
 from tests.conftest import auth
 
 
-def _fill(template: str) -> str:
-    """A concrete path for a template: ``{name}`` → a model that exists, numbers → 1."""
-    return template.replace("{name}", "m").replace("{version}", "1").replace("{job_id}", "1")
+def _fill(template: str, webhook: str = "wh_0") -> str:
+    """A concrete path for a template: ``{name}`` → a model that exists, ``{alias}`` → its
+    alias, ``{webhook_id}`` → ``webhook``, numbers → 1."""
+    out = template.replace("{name}", "m").replace("{version}", "1").replace("{job_id}", "1")
+    return out.replace("{alias}", "prod").replace("{webhook_id}", webhook)
 
 
 # --------------------------------------------------------------------------- page size
@@ -34,6 +36,8 @@ def test_documented_page_limit_is_the_enforced_one(make_settings, most: int | No
     bound = settings.page_limit_max
     with TestClient(create_app(settings), headers=auth()) as c:
         create_model(c, "m")
+        c.put("/v1/models/m/aliases/prod", json={"version": 1})
+        webhook = c.post("/v1/webhooks", json={"url": "http://8.8.8.8/h", "events": ["*"]}).json()["id"]
         spec: dict[str, Any] = c.get("/openapi.json").json()
         lists = [
             (path, param)
@@ -47,7 +51,7 @@ def test_documented_page_limit_is_the_enforced_one(make_settings, most: int | No
             sch = param["schema"]
             assert sch["maximum"] == bound and sch["minimum"] == 1, (path, sch)
             assert sch["default"] == min(50, bound) and str(bound) in param["description"]
-            url = _fill(path)
+            url = _fill(path, webhook)
             assert c.get(url, params={"limit": bound}).status_code == 200, path
             assert c.get(url).status_code == 200, path  # the documented default is accepted too
             assert_problem(c.get(url, params={"limit": bound + 1}), 422, ["query", "limit"])

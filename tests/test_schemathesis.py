@@ -90,8 +90,17 @@ def no_undocumented_server_error(ctx: Any, response: Any, case: Any) -> None:
 def live(make_settings) -> Iterator[tuple[Any, Any]]:
     """A started app with model ``churn`` (input_dim 3, matching the request examples)
     and its schema, loaded from the app. The online learner runs (``/update?wait=true``
-    and ``/checkpoint`` wait for it); jobs stay queued (no worker)."""
-    app = create_app(make_settings(run_worker=False))
+    and ``/checkpoint`` wait for it); jobs stay queued (no worker). Event streams and
+    long polls end within 0.2 s."""
+    # event streams end (an SSE stream is endless; the in-process client reads it whole)
+    app = create_app(
+        make_settings(
+            run_worker=False,
+            events_stream_max_seconds=0.2,
+            events_heartbeat_seconds=0.1,
+            events_wait_max_seconds=0.2,
+        )
+    )
     try:
         with asgi.get_client(app) as session:
             spec = {"name": "churn", "task": "binary", "input_dim": 3, "hidden": [4]}

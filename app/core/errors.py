@@ -117,6 +117,12 @@ class Conflict(StewardError):
     status, title, slug = 409, "Conflict", "conflict"
 
 
+class PreconditionFailed(StewardError):
+    """412: an ``If-Match`` that does not match the current state; nothing was changed."""
+
+    status, title, slug = 412, "Precondition Failed", "precondition-failed"
+
+
 class PayloadTooLarge(StewardError):
     status, title, slug = 413, "Content Too Large", "payload-too-large"
 

@@ -40,6 +40,12 @@ class Metrics:
         )
         self.jobs = Counter("steward_jobs_finished", "Jobs finished", ["kind", "status"], registry=r)
         self.versions = Counter("steward_versions_created", "Versions created", ["operation"], registry=r)
+        self.webhook_attempts = Counter(
+            "steward_webhook_attempts",
+            "Webhook delivery attempts by outcome (delivered, pending: to be retried, failed: attempts used up)",
+            ["outcome"],
+            registry=r,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count an HTTP request under its route template and record its latency."""

@@ -9,7 +9,20 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, g
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from app.core.errors import Invalid
+
 T = TypeVar("T")
+
+
+def number_cursor(cursor: str | None, digits: int = 18) -> int | None:
+    """A list's ``cursor`` that is a number (a version, a row id); a 422 at
+    ``["query", "cursor"]`` when it is not one this list could have made."""
+    if cursor is None:
+        return None
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > digits:
+        raise Invalid.at(["query", "cursor"], "not a cursor from this list")
+    return int(cursor)
+
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 ModelName = Annotated[
@@ -136,6 +149,7 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "The key lacks the scope or the model",
         404: "Unknown model, version, alias, job or export",
         409: "Conflict with the current state",
+        412: "`If-Match` does not match the current state; nothing was changed",
         413: "Body larger than the configured limit",
         415: "Unsupported media type",
         422: "Well-formed but invalid input",

@@ -103,6 +103,77 @@ class Settings(BaseSettings):
         description="At start-up, freeze the objects that exist (gc.freeze) and raise the youngest "
         "generation's threshold to 50,000, so parsing a large request body does not trigger full collections.",
     )
+    events_poll_seconds: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="While clients wait on the event feed (long poll, SSE), how often each process reads the "
+        "events other processes committed (its own commits wake the waiters at once).",
+    )
+    events_keep: int = Field(
+        10_000, ge=1, description="Newest events each process keeps in memory for feed readers that keep up."
+    )
+    events_heartbeat_seconds: float = Field(
+        15.0, gt=0, le=3600, allow_inf_nan=False, description="An SSE stream sends a comment this often when idle."
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Let webhooks send to loopback, private and link-local addresses (refused by default: "
+        "a webhook URL must not reach the service's own network).",
+    )
+    webhook_max_attempts: int = Field(
+        10, ge=1, le=100, description="Attempts of a webhook delivery before it is marked failed."
+    )
+    webhook_backoff_seconds: float = Field(
+        2.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Wait after a delivery's first failed attempt; it doubles at each further failure (up to "
+        "STEWARD_WEBHOOK_BACKOFF_MAX_SECONDS), times a random factor in [0.5, 1].",
+    )
+    webhook_backoff_max_seconds: float = Field(
+        900.0, gt=0, allow_inf_nan=False, description="The longest wait between two attempts of a delivery."
+    )
+    webhook_timeout_seconds: float = Field(
+        5.0, gt=0, le=120, allow_inf_nan=False, description="An attempt's time limit (connect: 3 s at most)."
+    )
+    webhook_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="How often the delivery loop looks for new events and due retries (this process's own "
+        "commits wake it at once).",
+    )
+    webhook_concurrency: int = Field(4, ge=1, le=64, description="Attempts a delivery loop makes at once.")
+    secrets_key: str | None = Field(
+        None,
+        description="Base64 of 32 bytes: seals webhook secrets in the database (AES-256-GCM). Unset: a key "
+        "file `secrets.key` in the data directory, made on first use. Give every process the same one.",
+    )
+    events_wait_max_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="The longest a `GET /events?wait=` request is held (a longer wait is shortened to it): "
+        "keep it under the idle timeout of the proxies in front.",
+    )
+    events_stream_max_seconds: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Close an SSE stream after this long (clients reconnect with Last-Event-ID and resume "
+        "where they were): for proxies that cut long connections. Unset: streams stay open.",
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="On SIGTERM / SIGINT, `steward serve` finishes the requests in flight for at most this long, "
+        "then closes what is still open (event streams never end by themselves).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 

@@ -330,3 +330,92 @@ class CacheMark(Base):
 
     subject: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     generation: Mapped[int] = mapped_column(sa.BigInteger, index=True)
+
+
+class AliasEntry(Base):
+    """One change of an alias (append-only, written in the change's transaction):
+    ``version`` where it points since (None: deleted), ``previous`` where it pointed
+    before, ``by`` the key (``{"key_id", "key_name"}``) or the job (``{"job": id}``)."""
+
+    __tablename__ = "alias_history"
+    __table_args__ = (sa.Index("ix_alias_history_model_id_alias_id", "model_id", "alias", "id"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(sa.String(64))
+    version: Mapped[int | None]
+    previous: Mapped[int | None]
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    by: Mapped[dict[str, Any]]
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class Event(Base):
+    """The outbox: one row per change, written in the change's transaction. ``id`` is given
+    at commit from :class:`EventSequence` (see :mod:`app.core.outbox`), so ids become visible
+    in increasing order with no gaps; ``model`` is the model's name (events outlive it)."""
+
+    __tablename__ = "events"
+    __table_args__ = (sa.Index("ix_events_model_id", "model", "id"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(sa.String(32))
+    model: Mapped[str | None] = mapped_column(sa.String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    data: Mapped[dict[str, Any]]
+
+
+class EventSequence(Base):
+    """One row (``id`` 1): the last event id given. A committing transaction that writes
+    events takes its ids here last, and its row lock orders those commits."""
+
+    __tablename__ = "event_sequence"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class Webhook(Base):
+    """A subscription: the events (types, ``*`` patterns) of some models (None: all)
+    POSTed to ``url``. ``secret`` is the signing key sealed with the secrets key
+    (:mod:`app.webhooks.secrets`); ``cursor`` the last event id fanned out to deliveries."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(sa.Text)
+    events: Mapped[list[Any]]
+    models: Mapped[list[Any] | None]
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    secret: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    cursor: Mapped[int] = mapped_column(sa.BigInteger)
+    created_by: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One message to one webhook: the exact body (signed anew at each attempt), its
+    attempts, and a lease while a delivery loop sends it (claimed once, like jobs)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("webhook_id", "msg_id"),
+        sa.Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(sa.ForeignKey("webhooks.id", ondelete="CASCADE"))
+    msg_id: Mapped[str] = mapped_column(sa.String(64))
+    event_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    event_type: Mapped[str] = mapped_column(sa.String(32))
+    body: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    log: Mapped[list[Any]] = mapped_column(default=list)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]

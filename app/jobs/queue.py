@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.core.db import Database
+from app.core.outbox import emit
 from app.core.tables import Job, utcnow
 from app.jobs import contract
 from app.jobs.contract import LeaseLost
@@ -60,6 +61,16 @@ def new_job(s: Session, *, kind: str, model_id: int, model_name: str, params: di
     return job
 
 
+def ended(s: Session, job: Job) -> None:
+    """The ``job.<status>`` event of a job that just ended, in its final transaction."""
+    data: dict[str, Any] = {"id": job.id, "kind": job.kind, "status": job.status, "attempts": job.attempts}
+    if job.status == SUCCEEDED:
+        data["result"] = job.result
+    elif job.status == FAILED:
+        data["error"] = job.error
+    emit(s, f"job.{job.status}", job.model_name, data)
+
+
 def backoff_seconds(attempts: int) -> float:
     """Delay before retry number ``attempts`` + 1: 1, 2, 4 … seconds, at most 60."""
     return float(min(2 ** max(attempts - 1, 0), 60))
@@ -87,11 +98,13 @@ class Queue:
                 job.finished_at = now
                 job.lease_owner = None
                 job.updated_at = now
+                ended(s, job)
                 return None
             if job.cancel_requested:
                 job.status = CANCELED
                 job.finished_at = now
                 job.updated_at = now
+                ended(s, job)
                 return None
             job.status = RUNNING
             job.attempts += 1
@@ -129,6 +142,7 @@ class Queue:
         job.lease_owner = None
         job.lease_expires_at = None
         job.updated_at = now
+        ended(s, job)
 
     def fail(self, job_id: str, owner: str, error: dict[str, Any], *, retry: bool) -> str:
         """Record a failure: back to the queue with backoff while attempts remain
@@ -149,6 +163,7 @@ class Queue:
             else:
                 job.status = FAILED
                 job.finished_at = now
+                ended(s, job)
             return job.status
 
     def mark_canceled(self, job_id: str, owner: str) -> None:
@@ -163,6 +178,7 @@ class Queue:
             job.lease_owner = None
             job.lease_expires_at = None
             job.updated_at = now
+            ended(s, job)
 
     def release(self, job_id: str, owner: str) -> None:
         """Give a running job back (graceful shutdown): queued again, this attempt not counted."""

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.core.db import Database
 from app.core.errors import Conflict, Forbidden, Invalid, NotFound
 from app.core.tables import Job, Model, utcnow
-from app.jobs.queue import CANCELED, QUEUED, TERMINAL, Queue, new_job
+from app.jobs.queue import CANCELED, QUEUED, TERMINAL, Queue, ended, new_job
 from app.jobs.repository import JobRepository
 from app.jobs.schemas import JobOut
 
@@ -139,6 +139,7 @@ class JobService:
             if j.status == QUEUED:
                 j.status = CANCELED
                 j.finished_at = now
+                ended(s, j)
             j.updated_at = now
             return job_out(j)
 

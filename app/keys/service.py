@@ -45,6 +45,11 @@ class Principal:
     scope: str
     models: tuple[str, ...] | None
 
+    @property
+    def actor(self) -> dict[str, str]:
+        """Who made a change, as the alias history and the events name a key."""
+        return {"key_id": self.id, "key_name": self.name}
+
     def has(self, scope: str) -> bool:
         return RANK[self.scope] >= RANK[scope]
 

@@ -99,6 +99,7 @@ import safetensors.numpy as stnp
 from app.core.blobs import BlobStore
 from app.core.db import Database
 from app.core.metrics import Metrics
+from app.core.outbox import emit
 from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
 from app.engine.drift import DriftMonitor
@@ -149,6 +150,9 @@ class Held:
     #: the shadows scored beside learning (by candidate version), as of ``shadows_rev``
     shadows: dict[int, ShadowRun] = field(default_factory=dict)
     shadows_rev: str | None = None
+    #: the drift monitor whose transitions were announced (``model.drift``), and how many
+    drift_monitor: DriftMonitor | None = field(default=None, repr=False)
+    drift_announced: int = 0
 
     @property
     def every(self) -> int:
@@ -768,6 +772,8 @@ class LearnerRuntime:
             if not LearnerRepository(s).publish(h.model_id, self.owner, h.applied_through, pre, drift_block(h.learner)):
                 raise LearnerLeaseLost(h.name)
             _save_shadows(s, h)
+            announced = _drift_events(s, h)
+        h.drift_announced = announced
         h.published = h.applied_through
         h.last_publish = now
         h.dirty = False
@@ -868,11 +874,15 @@ class LearnerRuntime:
                 m.status_reason = f"offset {offset}: {reason}"
                 m.paused_offset = offset
                 m.updated_at = utcnow()
+                emit(s, "model.paused", h.name, {"offset": offset, "reason": reason, "version": h.version})
             row.prequential = h.learner.metrics()
+            row.drift = drift_block(h.learner)
+            announced = _drift_events(s, h)
             if h.applied_through >= h.publish_floor:
                 row.applied_through = h.applied_through
             row.updated_at = utcnow()
             _save_shadows(s, h)
+        h.drift_announced = announced
         h.dirty = False
         log.warning("learner: model %s paused at offset %d: %s", h.name, offset, reason)
 
@@ -916,6 +926,35 @@ def _save_shadows(s: Any, h: Held) -> None:
         if sh.dirty:
             shadows.save(h.model_id, sh.version, sh.since, {**sh.sums, "through": sh.through})
             sh.dirty = False
+
+
+def _drift_events(s: Any, h: Held) -> int:
+    """One ``model.drift`` event per transition of the drift monitor to ``drift`` not yet
+    announced, written with the drift block that shows it (a rolled-back publish announces
+    nothing, and the next one tries again)."""
+    d = h.learner.drift
+    if d is None:
+        return 0
+    if d is not h.drift_monitor:  # a new monitor (restart, reset): its transitions are new
+        h.drift_monitor, h.drift_announced = d, 0
+    new = d.transitions[h.drift_announced :]
+    if not new:
+        return h.drift_announced
+    state = d.state()
+    for status, offset in new:
+        if status == "drift":
+            emit(
+                s,
+                "model.drift",
+                h.name,
+                {
+                    "offset": offset,
+                    "version": h.version,
+                    "detector": (state.get("loss") or {}).get("detector"),
+                    "inputs": state.get("inputs", []),
+                },
+            )
+    return len(d.transitions)
 
 
 def _answered(mailbox: dict[str, Any] | None, rids: list[str], version: int, *, created: bool) -> dict[str, Any]:

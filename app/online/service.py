@@ -81,6 +81,7 @@ from app.core.cache import Caches
 from app.core.db import Database, model_subject
 from app.core.errors import Conflict, Invalid, NotFound, StewardError, Unavailable
 from app.core.metrics import Metrics
+from app.core.outbox import emit
 from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
 from app.online.log import pack_rows
@@ -470,7 +471,7 @@ class OnlineService:
             self._conn = self.db.writer_connection()
         conn = self._conn
         try:
-            with conn.begin():
+            with self.db.writing(), conn.begin():
                 yield conn
         except BaseException:
             if conn.invalidated or conn.closed:
@@ -662,6 +663,12 @@ class OnlineService:
                 "requested_at": utcnow().isoformat(),
             }
             row.mailbox = box
+            emit(
+                s,
+                "model.resumed",
+                m.name,
+                {"skipped_offset": m.paused_offset, "from_version": from_version, "paused_reason": m.status_reason},
+            )
             m.status = "active"
             m.status_reason = None
             m.paused_offset = None

@@ -4,17 +4,29 @@ public view. :class:`ModelService` owns the transactions of these requests."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.db import Database
-from app.core.errors import Conflict, Invalid, NotFound
-from app.core.tables import Learner, Model, Version, utcnow
+from app.core.errors import Conflict, Invalid, NotFound, PreconditionFailed
+from app.core.outbox import emit
+from app.core.schemas import number_cursor
+from app.core.tables import AliasEntry, Learner, Model, Version, utcnow
 from app.engine.nn.network import init_network
 from app.registry.repository import AliasRepository, ModelRepository, ServedRepository, VersionRepository
-from app.registry.schemas import AliasOut, DriftState, ModelCreate, ModelOut, OnlineState, Prequential, VersionOut
+from app.registry.schemas import (
+    AliasEntryOut,
+    AliasOut,
+    DriftState,
+    ModelCreate,
+    ModelOut,
+    OnlineState,
+    Prequential,
+    VersionOut,
+)
 from app.registry.versions import StoredBlob, VersionService, version_out
 
 #: What the seeded initialisation of version 1 is (API.md: PyTorch's nn.Linear default).
@@ -78,6 +90,39 @@ def model_out(m: Model, latest: int, aliases: dict[str, int], learner: Learner |
 
 def _alias_out(m: Model, name: str, version: int, updated_at: Any = None) -> AliasOut:
     return AliasOut(model=m.name, alias=name, version=version, updated_at=updated_at)
+
+
+def entry_out(m: Model, e: AliasEntry) -> AliasEntryOut:
+    return AliasEntryOut(
+        id=e.id,
+        model=m.name,
+        alias=e.alias,
+        version=e.version,
+        previous=e.previous,
+        at=e.at,
+        by=dict(e.by),
+        reason=e.reason,
+    )
+
+
+#: An ``If-Match`` read at the edge: None (no header), ``"*"`` (any current version) or
+#: the versions it names.
+Precondition = frozenset[int] | Literal["*"] | None
+
+
+def check_precondition(expected: Precondition, current: int | None, alias: str) -> None:
+    """412 unless the alias's ``current`` version satisfies ``If-Match`` (RFC 9110: ``*``
+    matches any current version, and nothing matches an alias that does not exist)."""
+    if expected is None:
+        return
+    if current is None:
+        raise PreconditionFailed(f"If-Match: alias {alias!r} does not exist")
+    if expected != "*" and current not in expected:
+        raise PreconditionFailed(
+            f"If-Match: alias {alias!r} points to version {current}, not "
+            + " or ".join(str(v) for v in sorted(expected)),
+            current_version=current,
+        )
 
 
 class ModelService:
@@ -177,24 +222,54 @@ class ModelService:
         except IntegrityError:
             raise Conflict(f"a model named {spec.name!r} already exists") from None
         s.add(Learner(model_id=m.id, applied_through=-1, updated_at=now))
+        emit(
+            s,
+            "model.created",
+            m.name,
+            {
+                "task": m.task,
+                "input_dim": m.input_dim,
+                "output_dim": m.output_dim,
+                "hidden": list(m.hidden),
+                "operation": operation,
+                **({"job": job_id} if job_id else {}),
+            },
+        )
         self.versions.add(s, m, blob, operation=operation, parent=None, params=params, metrics=metrics, job_id=job_id)
         return m
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, by: dict[str, Any] | None = None) -> None:
         with self.db.write() as s:
-            ModelRepository(s).delete(get_model(s, name, for_update=True))
+            m = get_model(s, name, for_update=True)
+            latest = VersionRepository(s).latest_number(m.id)
+            ModelRepository(s).delete(m)
+            emit(s, "model.deleted", name, {"latest_version": latest, "by": by})
         for fn in self.on_deleted:
             fn(name)
 
     # ---- aliases
-    def put_alias(self, name: str, alias: str, version: int) -> tuple[AliasOut, bool]:
+    def put_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        by: dict[str, Any],
+        reason: str | None = None,
+        if_match: Precondition = None,
+    ) -> tuple[AliasOut, bool]:
+        """Point ``alias`` at ``version`` (created when new), recorded in its history; with
+        ``if_match`` only if the alias points at one of those versions now (``*``: exists)."""
         if alias == "latest":
             raise Invalid.at(["path", "alias"], "`latest` is implicit and cannot be set")
         with self.db.write() as s:
             m = get_model(s, name, for_update=True)
             self.versions.get(s, m, version)
-            a, created = AliasRepository(s).put(m.id, alias, version)
-            return _alias_out(m, a.name, a.version, a.updated_at), created
+            repo = AliasRepository(s)
+            current = repo.get(m.id, alias)
+            check_precondition(if_match, current.version if current is not None else None, alias)
+            a, _ = repo.put(m, alias, version, by=by, reason=reason)
+            return _alias_out(m, a.name, a.version, a.updated_at), current is None
 
     def get_alias(self, name: str, alias: str) -> AliasOut:
         with self.db.read() as s:
@@ -213,23 +288,65 @@ class ModelService:
             out.append(_alias_out(m, "latest", VersionRepository(s).latest_number(m.id)))
             return out
 
-    def delete_alias(self, name: str, alias: str) -> None:
+    def delete_alias(
+        self, name: str, alias: str, *, by: dict[str, Any], reason: str | None = None, if_match: Precondition = None
+    ) -> None:
         if alias == "latest":
             raise Invalid.at(["path", "alias"], "`latest` is implicit and cannot be removed")
         with self.db.write() as s:
             m = get_model(s, name, for_update=True)
-            a = AliasRepository(s).get(m.id, alias)
+            repo = AliasRepository(s)
+            a = repo.get(m.id, alias)
             if a is None:
                 raise NotFound(f"model {name!r} has no alias {alias!r}")
-            AliasRepository(s).delete(a)
+            check_precondition(if_match, a.version, alias)
+            repo.delete(m, a, by=by, reason=reason)
+
+    def alias_history(
+        self, name: str, alias: str, *, cursor: str | None, limit: int
+    ) -> tuple[list[AliasEntryOut], str | None]:
+        """The alias's changes, newest first (404 when it never existed)."""
+        before = number_cursor(cursor)
+        with self.db.read() as s:
+            m = get_model(s, name)
+            rows = AliasRepository(s).history(m.id, alias, before=before, limit=limit + 1)
+            if not rows and before is None:
+                raise NotFound(f"model {name!r} has no alias {alias!r} and never had")
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [entry_out(m, e) for e in rows], (str(rows[-1].id) if more and rows else None)
+
+    def alias_at(self, name: str, alias: str, at: datetime) -> AliasEntryOut:
+        """The entry in force at ``at`` (404 when the alias did not exist then)."""
+        with self.db.read() as s:
+            m = get_model(s, name)
+            e = AliasRepository(s).last(m.id, alias, at=at)
+        if e is None or e.version is None:
+            when = at.isoformat().replace("+00:00", "Z")
+            raise NotFound(f"model {name!r} had no alias {alias!r} at {when}")
+        return entry_out(m, e)
+
+    def rollback_alias(self, name: str, alias: str, *, by: dict[str, Any], reason: str | None) -> AliasEntryOut:
+        """Move ``alias`` back to where its last change found it (``previous``): an undo, as
+        ``kubectl rollout undo`` is; a second rollback undoes the first. A deleted alias is
+        restored. 409 when the last change has no previous version (the alias was created)."""
+        if alias == "latest":
+            raise Invalid.at(["path", "alias"], "`latest` is implicit and cannot be rolled back")
+        with self.db.write() as s:
+            m = get_model(s, name, for_update=True)
+            repo = AliasRepository(s)
+            last = repo.last(m.id, alias)
+            if last is None:
+                raise NotFound(f"model {name!r} has no alias {alias!r} and never had")
+            if last.previous is None:
+                raise Conflict(f"alias {alias!r} has no previous version to roll back to (it was just created)")
+            target = last.previous
+            _, entry = repo.put(m, alias, target, by=by, reason=reason or f"rollback of the change {last.id}")
+            return entry_out(m, entry)
 
     # ---- versions
     def list_versions(self, name: str, *, cursor: str | None, limit: int) -> tuple[list[VersionOut], str | None]:
-        after = None
-        if cursor is not None:
-            if not cursor.isdigit() or len(cursor) > 10:
-                raise Invalid.at(["query", "cursor"], "not a cursor from this list")
-            after = int(cursor)
+        after = number_cursor(cursor, digits=10)
         with self.db.read() as s:
             m = get_model(s, name)
             rows = VersionRepository(s).page(m.id, after=after, limit=limit + 1, descending=True)

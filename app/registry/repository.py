@@ -4,12 +4,15 @@ add / flush / select, and never commit: the service that calls them owns the tra
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.core.db import mark_changed, model_subject
-from app.core.tables import Alias, Learner, Model, ServedMetrics, Version, utcnow
+from app.core.outbox import emit
+from app.core.tables import Alias, AliasEntry, Learner, Model, ServedMetrics, Version, utcnow
 
 
 class ModelRepository:
@@ -101,6 +104,9 @@ class VersionRepository:
 
 
 class AliasRepository:
+    """Aliases and their history. Every change goes through :meth:`put` or :meth:`delete`,
+    which append the history entry and the event in the same transaction."""
+
     def __init__(self, s: Session) -> None:
         self.s = s
 
@@ -116,24 +122,82 @@ class AliasRepository:
     def get(self, model_id: int, name: str) -> Alias | None:
         return self.s.get(Alias, (model_id, name))
 
-    def put(self, model_id: int, name: str, version: int) -> tuple[Alias, bool]:
-        """Create or move an alias; returns (alias, created)."""
-        mark_changed(self.s, model_subject(model_id))
-        a = self.get(model_id, name)
+    def put(
+        self, model: Model, name: str, version: int, *, by: dict[str, Any], reason: str | None = None
+    ) -> tuple[Alias, AliasEntry]:
+        """Create or move an alias, with its history entry and ``alias.moved`` event."""
+        mark_changed(self.s, model_subject(model.id))
+        now = utcnow()
+        a = self.get(model.id, name)
+        previous = a.version if a is not None else None
         if a is None:
-            a = Alias(model_id=model_id, name=name, version=version, updated_at=utcnow())
+            a = Alias(model_id=model.id, name=name, version=version, updated_at=now)
             self.s.add(a)
-            self.s.flush()
-            return a, True
-        a.version = version
-        a.updated_at = utcnow()
-        self.s.flush()
-        return a, False
+        else:
+            a.version = version
+            a.updated_at = now
+        entry = self._record(model, name, version, previous, by, reason, now)
+        emit(self.s, "alias.moved", model.name, entry_data(entry))
+        return a, entry
 
-    def delete(self, a: Alias) -> None:
+    def delete(self, model: Model, a: Alias, *, by: dict[str, Any], reason: str | None = None) -> AliasEntry:
+        """Remove an alias, with its history entry (``version`` None) and ``alias.deleted`` event."""
         mark_changed(self.s, model_subject(a.model_id))
+        entry = self._record(model, a.name, None, a.version, by, reason, utcnow())
         self.s.delete(a)
         self.s.flush()
+        emit(self.s, "alias.deleted", model.name, entry_data(entry))
+        return entry
+
+    def _record(
+        self,
+        model: Model,
+        name: str,
+        version: int | None,
+        previous: int | None,
+        by: dict[str, Any],
+        reason: str | None,
+        at: datetime,
+    ) -> AliasEntry:
+        entry = AliasEntry(
+            model_id=model.id, alias=name, version=version, previous=previous, at=at, by=by, reason=reason
+        )
+        self.s.add(entry)
+        self.s.flush()
+        return entry
+
+    def history(self, model_id: int, name: str, *, before: int | None, limit: int) -> list[AliasEntry]:
+        """Entries newest first; ``before`` is the id of the previous page's last entry."""
+        q = (
+            sa.select(AliasEntry)
+            .where(AliasEntry.model_id == model_id, AliasEntry.alias == name)
+            .order_by(AliasEntry.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            q = q.where(AliasEntry.id < before)
+        return list(self.s.scalars(q))
+
+    def last(self, model_id: int, name: str, *, at: datetime | None = None) -> AliasEntry | None:
+        """The newest entry (made at or before ``at`` when given): the one in force then."""
+        q = sa.select(AliasEntry).where(AliasEntry.model_id == model_id, AliasEntry.alias == name)
+        if at is None:
+            q = q.order_by(AliasEntry.id.desc())
+        else:
+            q = q.where(AliasEntry.at <= at).order_by(AliasEntry.at.desc(), AliasEntry.id.desc())
+        return self.s.scalars(q.limit(1)).one_or_none()
+
+
+def entry_data(e: AliasEntry) -> dict[str, Any]:
+    """An alias history entry as the API and its events show it (``at`` in RFC 3339)."""
+    return {
+        "alias": e.alias,
+        "version": e.version,
+        "previous": e.previous,
+        "at": e.at.isoformat().replace("+00:00", "Z"),
+        "by": dict(e.by),
+        "reason": e.reason,
+    }
 
 
 class ServedRepository:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
+from app.core.errors import Invalid
 from app.core.jsonbody import JSONRoute
 from app.core.schemas import NAME_PATTERN, Page, problem_responses
 from app.deps import (
@@ -20,7 +22,18 @@ from app.deps import (
     ReadKey,
     VersionPath,
 )
-from app.registry.schemas import AliasList, AliasOut, AliasPut, ModelCreate, ModelOut, VersionOut
+from app.registry.models import Precondition
+from app.registry.schemas import (
+    REASON_MAX,
+    AliasEntryOut,
+    AliasList,
+    AliasOut,
+    AliasPut,
+    AliasRollback,
+    ModelCreate,
+    ModelOut,
+    VersionOut,
+)
 
 router = APIRouter(route_class=JSONRoute)
 AliasPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, examples=["production"])]
@@ -77,8 +90,8 @@ def get_model(name: ModelNamePath, ctx: Ctx, _: ModelRead) -> ModelOut:
     responses=problem_responses(401, 403, 404, 422),
     operation_id="delete_model",
 )
-def delete_model(name: ModelNamePath, ctx: Ctx, _: ModelAdmin) -> Response:
-    ctx.models.delete(name)
+def delete_model(name: ModelNamePath, ctx: Ctx, p: ModelAdmin) -> Response:
+    ctx.models.delete(name, by=p.actor)
     return Response(status_code=204)
 
 
@@ -94,34 +107,90 @@ def list_aliases(name: ModelNamePath, ctx: Ctx, _: ModelRead) -> AliasList:
     return AliasList(items=ctx.models.list_aliases(name))
 
 
+ETAG_DOC = {"ETag": {"description": 'The version the alias points to, quoted: `"5"`', "schema": {"type": "string"}}}
+IfMatch = Annotated[
+    str | None,
+    Header(
+        max_length=1024,
+        description='Move only if the alias points to this version now: `"5"` (or `"4", "5"`); `*`: '
+        "if it exists. Otherwise 412 and nothing changes.",
+        examples=['"5"'],
+    ),
+]
+Reason = Annotated[str | None, Query(max_length=REASON_MAX, description="Why (kept in the alias history)")]
+
+
+def parse_if_match(value: str | None) -> Precondition:
+    """``If-Match`` (RFC 9110 strong comparison): ``*`` or a list of quoted versions
+    (an unquoted number is read as one; a weak ``W/`` tag never matches)."""
+    if value is None:
+        return None
+    if value.strip() == "*":
+        return "*"
+    out: set[int] = set()
+    for part in value.split(","):
+        tag = part.strip()
+        if tag.startswith("W/"):
+            continue
+        bare = tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else tag
+        if not bare.isascii() or not bare.isdigit() or len(bare) > 10:
+            raise Invalid.at(["header", "if-match"], 'expected "*" or quoted versions such as "5"')
+        out.add(int(bare))
+    return frozenset(out)
+
+
+def parse_time(value: str, loc: list[str | int]) -> datetime:
+    """An RFC 3339 time with its offset (``2026-12-01T09:30:00Z``)."""
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise Invalid.at(loc, "expected an RFC 3339 time such as 2026-12-01T09:30:00Z") from None
+    if at.tzinfo is None:
+        raise Invalid.at(loc, "the time needs its offset (Z or ±hh:mm)")
+    return at.astimezone(UTC)
+
+
 @router.get(
     "/models/{name}/aliases/{alias}",
     tags=["models"],
     response_model=AliasOut,
-    summary="Get an alias",
-    responses=problem_responses(401, 403, 404, 422),
+    summary="Get an alias (`ETag`: the version it points to)",
+    responses={200: {"headers": ETAG_DOC}, **problem_responses(401, 403, 404, 422)},
     operation_id="get_alias",
 )
-def get_alias(name: ModelNamePath, alias: AliasPath, ctx: Ctx, _: ModelRead) -> AliasOut:
-    return ctx.models.get_alias(name, alias)
+def get_alias(name: ModelNamePath, alias: AliasPath, ctx: Ctx, _: ModelRead, response: Response) -> AliasOut:
+    out = ctx.models.get_alias(name, alias)
+    response.headers["ETag"] = f'"{out.version}"'
+    return out
 
 
 @router.put(
     "/models/{name}/aliases/{alias}",
     tags=["models"],
     response_model=AliasOut,
-    summary="Point an alias at a version (promote / roll back)",
+    summary="Point an alias at a version (promote / roll back), recorded in its history",
+    description='With `If-Match: "<version>"` the move happens only if the alias points there now '
+    "(compare-and-set: of two clients that read the same version, one wins and the other gets 412).",
     responses={
-        201: {"description": "Alias created", "model": AliasOut},
-        **problem_responses(400, 401, 403, 404, 422),
+        200: {"headers": ETAG_DOC},
+        201: {"description": "Alias created", "model": AliasOut, "headers": ETAG_DOC},
+        **problem_responses(400, 401, 403, 404, 412, 422),
     },
     operation_id="put_alias",
 )
 def put_alias(
-    name: ModelNamePath, alias: AliasPath, body: AliasPut, ctx: Ctx, _: ModelMaintain, response: Response
+    name: ModelNamePath,
+    alias: AliasPath,
+    body: AliasPut,
+    ctx: Ctx,
+    p: ModelMaintain,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> AliasOut:
-    out, created = ctx.models.put_alias(name, alias, body.version)
+    expected = parse_if_match(if_match)
+    out, created = ctx.models.put_alias(name, alias, body.version, by=p.actor, reason=body.reason, if_match=expected)
     response.status_code = 201 if created else 200
+    response.headers["ETag"] = f'"{out.version}"'
     return out
 
 
@@ -129,13 +198,67 @@ def put_alias(
     "/models/{name}/aliases/{alias}",
     tags=["models"],
     status_code=204,
-    summary="Remove an alias",
-    responses=problem_responses(401, 403, 404, 422),
+    summary="Remove an alias, recorded in its history",
+    responses=problem_responses(401, 403, 404, 412, 422),
     operation_id="delete_alias",
 )
-def delete_alias(name: ModelNamePath, alias: AliasPath, ctx: Ctx, _: ModelMaintain) -> Response:
-    ctx.models.delete_alias(name, alias)
+def delete_alias(
+    name: ModelNamePath,
+    alias: AliasPath,
+    ctx: Ctx,
+    p: ModelMaintain,
+    reason: Reason = None,
+    if_match: IfMatch = None,
+) -> Response:
+    expected = parse_if_match(if_match)
+    ctx.models.delete_alias(name, alias, by=p.actor, reason=reason, if_match=expected)
     return Response(status_code=204)
+
+
+@router.get(
+    "/models/{name}/aliases/{alias}/history",
+    tags=["models"],
+    response_model=Page[AliasEntryOut] | AliasEntryOut,
+    summary="An alias's changes, newest first; with `at`, the one in force then",
+    description="Every change — `PUT`, `DELETE`, a job's promotion, a rollback — with `by` (the key or "
+    "the job) and `reason`. `?at=<RFC 3339 time>` answers the entry in force at that time instead "
+    "(404 if the alias did not exist then).",
+    responses=problem_responses(401, 403, 404, 422),
+    operation_id="alias_history",
+)
+def alias_history(
+    name: ModelNamePath,
+    alias: AliasPath,
+    ctx: Ctx,
+    _: ModelRead,
+    page: PageParams,
+    at: Annotated[
+        str | None,
+        Query(max_length=64, description="RFC 3339 time: the entry in force then", examples=["2026-12-01T09:30:00Z"]),
+    ] = None,
+) -> Page[AliasEntryOut] | AliasEntryOut:
+    if at is not None:
+        return ctx.models.alias_at(name, alias, parse_time(at, ["query", "at"]))
+    limit, cursor = page
+    items, nxt = ctx.models.alias_history(name, alias, cursor=cursor, limit=limit)
+    return Page[AliasEntryOut](items=items, next_cursor=nxt)
+
+
+@router.post(
+    "/models/{name}/aliases/{alias}/rollback",
+    tags=["models"],
+    response_model=AliasEntryOut,
+    summary="Move an alias back to its previous version",
+    description="Undoes the alias's last change (as `kubectl rollout undo` does): it moves back to that "
+    "change's `previous` version — a second rollback undoes the first; a deleted alias is restored. "
+    "409 when the last change has no previous version.",
+    responses=problem_responses(400, 401, 403, 404, 409, 422),
+    operation_id="rollback_alias",
+)
+def rollback_alias(
+    name: ModelNamePath, alias: AliasPath, ctx: Ctx, p: ModelMaintain, body: AliasRollback | None = None
+) -> AliasEntryOut:
+    return ctx.models.rollback_alias(name, alias, by=p.actor, reason=body.reason if body else None)
 
 
 @router.get(

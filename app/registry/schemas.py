@@ -198,9 +198,52 @@ class VersionOut(BaseModel):
     created_at: datetime
 
 
+#: Longest ``reason`` of an alias change.
+REASON_MAX = 1000
+
+
 class AliasPut(Strict):
-    model_config = {"extra": "forbid", "json_schema_extra": {"examples": [{"version": 5}]}}
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {"examples": [{"version": 5, "reason": "beats v4 on last week's labels"}]},
+    }
     version: int = Field(ge=1, le=2**31 - 1)
+    reason: str | None = Field(None, max_length=REASON_MAX, description="Why (kept in the alias history)")
+
+
+class AliasRollback(Strict):
+    model_config = {"extra": "forbid", "json_schema_extra": {"examples": [{"reason": "v7 mislabels returns"}]}}
+    reason: str | None = Field(None, max_length=REASON_MAX, description="Why (kept in the alias history)")
+
+
+class AliasEntryOut(BaseModel):
+    """One change of an alias: where it points since (``version``, null once deleted), where
+    it pointed before (``previous``), when, by whom (a key or a job) and why."""
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "id": 42,
+                    "model": "churn",
+                    "alias": "production",
+                    "version": 7,
+                    "previous": 6,
+                    "at": "2026-12-01T09:30:00Z",
+                    "by": {"key_id": "9f2c61d0a4b3e8f1", "key_name": "release-bot"},
+                    "reason": "beats v6 on last week's labels",
+                }
+            ]
+        }
+    }
+    id: int = Field(description="Increases with every change of the model's aliases")
+    model: str
+    alias: str
+    version: int | None
+    previous: int | None
+    at: datetime
+    by: dict[str, Any] = Field(description='`{"key_id", "key_name"}` or `{"job": id}`')
+    reason: str | None
 
 
 class AliasOut(BaseModel):

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.core.blobs import BlobStore
 from app.core.errors import Invalid, Loc, NotFound, decoding
+from app.core.outbox import emit
 from app.core.tables import Model, ServedMetrics, Version, utcnow
 from app.engine import codec
 from app.engine.nn.network import Network
@@ -200,6 +201,22 @@ class VersionService:
         )
         repo.add(row)
         model.updated_at = utcnow()
+        emit(
+            s,
+            "version.created",
+            model.name,
+            {
+                "version": number,
+                "operation": operation,
+                "parent": parent,
+                "sha256": blob.sha256,
+                "size_bytes": blob.size_bytes,
+                "dtype": blob.dtype,
+                "sparsity": blob.sparsity,
+                "job": job_id,
+                **({"applied_through": applied_through} if applied_through is not None else {}),
+            },
+        )
         if blob.net is not None:
             self.cache.put(blob.sha256, blob.net)
         return row

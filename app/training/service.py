@@ -176,7 +176,7 @@ class TrainingService:
                     s, m, blob, operation="batch", parent=src.version, params=params, metrics=metrics, job_id=job.id
                 )
                 if promote and promoted:
-                    AliasRepository(s).put(m.id, promote, v.version)
+                    AliasRepository(s).put(m, promote, v.version, by={"job": job.id}, reason=reason)
                 result: dict[str, Any] = {
                     "version": v.version,
                     "from_version": src.version,

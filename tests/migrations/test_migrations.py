@@ -200,3 +200,43 @@ def test_0007_moves_labels_out_of_the_prediction_rows_and_back(db_url):
         assert got[(2, 1)] == ("p-2-1-0000000000ff", 2, 8) and got[(2, 0)] == ("p-2-0-0000000000ff", None, None)
     finally:
         eng.dispose()
+
+
+def test_0008_starts_the_history_of_existing_aliases_and_the_event_counter(db_url):
+    """0008 gives each alias that exists its first history entry (by unknown) and starts
+    the event counter at 0; after it the service records and numbers from there."""
+    from app.core.db import Database
+    from app.core.outbox import emit
+    from app.core.tables import AliasEntry, Event
+
+    upgrade(db_url, "0007")
+    eng = sa.create_engine(db_url)
+    try:
+        with eng.begin() as c:
+            c.exec_driver_sql(
+                "INSERT INTO models (id, name, task, input_dim, output_dim, hidden, activation, optimizer,"
+                " checkpoint_every, checkpoint_seconds, seed, description, tags, guard, status, next_offset,"
+                " created_at, updated_at) VALUES (1, 'm', 'binary', 2, 1, '[]', 'relu', '{}', 10, 1.0, 0, '', '{}',"
+                " '{}', 'active', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+            c.exec_driver_sql(
+                "INSERT INTO aliases (model_id, name, version, updated_at) VALUES (1, 'prod', 3, CURRENT_TIMESTAMP)"
+            )
+        upgrade(db_url, "0008")
+    finally:
+        eng.dispose()
+    db = Database(db_url)
+    try:
+        with db.read() as s:
+            (e,) = s.query(AliasEntry).all()
+            assert (e.alias, e.version, e.previous, e.by) == ("prod", 3, None, {})
+            assert e.reason and "before" in e.reason
+        with db.write() as s:
+            emit(s, "model.created", "m", {})
+            emit(s, "alias.moved", "m", {})
+        with db.read() as s:
+            assert [x.id for x in s.query(Event).order_by(Event.id)] == [1, 2]
+    finally:
+        db.dispose()
+    downgrade(db_url, "0007")
+    assert not {"alias_history", "events", "event_sequence", "webhooks", "webhook_deliveries"} & tables(db_url)

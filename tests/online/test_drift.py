@@ -72,3 +72,21 @@ def test_reset_needs_scope_maintain(lc):
     key = lc.post("/v1/keys", json={"name": "i", "scope": "ingest"}).json()["key"]
     assert_problem(lc.post("/v1/models/m/drift/reset", headers={"Authorization": f"Bearer {key}"}), 403)
     assert_problem(lc.post("/v1/models/nope/drift/reset"), 404)
+
+
+def test_each_transition_to_drift_is_one_event(lc):
+    """An abrupt change of the labelling rule turns the status to ``drift``; each transition
+    to ``drift`` the learner published is one ``model.drift`` event, never repeated."""
+    create(lc, "m", task="binary", input_dim=4, hidden=[], optimizer={"kind": "sgd", "learning_rate": 0.01})
+    send(lc, *stream(6000, 1))
+    X, y = stream(3000, 4)
+    send(lc, X, 1 - y)  # the rule flips at offset 6000
+    wait_until(lambda: drift(lc)["checked_through"] == 8999, 30, "the drift block through 8999")
+    assert drift(lc)["status"] == "drift"
+    send(lc, *stream(500, 5))  # more publishing: no event again for the same transitions
+    wait_until(lambda: drift(lc)["checked_through"] == 9499, 30, "the drift block through 9499")
+    to_drift = [t for t in drift(lc)["transitions"] if t["status"] == "drift"]
+    events = lc.get("/v1/events", params={"type": "model.drift", "limit": 500}).json()["items"]
+    assert to_drift and [e["data"]["offset"] for e in events] == [t["offset"] for t in to_drift]
+    assert all(e["model"] == "m" and e["data"]["detector"] == "ADWIN" for e in events)
+    assert 6000 <= events[0]["data"]["offset"] < 8000

@@ -378,6 +378,10 @@ def test_guard_pauses_keeps_accepting_and_resume_skips(lc):
     resumed = [it for it in items if "resumed" in it["params"]]
     assert len(resumed) == 1 and resumed[0]["applied_through"] == 20
     assert resumed[0]["params"]["resumed"]["skipped_offset"] == 20
+    events = lc.get("/v1/events", params={"type": ["model.paused", "model.resumed"]}).json()["items"]
+    assert [e["type"] for e in events] == ["model.paused", "model.resumed"]
+    assert events[0]["data"]["offset"] == 20 and "non_finite" in events[0]["data"]["reason"]
+    assert events[1]["data"]["skipped_offset"] == 20
     v = checkpoint(lc, "g")
     Wr, br, _, _ = ref_linear(W0[0], b0[0], X, Y, "regression", 0.1)  # X holds every sample but the bad one
     close(list(weights(lc, "g", v["version"])), [[Wr], [br]])

@@ -180,7 +180,7 @@ def test_resolve_version_alias_and_default(svc):
     with db.write() as s:
         m = get_model(s, "m")
         assert versions.resolve(s, m, version=None, alias=None).version == 3
-        AliasRepository(s).put(m.id, "production", 2)
+        AliasRepository(s).put(m, "production", 2, by={"test": True})
     with db.read() as s:
         m = get_model(s, "m")
         assert versions.resolve(s, m, version=None, alias=None).version == 2
@@ -211,7 +211,7 @@ def test_delete_cascades_to_versions_and_aliases(svc):
     db, _, models = svc
     models.create(spec())
     with db.write() as s:
-        AliasRepository(s).put(get_model(s, "m").id, "production", 1)
+        AliasRepository(s).put(get_model(s, "m"), "production", 1, by={"test": True})
     models.delete("m")
     with db.read() as s:
         assert s.query(Version).count() == 0 and s.query(Alias).count() == 0 and s.query(Learner).count() == 0
