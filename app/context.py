@@ -28,6 +28,7 @@ from app.online.learner import LearnerRuntime
 from app.online.metrics import OnlineGauges
 from app.online.service import OnlineService
 from app.operations.service import OperationsService
+from app.pipelines.service import PipelineService, step_submits
 from app.predict.service import PredictService
 from app.registry.models import ModelService
 from app.registry.versions import NetworkCache, VersionService
@@ -57,6 +58,7 @@ class AppContext:
     events: EventHub
     feed: EventService
     webhooks: WebhookService
+    pipelines: PipelineService
     learner: LearnerRuntime | None = None
 
     @classmethod
@@ -73,6 +75,9 @@ class AppContext:
         gauges = OnlineGauges(db, metrics)
         feedback = FeedbackService(db, settings, online)
         hub = EventHub(db, poll_seconds=settings.events_poll_seconds, keep=settings.events_keep)
+        training = TrainingService(db, blobs, versions, jobs, metrics)
+        compression = CompressionService(db, blobs, versions, jobs, metrics)
+        migration = MigrationService(db, blobs, versions, models, jobs, metrics, settings)
         return cls(
             settings=settings,
             db=db,
@@ -87,13 +92,14 @@ class AppContext:
             online=online,
             feedback=feedback,
             gauges=gauges,
-            training=TrainingService(db, blobs, versions, jobs, metrics),
-            compression=CompressionService(db, blobs, versions, jobs, metrics),
-            migration=MigrationService(db, blobs, versions, models, jobs, metrics, settings),
+            training=training,
+            compression=compression,
+            migration=migration,
             operations=OperationsService(db, blobs, metrics, gauges, enabled=settings.metrics_enabled),
             events=hub,
             feed=EventService(db, settings, hub),
             webhooks=WebhookService(db, settings),
+            pipelines=PipelineService(db, blobs, versions, jobs, step_submits(training, compression, migration)),
         )
 
     def job_handlers(self) -> Handlers:
@@ -102,6 +108,7 @@ class AppContext:
         self.training.register(handlers)
         self.compression.register(handlers)
         self.migration.register(handlers)
+        self.pipelines.register(handlers)
         return handlers
 
     def start_learner(self) -> LearnerRuntime:

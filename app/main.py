@@ -33,6 +33,7 @@ from app.keys import router as keys
 from app.migration import router as migration
 from app.online import router as online
 from app.operations import router as ops
+from app.pipelines import router as pipelines
 from app.predict import router as predict
 from app.registry import router as registry
 from app.training import router as training
@@ -320,7 +321,20 @@ def create_app(settings: Settings | None = None) -> Steward:
     # Routes are matched in order: the ingestion and predict routes (the hot paths) come
     # first. No two routers share a path, so the order changes nothing else.
     app.hot_lane = HotLane()
-    for module in (online, predict, feedback, registry, training, compression, migration, jobs, keys, events, webhooks):
+    for module in (
+        online,
+        predict,
+        feedback,
+        registry,
+        training,
+        compression,
+        migration,
+        pipelines,
+        jobs,
+        keys,
+        events,
+        webhooks,
+    ):
         app.include_router(module.router, prefix="/v1")
         app.hot_lane.add_router(module.router, prefix="/v1")
     app.include_router(ops.router)

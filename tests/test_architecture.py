@@ -18,6 +18,7 @@ import pytest
 
 APP = Path(__file__).resolve().parents[1] / "app"
 CAPABILITIES = (
+    "pipelines",
     "events",
     "webhooks",
     "registry",

@@ -277,6 +277,9 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(sa.String(16))
     model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), index=True)
     model_name: Mapped[str] = mapped_column(sa.String(64))
+    #: the pipeline this job is step ``step`` of (None: a job of its own)
+    parent_job: Mapped[str | None] = mapped_column(sa.String(36), index=True)
+    step: Mapped[int | None]
     status: Mapped[str] = mapped_column(sa.String(16))
     progress: Mapped[float] = mapped_column(default=0.0)
     attempts: Mapped[int] = mapped_column(default=0)

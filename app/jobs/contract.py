@@ -71,7 +71,15 @@ class Progress:
     ``min_interval`` seconds (``force=True``: now), and raises :class:`Released` when
     the worker stops or :class:`Canceled` when cancel was requested."""
 
-    def __init__(self, heartbeat: Heartbeat, job: Job, stopping: threading.Event, min_interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        heartbeat: Heartbeat,
+        job: Job,
+        stopping: threading.Event,
+        min_interval: float = 0.25,
+        run_child: Callable[[str], str] | None = None,
+    ) -> None:
+        self._run_child = run_child
         self.heartbeat = heartbeat
         self.job = job
         self.stopping = stopping
@@ -93,6 +101,14 @@ class Progress:
     def check(self) -> None:
         """A progress point without a new fraction."""
         self(self.value)
+
+    def run_child(self, job_id: str) -> str:
+        """Claim and run another job now, in this worker (a pipeline's step); returns how it
+        ended (``succeeded``, ``failed``, ``canceled``, ``released``, ``lost``), or ``busy``
+        when another worker holds it."""
+        if self._run_child is None:
+            raise RuntimeError("this worker runs no child jobs")
+        return self._run_child(job_id)
 
     def part(self, lo: float, hi: float) -> Callable[..., None]:
         """A progress callable mapping [0, 1] onto [lo, hi] of this job."""

@@ -38,14 +38,26 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded",
 TERMINAL = (SUCCEEDED, FAILED, CANCELED)
 
 
-def new_job(s: Session, *, kind: str, model_id: int, model_name: str, params: dict[str, Any], max_attempts: int) -> Job:
-    """Add a queued job to ``s``'s transaction (committed with the request)."""
+def new_job(
+    s: Session,
+    *,
+    kind: str,
+    model_id: int,
+    model_name: str,
+    params: dict[str, Any],
+    max_attempts: int,
+    parent: tuple[str, int] | None = None,
+) -> Job:
+    """Add a queued job to ``s``'s transaction (committed with the request); ``parent``:
+    (pipeline job id, step) when it is a pipeline's step."""
     now = utcnow()
     job = Job(
         id=str(uuid.uuid4()),
         kind=kind,
         model_id=model_id,
         model_name=model_name,
+        parent_job=parent[0] if parent else None,
+        step=parent[1] if parent else None,
         status=QUEUED,
         progress=0.0,
         attempts=0,
@@ -106,6 +118,47 @@ class Queue:
                 job.updated_at = now
                 ended(s, job)
                 return None
+            job.status = RUNNING
+            job.attempts += 1
+            job.lease_owner = owner
+            job.lease_expires_at = now + self.lease
+            job.started_at = job.started_at or now
+            job.updated_at = now
+            return contract.Job(job.id, job.kind, job.model_id, job.model_name, dict(job.params), job.attempts, owner)
+
+    def claim_one(self, job_id: str, owner: str) -> contract.Job | str:
+        """Claim this job (a pipeline's step, run by the pipeline's worker): the job, or why
+        not — its final status, or ``busy`` when another worker holds its lease."""
+        now = utcnow()
+        with self.db.write() as s:
+            job = JobRepository(s).get(job_id, for_update=True)
+            if job is None:
+                return "gone"
+            if job.status in TERMINAL:
+                return job.status
+            if (
+                job.status == RUNNING
+                and job.lease_owner != owner
+                and job.lease_expires_at
+                and job.lease_expires_at >= now
+            ):
+                return "busy"
+            if job.cancel_requested:
+                job.status = CANCELED
+                job.finished_at = now
+                job.updated_at = now
+                ended(s, job)
+                return CANCELED
+            if job.status == RUNNING and job.attempts >= job.max_attempts:
+                job.status = FAILED
+                job.error = {
+                    "type": "worker_lost",
+                    "message": f"the worker running this job stopped {job.attempts} times",
+                }
+                job.finished_at = now
+                job.updated_at = now
+                ended(s, job)
+                return FAILED
             job.status = RUNNING
             job.attempts += 1
             job.lease_owner = owner

@@ -42,6 +42,17 @@ class JobRepository:
         )
         return self.s.scalars(q).first()
 
+    def child(self, parent: str, step: int) -> Job | None:
+        """The job that is step ``step`` of pipeline ``parent`` (the newest, if several)."""
+        q = sa.select(Job).where(Job.parent_job == parent, Job.step == step).order_by(Job.created_at.desc()).limit(1)
+        return self.s.scalars(q).first()
+
+    def children(self, parents: list[str], *, for_update: bool = False) -> list[Job]:
+        q = sa.select(Job).where(Job.parent_job.in_(parents)).order_by(Job.step, Job.created_at)
+        if for_update:
+            q = q.with_for_update()
+        return list(self.s.scalars(q))
+
     def page(
         self,
         *,
@@ -51,6 +62,7 @@ class JobRepository:
         before: tuple[datetime, str] | None,
         limit: int,
         allowed: list[str] | None,
+        parent: str | None = None,
     ) -> list[Job]:
         """Newest first, filtered; ``before`` is the (created_at, id) of the previous page's last job."""
         q = sa.select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
@@ -62,6 +74,8 @@ class JobRepository:
             q = q.where(Job.kind == kind)
         if status is not None:
             q = q.where(Job.status == status)
+        if parent is not None:
+            q = q.where(Job.parent_job == parent)
         if before is not None:
             ts, jid = before
             q = q.where(sa.or_(Job.created_at < ts, sa.and_(Job.created_at == ts, Job.id < jid)))

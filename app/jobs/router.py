@@ -61,9 +61,12 @@ def list_jobs(
     model: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=64)] = None,
     kind: Annotated[JobKind | None, Query()] = None,
     status: Annotated[JobStatus | None, Query()] = None,
+    parent_job: Annotated[str | None, Query(max_length=36, description="Only this pipeline's steps")] = None,
 ) -> Page[JobOut]:
     limit, cursor = page
-    items, nxt = ctx.jobs.page(model=model, kind=kind, status=status, cursor=cursor, limit=limit, allowed=p.models)
+    items, nxt = ctx.jobs.page(
+        model=model, kind=kind, status=status, cursor=cursor, limit=limit, allowed=p.models, parent=parent_job
+    )
     return Page[JobOut](items=items, next_cursor=nxt)
 
 

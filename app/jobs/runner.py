@@ -53,8 +53,15 @@ class Worker:
         self._run(job)
         return job.id
 
-    def _run(self, job: Job) -> None:
-        progress = Progress(self.queue.heartbeat, job, self.stopping)
+    def run_child(self, job_id: str) -> str:
+        """Claim ``job_id`` and run it in this thread (:meth:`Progress.run_child`)."""
+        job = self.queue.claim_one(job_id, self.owner)
+        if isinstance(job, str):
+            return job
+        return self._run(job)
+
+    def _run(self, job: Job) -> str:
+        progress = Progress(self.queue.heartbeat, job, self.stopping, run_child=self.run_child)
         beat_stop = threading.Event()
 
         def beat() -> None:  # keeps the lease while long numpy steps run between progress points
@@ -103,6 +110,7 @@ class Worker:
         if self.on_finished is not None:
             self.on_finished(job.kind, status)
         log.info("job %s (%s) %s in %.2fs", job.id, job.kind, status, time.perf_counter() - t0)
+        return status
 
     # ---- loop
     def loop(self) -> None:

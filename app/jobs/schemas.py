@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-JobKind = Literal["batch_update", "prune", "quantize", "migrate"]
+JobKind = Literal["batch_update", "prune", "quantize", "migrate", "pipeline"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
@@ -15,6 +15,8 @@ class JobOut(BaseModel):
     id: str
     kind: JobKind
     model: str
+    parent_job: str | None = Field(None, description="The pipeline this job is a step of")
+    step: int | None = Field(None, description="Which step of it (from 0)")
     status: JobStatus
     progress: float = Field(ge=0, le=1)
     attempts: int

@@ -4,8 +4,11 @@ the answer of every job-creating POST (202, or 201 after ``Prefer: wait=N``)."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import re
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -32,14 +35,23 @@ def public_params(d: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def job_out(j: Job) -> JobOut:
-    """The one mapping of a job row to its public answer."""
+def job_out(j: Job, children: list[Job] | None = None) -> JobOut:
+    """The one mapping of a job row to its public answer. A pipeline's progress (with its
+    ``children``, the step jobs) is the fraction of steps done plus the running step's."""
+    progress = j.progress
+    if j.kind == "pipeline" and j.status not in TERMINAL and children is not None:
+        n = max(len(j.params.get("steps", [])), 1)
+        done = sum(1 for c in children if c.status == "succeeded")
+        running = sum(c.progress for c in children if c.status == "running")
+        progress = min((done + running) / n, 1.0)
     return JobOut(
         id=j.id,
         kind=j.kind,  # type: ignore[arg-type]
         model=j.model_name,
+        parent_job=j.parent_job,
+        step=j.step,
         status=j.status,  # type: ignore[arg-type]
-        progress=j.progress,
+        progress=progress,
         attempts=j.attempts,
         max_attempts=j.max_attempts,
         cancel_requested=j.cancel_requested,
@@ -77,6 +89,16 @@ def _check_model(allowed: tuple[str, ...] | None, model: str) -> None:
         raise Forbidden(f"this key is not allowed to use model {model!r}")
 
 
+class DryRun(Exception):
+    """Raised by :meth:`JobService.enqueue` in a dry run: the submission was valid; its
+    transaction rolls back and nothing is queued."""
+
+
+#: What :meth:`JobService.enqueue` does in this thread: queue for real (None), check only
+#: (``"dry"``), or queue a pipeline's step (``(pipeline id, step)``).
+_MODE: contextvars.ContextVar[str | tuple[str, int] | None] = contextvars.ContextVar("steward_enqueue", default=None)
+
+
 class JobService:
     def __init__(self, db: Database, queue: Queue, max_attempts: int) -> None:
         self.db = db
@@ -84,10 +106,46 @@ class JobService:
         self.max_attempts = max_attempts
 
     def enqueue(self, s: Session, kind: str, model: Model, params: dict[str, Any]) -> Job:
-        """Add a queued job to ``s``'s transaction (the submitting service's)."""
+        """Add a queued job to ``s``'s transaction (the submitting service's) — or, inside
+        :meth:`dry_run`, stop there (everything was checked), or inside
+        :meth:`children_of`, queue it as a pipeline's step."""
+        mode = _MODE.get()
+        if mode == "dry":
+            raise DryRun()
         return new_job(
-            s, kind=kind, model_id=model.id, model_name=model.name, params=params, max_attempts=self.max_attempts
+            s,
+            kind=kind,
+            model_id=model.id,
+            model_name=model.name,
+            params=params,
+            max_attempts=self.max_attempts,
+            parent=mode if isinstance(mode, tuple) else None,
         )
+
+    @contextlib.contextmanager
+    def dry_run(self) -> Iterator[None]:
+        """A submission inside is checked as for real and queues nothing (its transaction
+        rolls back)."""
+        token = _MODE.set("dry")
+        try:
+            yield
+        except DryRun:
+            pass
+        finally:
+            _MODE.reset(token)
+
+    @contextlib.contextmanager
+    def children_of(self, pipeline: str, step: int) -> Iterator[None]:
+        """The job a submission inside queues is step ``step`` of ``pipeline``."""
+        token = _MODE.set((pipeline, step))
+        try:
+            yield
+        finally:
+            _MODE.reset(token)
+
+    def child(self, pipeline: str, step: int) -> Job | None:
+        with self.db.read() as s:
+            return JobRepository(s).child(pipeline, step)
 
     def _get(self, s: Session, job_id: str, *, for_update: bool = False) -> Job:
         j = JobRepository(s).get(job_id, for_update=for_update)
@@ -99,7 +157,7 @@ class JobService:
         with self.db.read() as s:
             j = self._get(s, job_id)
             _check_model(allowed, j.model_name)
-            return job_out(j)
+            return job_out(j, JobRepository(s).children([j.id]) if j.kind == "pipeline" else None)
 
     def page(
         self,
@@ -110,6 +168,7 @@ class JobService:
         cursor: str | None,
         limit: int,
         allowed: tuple[str, ...] | None,
+        parent: str | None = None,
     ) -> tuple[list[JobOut], str | None]:
         if model is not None:
             _check_model(allowed, model)
@@ -122,10 +181,15 @@ class JobService:
                 before=before,
                 limit=limit + 1,
                 allowed=list(allowed) if allowed is not None else None,
+                parent=parent,
             )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [job_out(j) for j in rows], (_cursor(rows[-1]) if more and rows else None)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            pipelines = [j.id for j in rows if j.kind == "pipeline"]
+            kids: dict[str, list[Job]] = {}
+            for c in JobRepository(s).children(pipelines) if pipelines else []:
+                kids.setdefault(c.parent_job or "", []).append(c)
+        return [job_out(j, kids.get(j.id, [])) for j in rows], (_cursor(rows[-1]) if more and rows else None)
 
     def cancel(self, job_id: str, *, allowed: tuple[str, ...] | None = None) -> JobOut:
         """A queued job is canceled at once; a running one at its next progress point."""
@@ -135,13 +199,17 @@ class JobService:
             if j.status in TERMINAL:
                 raise Conflict(f"job {job_id} is already {j.status}")
             now = utcnow()
-            j.cancel_requested = True
-            if j.status == QUEUED:
-                j.status = CANCELED
-                j.finished_at = now
-                ended(s, j)
-            j.updated_at = now
-            return job_out(j)
+            targets = [j]
+            if j.kind == "pipeline":  # cancelling a pipeline cancels its step
+                targets += [c for c in JobRepository(s).children([j.id], for_update=True) if c.status not in TERMINAL]
+            for x in targets:
+                x.cancel_requested = True
+                if x.status == QUEUED:
+                    x.status = CANCELED
+                    x.finished_at = now
+                    ended(s, x)
+                x.updated_at = now
+            return job_out(j, JobRepository(s).children([j.id]) if j.kind == "pipeline" else None)
 
     def wait(self, job_id: str, seconds: float) -> JobOut:
         """Poll until the job is terminal or ``seconds`` pass (blocking: call from a thread)."""

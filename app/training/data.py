@@ -45,8 +45,11 @@ def log_range(model: Model, log: Any, loc: list[str | int], *, min_samples: int 
     accepted = model.next_offset
     if accepted == 0:
         raise Invalid.at([*loc, "log"], "the model's sample log is empty")
-    first = log.from_offset
-    last = accepted - 1 if log.to_offset is None else log.to_offset
+    if log.last is not None:
+        first, last = max(accepted - log.last, 0), accepted - 1
+    else:
+        first = log.from_offset
+        last = accepted - 1 if log.to_offset is None else log.to_offset
     if first >= accepted:
         raise Invalid.at([*loc, "log", "from_offset"], f"the log holds offsets 0..{accepted - 1}")
     if last >= accepted:

@@ -9,15 +9,19 @@ from app.online.schemas import Samples
 
 
 class LogRange(Strict):
-    """A range of the model's sample log; both ends inclusive."""
+    """A range of the model's sample log; both ends inclusive. Or ``last``: the newest N
+    samples when the job is queued (what a policy's pipeline wants: a range that moves)."""
 
     from_offset: int = Field(0, ge=0, le=2**62)
     to_offset: int | None = Field(None, ge=0, le=2**62, description="Inclusive; default: the last accepted offset")
+    last: int | None = Field(None, ge=1, le=2**40, description="Or: the newest N samples (fewer if the log is shorter)")
 
     @model_validator(mode="after")
     def _order(self) -> LogRange:
         if self.to_offset is not None and self.to_offset < self.from_offset:
             raise ValueError("to_offset must be ≥ from_offset")
+        if self.last is not None and ({"from_offset", "to_offset"} & self.model_fields_set):
+            raise ValueError("give either last or from_offset / to_offset, not both")
         return self
 
 
