@@ -19,6 +19,7 @@ from app.context import AppContext
 from app.core.migrations import upgrade
 from app.core.settings import Settings
 from app.jobs.runner import Worker
+from app.pipelines.policies import PolicyScheduler
 from app.webhooks.delivery import Deliverer
 
 log = logging.getLogger("steward.worker")
@@ -37,6 +38,11 @@ def make_worker(ctx: AppContext) -> Worker:
 def make_deliverer(ctx: AppContext) -> Deliverer:
     """The webhook delivery loop of a worker (:mod:`app.webhooks.delivery`)."""
     return Deliverer(ctx.db, ctx.webhooks, ctx.settings, metrics=ctx.metrics)
+
+
+def make_scheduler(ctx: AppContext) -> PolicyScheduler:
+    """The maintenance policies' scheduler of a worker (:mod:`app.pipelines.policies`)."""
+    return PolicyScheduler(ctx.policies, ctx.settings.policy_poll_seconds)
 
 
 def remove_leftovers(ctx: AppContext) -> int:
@@ -89,6 +95,7 @@ def start_background(ctx: AppContext) -> Callable[[], None]:
     if ctx.settings.run_worker:
         stops.append(make_worker(ctx).start().stop)
         stops.append(make_deliverer(ctx).start().stop)
+        stops.append(make_scheduler(ctx).start().stop)
 
     def stop() -> None:
         for fn in reversed(stops):
@@ -106,6 +113,7 @@ def run_worker_process(settings: Settings, concurrency: int = 1) -> None:
     remove_leftovers(ctx)
     workers = [make_worker(ctx).start() for _ in range(max(concurrency, 1))]
     deliverer = make_deliverer(ctx).start()
+    scheduler = make_scheduler(ctx).start()
     done = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -120,6 +128,7 @@ def run_worker_process(settings: Settings, concurrency: int = 1) -> None:
     for w in workers:
         w.stop()
     deliverer.stop()
+    scheduler.stop()
     ctx.close()
 
 

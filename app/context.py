@@ -28,6 +28,7 @@ from app.online.learner import LearnerRuntime
 from app.online.metrics import OnlineGauges
 from app.online.service import OnlineService
 from app.operations.service import OperationsService
+from app.pipelines.policies import PolicyService
 from app.pipelines.service import PipelineService, step_submits
 from app.predict.service import PredictService
 from app.registry.models import ModelService
@@ -59,6 +60,7 @@ class AppContext:
     feed: EventService
     webhooks: WebhookService
     pipelines: PipelineService
+    policies: PolicyService
     learner: LearnerRuntime | None = None
 
     @classmethod
@@ -78,6 +80,7 @@ class AppContext:
         training = TrainingService(db, blobs, versions, jobs, metrics)
         compression = CompressionService(db, blobs, versions, jobs, metrics)
         migration = MigrationService(db, blobs, versions, models, jobs, metrics, settings)
+        pipelines = PipelineService(db, blobs, versions, jobs, step_submits(training, compression, migration))
         return cls(
             settings=settings,
             db=db,
@@ -99,7 +102,8 @@ class AppContext:
             events=hub,
             feed=EventService(db, settings, hub),
             webhooks=WebhookService(db, settings),
-            pipelines=PipelineService(db, blobs, versions, jobs, step_submits(training, compression, migration)),
+            pipelines=pipelines,
+            policies=PolicyService(db, settings, jobs, pipelines),
         )
 
     def job_handlers(self) -> Handlers:

@@ -46,6 +46,7 @@ EventType = Literal[
     "job.failed",
     "job.canceled",
     "policy.triggered",
+    "policy.disabled",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 

@@ -167,6 +167,16 @@ class Settings(BaseSettings):
         description="Close an SSE stream after this long (clients reconnect with Last-Event-ID and resume "
         "where they were): for proxies that cut long connections. Unset: streams stay open.",
     )
+    policy_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="How often each worker's policy scheduler looks for triggers that fired.",
+    )
+    policy_max_failures: int = Field(
+        3, ge=1, le=100, description="Pipelines of a policy that may fail in a row before the policy is disabled."
+    )
     shutdown_grace_seconds: float = Field(
         30.0,
         gt=0,

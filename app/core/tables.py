@@ -422,3 +422,33 @@ class WebhookDelivery(Base):
     lease_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
+
+
+class Policy(Base):
+    """A model's maintenance policy: the pipeline (a ``POST …/pipelines`` body) to run when
+    a trigger fires, and the scheduler's marks — what was seen when it last ran (the log's
+    ``next_offset``, the time, the newest drift transition). ``rev`` changes with every
+    write: a scheduler that decided on an older ``rev`` fires nothing (exactly once)."""
+
+    __tablename__ = "policies"
+
+    model_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    enabled: Mapped[bool]
+    triggers: Mapped[dict[str, Any]]
+    pipeline: Mapped[dict[str, Any]]
+    disabled_reason: Mapped[str | None] = mapped_column(sa.Text)
+    rev: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    samples_mark: Mapped[int] = mapped_column(sa.BigInteger)
+    seconds_mark: Mapped[datetime]
+    drift_mark: Mapped[int] = mapped_column(sa.BigInteger)
+    last_triggered_at: Mapped[datetime | None]
+    last_trigger: Mapped[str | None] = mapped_column(sa.String(16))
+    last_job: Mapped[str | None] = mapped_column(sa.String(36))
+    last_skipped_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    failures: Mapped[int] = mapped_column(default=0)
+    counted_job: Mapped[str | None] = mapped_column(sa.String(36))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

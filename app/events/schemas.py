@@ -81,6 +81,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "job.canceled": {"id": _JOB, "kind": "prune", "status": "canceled", "attempts": 1},
     "policy.triggered": {"trigger": "on_drift", "job": _JOB},
+    "policy.disabled": {"reason": "3 pipelines in a row failed; the last: step 0 (batch_update) failed", "job": _JOB},
 }
 assert tuple(EXAMPLES) == EVENT_TYPES
 

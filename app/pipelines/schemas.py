@@ -158,6 +158,7 @@ class PolicyOut(BaseModel):
     last_trigger: str | None
     last_job: str | None
     last_skipped_at: datetime | None = Field(description="When a trigger last fired while a pipeline was active")
+    last_error: str | None = Field(description="Why the last pipeline failed or could not be queued")
     failures: int = Field(description="Pipelines of this policy that failed in a row")
     next_due: dict[str, Any] = Field(
         description="When each trigger is next due: `every_seconds` a time, `every_samples` the offset"

@@ -5,7 +5,9 @@ ending in a guarded promotion.
 **Submission** validates the whole body before anything is queued: each step goes
 through its own endpoint's checks (the capability's ``submit``) in a dry run that
 queues nothing (:meth:`app.jobs.service.JobService.dry_run`), with ``previous``
-standing for the model's latest version; an error names ``["body", "steps", i, …]``.
+standing for the version the chain starts from (step 0's ``from``); an error names
+``["body", "steps", i, …]``. What depends on the versions the steps make (quantizing
+an already quantized one) is checked when the step's turn comes.
 
 **Running** (the worker's handler): step ``i`` is submitted for real when its turn
 comes (``from`` = the version step ``i − 1`` made), claimed and run at once by the
@@ -101,6 +103,7 @@ class PipelineService:
         """Check ``body`` as a whole (each step in a dry run of its endpoint) and return the
         pipeline job's params; nothing is queued. Errors name ``[*loc, "steps", i, …]``."""
         steps: list[dict[str, Any]] = []
+        start: int | str | None = None  # step 0's ``from``
         for i, step in enumerate(body.steps):
             raw = step.model_dump(mode="json", by_alias=True, exclude_unset=True)
             kind = raw.pop("kind")
@@ -115,8 +118,12 @@ class PipelineService:
             if kind == "migrate" and raw.get("mode") == "transfer" and i != len(body.steps) - 1:
                 raise Invalid.at([*here, "mode"], "a transfer makes another model: it can only be the last step")
             trial = dict(raw)
-            if frm == PREVIOUS:
-                trial.pop("from")  # stands for the latest version in the dry run
+            if frm == PREVIOUS:  # in the dry run: the version the chain starts from
+                trial.pop("from")
+                if start is not None:
+                    trial["from"] = start
+            elif i == 0:
+                start = frm
             try:
                 with self.jobs.dry_run():
                     self.submits[kind](name, trial)
