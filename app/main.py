@@ -10,9 +10,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,7 +24,7 @@ from app.core import errors
 from app.core.errors import PROBLEM, PayloadTooLarge
 from app.core.migrations import upgraded
 from app.core.routes import HotLane
-from app.core.schemas import problem_responses
+from app.core.schemas import PROBLEM_EXAMPLES, problem_responses
 from app.core.settings import Settings
 from app.deps import document_page_limit
 from app.events import router as events
@@ -268,10 +269,60 @@ def _document_common_errors(app: FastAPI, settings: Settings) -> None:
                     content = resp.setdefault("content", {})
                     content.pop("application/json", None)  # FastAPI's HTTPValidationError, or our Problem
                     content[PROBLEM] = {**content.get(PROBLEM, {}), "schema": problem_schema}
+                    if code.isdigit() and int(code) in PROBLEM_EXAMPLES:  # each status its own example
+                        content[PROBLEM]["example"] = PROBLEM_EXAMPLES[int(code)]
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+#: Where the documentation pages' assets are served from (the ``fastapi-offline`` package's files).
+DOCS_ASSETS = "/docs-assets"
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI, with ``persistAuthorization``) and ``/redoc`` with their
+    JavaScript, CSS and icon served by the service itself, from the files the maintained
+    ``fastapi-offline`` package ships (FastAPI's defaults load them from a CDN: a blank
+    page without internet). No Google fonts either."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    static = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=static), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+    redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} — API",
+            oauth2_redirect_url=f"{root}{redirect}",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+
+    @app.get(redirect, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} — API",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def create_app(settings: Settings | None = None) -> Steward:
@@ -308,6 +359,9 @@ def create_app(settings: Settings | None = None) -> Steward:
             ctx.close()
 
     app = Steward(
+        docs_url=None,  # served by add_offline_docs: assets from the package, never a CDN
+        redoc_url=None,
+        swagger_ui_parameters={"persistAuthorization": True},
         title="Steward",
         version="0.1.0",
         summary="Keeps deployed ML models healthy: online learning, retraining, pruning, quantization, migration.",
@@ -316,6 +370,7 @@ def create_app(settings: Settings | None = None) -> Steward:
         lifespan=lifespan,
     )
     errors.install(app)
+    add_offline_docs(app)
     _document_common_errors(app, cfg)
     app.add_middleware(LimitAndMeasure, get_ctx=lambda: holder["ctx"])
     # Routes are matched in order: the ingestion and predict routes (the hot paths) come

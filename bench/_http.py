@@ -6,6 +6,7 @@ and keep-alive JSON calls. Imported by ``bench/bench_*.py`` (run from the reposi
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import shutil
 import socket
@@ -27,6 +28,18 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {key}"
 """
+
+
+#: Set on some machines, they slow numpy (BENCH.md): a benchmark drops them from its own
+#: environment, and so from its servers', before numpy is imported.
+BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def drop_blas_overrides() -> None:
+    """Remove :data:`BLAS_OVERRIDES` from this process's environment (this module imports no
+    numpy: call it right after importing it, before numpy)."""
+    for var in BLAS_OVERRIDES:
+        os.environ.pop(var, None)
 
 
 def free_port() -> int:

@@ -103,6 +103,26 @@ def test_keys_create_list_revoke(run, db_url):
     assert code == 1 and "no API key" in err
 
 
+def test_read_commands_never_create_a_database(tmp_path, monkeypatch, capsys):
+    """`steward keys list` (or revoke, db current, db check) where no database exists says
+    which one it looked for and creates nothing."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("STEWARD_DATA_DIR", "STEWARD_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    expected = tmp_path / "data" / "steward.db"
+    for argv, code in ((["keys", "list"], 1), (["keys", "revoke", "abc"], 1), (["db", "check"], 1)):
+        assert main(argv) == code, argv
+        err = capsys.readouterr().err
+        assert f"no database at {expected}" in err and "STEWARD_DATA_DIR" in err, err
+    assert main(["db", "current"]) == 3
+    assert f"no database yet at {expected}" in capsys.readouterr().out
+    assert not expected.exists() and not (tmp_path / "data").exists()
+    # a database that exists but holds no schema (an empty file) is refused too
+    (tmp_path / "data").mkdir()
+    expected.touch()
+    assert main(["keys", "list"]) == 1 and "holds no Steward schema" in capsys.readouterr().err
+
+
 def test_keys_create_refuses_bad_input(run, capsys):
     code, _, err = run("keys", "create", "--name", "x", "--scope", "read", "--model", "Not A Name")
     assert code == 1 and "models.0" in err

@@ -141,6 +141,51 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = Field(None, description="Pass as `cursor` to get the next page; null at the end.")
 
 
+def _problem(slug: str, title: str, status: int, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"type": f"https://steward.dev/problems/{slug}", "title": title, "status": status, "detail": detail, **extra}
+
+
+#: An example answer of each error status, as the service words it (the OpenAPI document
+#: shows each status with its own).
+PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
+    400: _problem("bad-request", "Bad Request", 400, "malformed JSON body: expected ',' or '}' at line 1 column 31"),
+    401: _problem("unauthorized", "Unauthorized", 401, "missing API key: send 'Authorization: Bearer <key>'"),
+    403: _problem("forbidden", "Forbidden", 403, "this needs a key with scope 'maintain'; this key has 'ingest'"),
+    404: _problem("not-found", "Not Found", 404, "no model named 'churn'"),
+    405: _problem("method-not-allowed", "Method Not Allowed", 405, "DELETE is not allowed here; use GET, PUT"),
+    409: _problem("conflict", "Conflict", 409, "a model named 'churn' already exists"),
+    412: _problem(
+        "precondition-failed",
+        "Precondition Failed",
+        412,
+        "If-Match: alias 'production' points to version 8, not 7",
+        current_version=8,
+    ),
+    413: _problem("payload-too-large", "Content Too Large", 413, "body exceeds the limit of 67108864 bytes"),
+    415: _problem(
+        "unsupported-media-type",
+        "Unsupported Media Type",
+        415,
+        "send application/json or application/x-ndjson, not text/csv",
+    ),
+    422: _problem(
+        "validation",
+        "Unprocessable Content",
+        422,
+        "body.samples.17.x: expected 32 values, got 31",
+        errors=[{"loc": ["body", "samples", 17, "x"], "msg": "expected 32 values, got 31"}],
+    ),
+    503: _problem("unavailable", "Service Unavailable", 503, "the database does not answer"),
+    507: _problem(
+        "insufficient-storage",
+        "Insufficient Storage",
+        507,
+        "the data directory is full; nothing of the request was stored",
+        storage="data_directory",
+    ),
+}
+
+
 def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries declaring problem+json answers."""
     text = {

@@ -38,16 +38,20 @@ def event_out(e: Event) -> EventOut:
 
 @dataclass(frozen=True)
 class Kept:
-    """An event as the hub keeps it: what filters look at, and its JSON."""
+    """An event as the hub keeps it: what filters look at, its JSON and its SSE frame
+    (made once, sent to every client)."""
 
     id: int
     type: str
     model: str | None
     json: bytes
+    frame: bytes
 
 
 def kept(e: Event) -> Kept:
-    return Kept(e.id, e.type, e.model, orjson.dumps(event_out(e).model_dump(mode="json")))
+    data = orjson.dumps(event_out(e).model_dump(mode="json"))
+    frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (e.id, e.type.encode(), data)
+    return Kept(e.id, e.type, e.model, data, frame)
 
 
 class EventHub:
@@ -149,7 +153,11 @@ class EventHub:
         deadline = loop.time() + seconds
         self.waiting += 1
         try:
-            self._kick.set()  # read now: events may be there already
+            # no read asked for here (one read per process, not per waiter): this process's
+            # commits wake the hub at once, other processes' are read within a poll
+            if self._stale:
+                self._stale = False
+                self._kick.set()
             while self.head <= after:
                 left = deadline - loop.time()
                 fut = self._advanced
@@ -180,7 +188,7 @@ class EventHub:
                     if len(out) >= limit:
                         break
             return out, upto
-        rows = await run_in_threadpool(self._read, after)
+        rows = await run_in_threadpool(self._read, after, limit)  # a page, not more
         if not rows:
             return [], after
         out = [k for k in rows if filt.admits(k.type, k.model)][:limit]
@@ -199,7 +207,7 @@ class EventHub:
         while end is None or loop.time() < end:
             batch, pos = await self.read(pos, filt, 500)
             if batch:
-                yield b"".join(b"id: %d\nevent: %s\ndata: %s\n\n" % (k.id, k.type.encode(), k.json) for k in batch)
+                yield b"".join(k.frame for k in batch)
                 continue
             wait = heartbeat if end is None else max(min(heartbeat, end - loop.time()), 0.0)
             if not await self.wait_beyond(pos, wait):

@@ -1,0 +1,48 @@
+"""The documentation pages work offline: /docs and /redoc load their assets from the
+service (never a CDN), Swagger UI keeps the key across reloads, and every error status
+in the OpenAPI document has an example of its own status."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app.main import DOCS_ASSETS
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_everything_from_the_service(anon, page):
+    r = anon.get(page)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html) + re.findall(r"url:\s*'([^']+)'", html)
+    assert urls, html
+    for url in urls:
+        assert not url.startswith(("http:", "https:", "//")), f"{page} loads {url} from elsewhere"
+    assert "cdn" not in html.lower() and "fonts.googleapis" not in html
+    assets = [u for u in urls if u.startswith(DOCS_ASSETS)]
+    assert assets
+    for url in assets:
+        a = anon.get(url)
+        assert a.status_code == 200 and len(a.content) > 1000, url
+    if page == "/docs":
+        assert '"persistAuthorization": true' in html
+        assert anon.get("/openapi.json").status_code == 200
+
+
+def test_every_error_status_has_an_example_of_its_own_status(client):
+    doc = client.get("/openapi.json").json()
+    seen = set()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            for code, resp in op.get("responses", {}).items():
+                if code[:1] not in ("4", "5"):
+                    continue
+                content = resp["content"]["application/problem+json"]
+                example = content.get("example")
+                assert example is not None, (method, path, code)
+                assert example["status"] == int(code), (method, path, code, example)
+                assert example["type"].startswith("https://steward.dev/problems/")
+                seen.add(int(code))
+    assert {400, 401, 403, 404, 409, 412, 413, 415, 422, 507} <= seen
