@@ -22,7 +22,7 @@ Life of a job::
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -100,31 +100,8 @@ class Queue:
             job = JobRepository(s).next_runnable(kinds, now)
             if job is None:
                 return None
-            if job.status == RUNNING and job.attempts >= job.max_attempts:
-                # its worker died on every attempt: give up with the evidence
-                job.status = FAILED
-                job.error = {
-                    "type": "worker_lost",
-                    "message": f"the worker running this job stopped {job.attempts} times (lease expired)",
-                }
-                job.finished_at = now
-                job.lease_owner = None
-                job.updated_at = now
-                ended(s, job)
-                return None
-            if job.cancel_requested:
-                job.status = CANCELED
-                job.finished_at = now
-                job.updated_at = now
-                ended(s, job)
-                return None
-            job.status = RUNNING
-            job.attempts += 1
-            job.lease_owner = owner
-            job.lease_expires_at = now + self.lease
-            job.started_at = job.started_at or now
-            job.updated_at = now
-            return contract.Job(job.id, job.kind, job.model_id, job.model_name, dict(job.params), job.attempts, owner)
+            taken = self._take(s, job, owner, now)
+            return taken if isinstance(taken, contract.Job) else None
 
     def claim_one(self, job_id: str, owner: str) -> contract.Job | str:
         """Claim this job (a pipeline's step, run by the pipeline's worker): the job, or why
@@ -136,36 +113,36 @@ class Queue:
                 return "gone"
             if job.status in TERMINAL:
                 return job.status
-            if (
-                job.status == RUNNING
-                and job.lease_owner != owner
-                and job.lease_expires_at
-                and job.lease_expires_at >= now
-            ):
+            leased = job.lease_expires_at is not None and job.lease_expires_at >= now
+            if job.status == RUNNING and job.lease_owner != owner and leased:
                 return "busy"
-            if job.cancel_requested:
-                job.status = CANCELED
-                job.finished_at = now
-                job.updated_at = now
-                ended(s, job)
-                return CANCELED
-            if job.status == RUNNING and job.attempts >= job.max_attempts:
-                job.status = FAILED
-                job.error = {
-                    "type": "worker_lost",
-                    "message": f"the worker running this job stopped {job.attempts} times",
-                }
-                job.finished_at = now
-                job.updated_at = now
-                ended(s, job)
-                return FAILED
-            job.status = RUNNING
-            job.attempts += 1
-            job.lease_owner = owner
-            job.lease_expires_at = now + self.lease
-            job.started_at = job.started_at or now
+            return self._take(s, job, owner, now)
+
+    def _take(self, s: Session, job: Job, owner: str, now: datetime) -> contract.Job | str:
+        """Lease a claimable ``job`` (locked in ``s``) to ``owner`` — unless its worker died
+        on every attempt (then it fails, with the evidence) or cancel was requested (then it
+        ends canceled): the job as its handler sees it, or that final status."""
+        if job.status == RUNNING and job.attempts >= job.max_attempts:
+            job.status = FAILED
+            job.error = {
+                "type": "worker_lost",
+                "message": f"the worker running this job stopped {job.attempts} times (lease expired)",
+            }
+        elif job.cancel_requested:
+            job.status = CANCELED
+        if job.status in TERMINAL:
+            job.finished_at = now
+            job.lease_owner = None
             job.updated_at = now
-            return contract.Job(job.id, job.kind, job.model_id, job.model_name, dict(job.params), job.attempts, owner)
+            ended(s, job)
+            return job.status
+        job.status = RUNNING
+        job.attempts += 1
+        job.lease_owner = owner
+        job.lease_expires_at = now + self.lease
+        job.started_at = job.started_at or now
+        job.updated_at = now
+        return contract.Job(job.id, job.kind, job.model_id, job.model_name, dict(job.params), job.attempts, owner)
 
     def _held(self, s: Session, job_id: str, owner: str) -> Job:
         job = JobRepository(s).get(job_id, for_update=True)
