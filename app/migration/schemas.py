@@ -112,6 +112,33 @@ class MigrateIn(TrainOptions):
 
 
 class ExportOut(BaseModel):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "model": "churn",
+                    "version": 2,
+                    "target": "onnx",
+                    "sha256": "1c484f9a724354e1b350dc384d3758649fcc9f54c6d12594b3d0f27d13818e5c",
+                    "size_bytes": 991,
+                    "media_type": "application/onnx",
+                    "filename": "churn-v2.onnx",
+                    "url": "/v1/models/churn/versions/2/exports/onnx",
+                    "meta": {
+                        "opset": 17,
+                        "job": "7d1c2a44-0b8e-4a8e-9f0a-3c6f1e2b9d10",
+                        "verification": {
+                            "runtime": "onnxruntime",
+                            "max_abs_error": 2.4e-07,
+                            "tolerance": 1e-05,
+                            "probes": 64,
+                        },
+                    },
+                    "created_at": "2026-12-01T09:31:00Z",
+                }
+            ]
+        }
+    }
     model: str
     version: int
     target: Target

@@ -18,19 +18,32 @@ PREVIOUS = "previous"
 MAX_STEPS = 16
 
 
+def _step_config(body: type[BaseModel], kind: str) -> Any:
+    """A step's config: its endpoint body's, with ``kind`` in the examples (without
+    ``promote``: a pipeline promotes with its own)."""
+    extra: dict[str, Any] = dict(body.model_config.get("json_schema_extra") or {})  # type: ignore[arg-type]
+    given: list[dict[str, Any]] = extra.get("examples", [])
+    examples = [{"kind": kind, **{k: v for k, v in ex.items() if k != "promote"}} for ex in given]
+    return {**body.model_config, "json_schema_extra": {**extra, "examples": examples}}
+
+
 class BatchUpdateStep(BatchUpdateIn):
+    model_config = _step_config(BatchUpdateIn, "batch_update")
     kind: Literal["batch_update"]
 
 
 class PruneStep(PruneIn):
+    model_config = _step_config(PruneIn, "prune")
     kind: Literal["prune"]
 
 
 class QuantizeStep(QuantizeIn):
+    model_config = _step_config(QuantizeIn, "quantize")
     kind: Literal["quantize"]
 
 
 class MigrateStep(MigrateIn):
+    model_config = _step_config(MigrateIn, "migrate")
     kind: Literal["migrate"]
 
 
@@ -149,6 +162,34 @@ class PolicyIn(Strict):
 
 
 class PolicyOut(BaseModel):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "model": "churn",
+                    "enabled": True,
+                    "disabled_reason": None,
+                    "triggers": {"on_drift": True, "every_samples": 50000},
+                    "pipeline": {
+                        "steps": [
+                            {"kind": "batch_update", "from": "production", "log": {"last": 50000}, "epochs": 3},
+                            {"kind": "quantize", "dtype": "int8"},
+                        ],
+                        "promote": {"alias": "production", "eval": {"log": {"last": 2000}}},
+                    },
+                    "last_triggered_at": "2026-12-01T09:30:00Z",
+                    "last_trigger": "on_drift",
+                    "last_job": "5b0e7c8e-2f4d-4b6a-9a61-0c8f3e2d1a77",
+                    "last_skipped_at": None,
+                    "last_error": None,
+                    "failures": 0,
+                    "next_due": {"every_samples": {"at_offset": 290512}, "on_drift": {"after_offset": 240512}},
+                    "created_at": "2026-11-20T08:00:00Z",
+                    "updated_at": "2026-12-01T09:30:00Z",
+                }
+            ]
+        }
+    }
     model: str
     enabled: bool
     disabled_reason: str | None

@@ -63,6 +63,11 @@ class EvaluateIn(Target):
 
 
 class EvaluateOut(BaseModel):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"model": "churn", "version": 2, "loss": 0.437, "accuracy": 0.82, "n": 200, "extra": None}]
+        }
+    }
     model: str
     version: int
     loss: float = Field(description="Mean per-sample loss as defined for the task")

@@ -131,6 +131,29 @@ class DriftInput(BaseModel):
 
 
 class DriftState(BaseModel):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "status": "stable",
+                    "since_offset": None,
+                    "checked_through": 599,
+                    "loss": {
+                        "detector": "ADWIN",
+                        "delta": 0.002,
+                        "width": 18,
+                        "mean": 0.41,
+                        "detections": 0,
+                        "group": 32,
+                        "scale": 0.12,
+                    },
+                    "inputs": [],
+                    "reference": {"size": 2000, "stride": 4, "ready": False},
+                    "transitions": [],
+                }
+            ]
+        }
+    }
     status: Literal["stable", "warning", "drift"] = Field(
         "stable", description="drift: the loss rose (ADWIN); warning: some input drifted; else stable"
     )
@@ -145,6 +168,73 @@ class DriftState(BaseModel):
 
 
 class ModelOut(BaseModel):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "name": "churn",
+                    "task": "binary",
+                    "input_dim": 4,
+                    "output_dim": 1,
+                    "hidden": [8],
+                    "activation": "relu",
+                    "optimizer": {
+                        "kind": "sgd",
+                        "learning_rate": 0.01,
+                        "momentum": 0.0,
+                        "l2": 0.0,
+                        "clip_norm": None,
+                        "beta1": 0.9,
+                        "beta2": 0.999,
+                        "eps": 1e-08,
+                    },
+                    "checkpoint_every": 1000,
+                    "checkpoint_seconds": 1.0,
+                    "seed": 0,
+                    "description": "churn risk of an account",
+                    "tags": {"team": "growth"},
+                    "guard": {"enabled": True, "loss_ratio": 10.0, "warmup": 1000},
+                    "lineage": None,
+                    "latest_version": 2,
+                    "aliases": {"production": 2},
+                    "status": "active",
+                    "status_reason": None,
+                    "paused_offset": None,
+                    "online": {
+                        "accepted": 600,
+                        "applied": 600,
+                        "lag": 0,
+                        "applied_through": 599,
+                        "prequential": {
+                            "count": 600,
+                            "loss": 0.649,
+                            "accuracy": 0.67,
+                            "window": {"size": 1000, "count": 600, "loss": 0.649, "accuracy": 0.67},
+                        },
+                    },
+                    "drift": {
+                        "status": "stable",
+                        "since_offset": None,
+                        "checked_through": 599,
+                        "loss": {
+                            "detector": "ADWIN",
+                            "delta": 0.002,
+                            "width": 18,
+                            "mean": 0.41,
+                            "detections": 0,
+                            "group": 32,
+                            "scale": 0.12,
+                        },
+                        "inputs": [],
+                        "reference": {"size": 2000, "stride": 4, "ready": False},
+                        "transitions": [],
+                    },
+                    "created_at": "2026-12-01T09:00:00Z",
+                    "updated_at": "2026-12-01T09:30:00Z",
+                }
+            ]
+        }
+    }
     name: str
     task: Task
     input_dim: int
@@ -180,6 +270,58 @@ class ServedOut(BaseModel):
 
 
 class VersionOut(BaseModel):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "model": "churn",
+                    "version": 2,
+                    "parent": 1,
+                    "operation": "batch",
+                    "params": {
+                        "from": "latest",
+                        "from_version": 1,
+                        "data": {"source": "log", "from_offset": 100, "to_offset": 599, "n": 500},
+                        "epochs": 3,
+                        "batch_size": 256,
+                        "learning_rate": None,
+                        "shuffle_seed": 0,
+                        "validation_fraction": 0.1,
+                        "early_stopping_patience": None,
+                        "promote": "production",
+                        "keep_sparsity": True,
+                    },
+                    "metrics": {
+                        "train": {"loss": 0.412, "accuracy": 0.83, "n": 450},
+                        "validation": {"loss": 0.437, "accuracy": 0.82, "n": 50},
+                        "epochs_run": 3,
+                        "best_epoch": 3,
+                        "stopped_early": False,
+                        "steps": 6,
+                        "learning_rate": 0.01,
+                    },
+                    "sha256": "1e72d373b2cb30d9e7e7da5cf3b256e7c7aeb09c64012aa3853658d42f681e39",
+                    "size_bytes": 548,
+                    "sparsity": 0.0,
+                    "dtype": "float32",
+                    "encoding": "dense",
+                    "architecture": [4, 8, 1],
+                    "applied_through": None,
+                    "exports": [
+                        {
+                            "target": "onnx",
+                            "sha256": "1c484f9a724354e1b350dc384d3758649fcc9f54c6d12594b3d0f27d13818e5c",
+                            "size_bytes": 991,
+                            "media_type": "application/onnx",
+                            "created_at": "2026-12-01T09:31:00Z",
+                        }
+                    ],
+                    "served": {"predictions": 1000, "labelled": 800, "loss": 0.44, "accuracy": 0.81},
+                    "created_at": "2026-12-01T09:30:00Z",
+                }
+            ]
+        }
+    }
     model: str
     version: int
     parent: int | None

@@ -71,6 +71,16 @@ class WebhookOut(BaseModel):
 
 
 class WebhookCreated(WebhookOut):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    **WebhookOut.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index,dict-item]
+                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                }
+            ]
+        }
+    }
     secret: str = Field(description="The signing secret, shown in this answer only")
 
 

@@ -46,3 +46,32 @@ def test_every_error_status_has_an_example_of_its_own_status(client):
                 assert example["type"].startswith("https://steward.dev/problems/")
                 seen.add(int(code))
     assert {400, 401, 403, 404, 409, 412, 413, 415, 422, 507} <= seen
+
+
+def _free_dict(s: object, depth: int = 0) -> bool:
+    """A schema that lets any keys in (Swagger UI would show ``additionalProp1``)."""
+    if not isinstance(s, dict) or depth > 4:
+        return False
+    if s.get("type") == "object" and "properties" not in s and s.get("additionalProperties", True) is not False:
+        return True
+    if any(_free_dict(x, depth + 1) for k in ("anyOf", "oneOf", "allOf") for x in s.get(k, [])):
+        return True
+    return s.get("type") == "array" and _free_dict(s.get("items", {}), depth + 1)
+
+
+def test_schemas_with_free_form_fields_carry_real_examples(client):
+    """Wherever a schema has a free-form object, the schema (or the field) shows an example
+    with real values, and the example validates against the schema's required fields."""
+    comps = client.get("/openapi.json").json()["components"]["schemas"]
+    missing = []
+    for name, s in comps.items():
+        props = s.get("properties", {})
+        free = [p for p, ps in props.items() if _free_dict(ps) and "examples" not in ps and "example" not in ps]
+        if free and not s.get("examples"):
+            missing.append((name, free))
+            continue
+        # (the document drops null values of examples: a nullable field may be absent)
+        needed = {f for f in s.get("required", []) if {"type": "null"} not in props.get(f, {}).get("anyOf", [])}
+        for ex in s.get("examples", []):
+            assert needed <= set(ex), (name, needed - set(ex))
+    assert missing == []
