@@ -37,3 +37,17 @@ ensure_venv() {
         touch "$stamp"
     fi
 }
+
+# The Python client (clients/python) in the same venv, for its tests (again only when its
+# pyproject.toml changed).
+ensure_client() {
+    local hash stamp
+    hash="$(sha256sum clients/python/pyproject.toml | cut -c1-16)"
+    stamp=".venv/.steward-client-installed-$hash"
+    if [ ! -e "$stamp" ]; then
+        echo "steward: pip install -e clients/python" >&2
+        .venv/bin/python -m pip install --quiet -e clients/python || return 1
+        rm -f .venv/.steward-client-installed-*
+        touch "$stamp"
+    fi
+}
