@@ -350,7 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = ks.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("id")
     keys.set_defaults(func=cmd_keys)
+    add_task_commands(sub)
     return p
+
+
+def add_task_commands(sub: Any) -> None:
+    """The task commands (models, push, predict, jobs, aliases, pull, events …) of the
+    Python client (``pip install -e 'clients/python[cli]'``), when it is installed: they
+    talk to a running service over HTTP, as any client does."""
+    import importlib
+
+    try:
+        cli = importlib.import_module("steward_client.cli")
+    except ImportError:
+        return
+    cli.add_commands(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,8 +45,8 @@ ensure_client() {
     hash="$(sha256sum clients/python/pyproject.toml | cut -c1-16)"
     stamp=".venv/.steward-client-installed-$hash"
     if [ ! -e "$stamp" ]; then
-        echo "steward: pip install -e clients/python" >&2
-        .venv/bin/python -m pip install --quiet -e clients/python || return 1
+        echo "steward: pip install -e 'clients/python[cli]'" >&2
+        .venv/bin/python -m pip install --quiet -e 'clients/python[cli]' || return 1
         rm -f .venv/.steward-client-installed-*
         touch "$stamp"
     fi

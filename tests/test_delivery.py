@@ -54,6 +54,8 @@ PREFIX = Settings.model_config["env_prefix"]
 SETTING_VARS = {f"{PREFIX}{name.upper()}": name for name in Settings.model_fields}
 # the only STEWARD_* variable that is no setting: the tests' PostgreSQL server (tests/conftest.py)
 TEST_VARS = {"STEWARD_TEST_POSTGRES_URL"}
+#: What the task commands (the Python client's CLI) read: where the service is, not settings of it.
+CLIENT_VARS = {"STEWARD_URL", "STEWARD_KEY", "STEWARD_PROFILE", "STEWARD_CONFIG"}
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -297,7 +299,10 @@ def test_dockerfile_builds_the_package_it_runs():
 # --------------------------------------------------------------------------- the README
 def test_readme_names_only_real_settings():
     named = set(re.findall(r"\bSTEWARD_\w+", README + DOCKERFILE + (ROOT / "docker-compose.yml").read_text()))
+    named -= CLIENT_VARS
     assert named - TEST_VARS <= set(SETTING_VARS), f"not settings: {sorted(named - TEST_VARS - set(SETTING_VARS))}"
+    cli = (ROOT / "clients" / "python" / "steward_client" / "cli.py").read_text()
+    assert all(f'"{v}"' in cli for v in CLIENT_VARS)
     conftest = (ROOT / "tests" / "conftest.py").read_text()
     assert all(f'os.environ.get("{v}"' in conftest for v in TEST_VARS)
 
@@ -339,13 +344,17 @@ def test_readme_command_table_is_the_parser():
                 path = path[:-1]
             taken = 0
             for word in words:
-                if not re.fullmatch(r"[a-z]+", word):
+                if not re.fullmatch(r"[a-z][a-z-]*", word):
                     break
                 taken += 1
             path = (*path, *words[:taken])
             documented[path] = set(re.findall(r"--[a-z][\w-]*", snippet))
     parser = app.cli.build_parser()
-    assert documented == parser_commands(parser)
+    # options every task command takes, documented once ("Every task command also takes …")
+    common = set(re.findall(r"`(--[a-z][\w-]*)`", README.split("Every task command also takes", 1)[1].split(":", 1)[0]))
+    assert common == {"--url", "--key", "--profile"}
+    actual = {path: opts - common if common <= opts else opts for path, opts in parser_commands(parser).items()}
+    assert documented == actual
     for option in (o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"):
         assert f"`{option}`" in README, option  # the global options
 

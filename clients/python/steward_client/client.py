@@ -107,7 +107,7 @@ class Client(_Base):
                 r = self.http.request(method, "/v1" + path, **kw)
             except httpx.TransportError as e:
                 if not retry or attempt == self.retries:
-                    raise TransportError(f"{method} {path}: {e}") from e
+                    raise TransportError(f"{method} {self.url}/v1{path}: {e}") from e
                 time.sleep(min(0.2 * 2**attempt, 5.0))
                 continue
             if retry and r.status_code in RETRY_STATUS and attempt < self.retries:
@@ -401,7 +401,7 @@ class AsyncClient(_Base):
                 r = await self.http.request(method, "/v1" + path, **kw)
             except httpx.TransportError as e:
                 if not retry or attempt == self.retries:
-                    raise TransportError(f"{method} {path}: {e}") from e
+                    raise TransportError(f"{method} {self.url}/v1{path}: {e}") from e
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
                 continue
             if retry and r.status_code in RETRY_STATUS and attempt < self.retries:
