@@ -104,8 +104,9 @@ class Progress:
 
     def run_child(self, job_id: str) -> str:
         """Claim and run another job now, in this worker (a pipeline's step); returns how it
-        ended (``succeeded``, ``failed``, ``canceled``, ``released``, ``lost``), or ``busy``
-        when another worker holds it."""
+        ended (``succeeded``, ``failed``, ``canceled``; ``queued`` when put back for a retry,
+        ``released``, ``lost``), or why it did not run (``busy``: another worker holds it;
+        ``waiting``: a retry's backoff runs)."""
         if self._run_child is None:
             raise RuntimeError("this worker runs no child jobs")
         return self._run_child(job_id)

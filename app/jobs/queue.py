@@ -105,7 +105,8 @@ class Queue:
 
     def claim_one(self, job_id: str, owner: str) -> contract.Job | str:
         """Claim this job (a pipeline's step, run by the pipeline's worker): the job, or why
-        not — its final status, or ``busy`` when another worker holds its lease."""
+        not — its final status, ``busy`` when another worker holds its lease, ``waiting``
+        while a retry's backoff runs."""
         now = utcnow()
         with self.db.write() as s:
             job = JobRepository(s).get(job_id, for_update=True)
@@ -116,6 +117,8 @@ class Queue:
             leased = job.lease_expires_at is not None and job.lease_expires_at >= now
             if job.status == RUNNING and job.lease_owner != owner and leased:
                 return "busy"
+            if job.status == QUEUED and job.run_after > now and not job.cancel_requested:
+                return "waiting"  # put back for a retry: not before its backoff
             return self._take(s, job, owner, now)
 
     def _take(self, s: Session, job: Job, owner: str, now: datetime) -> contract.Job | str:

@@ -153,6 +153,9 @@ class Held:
     #: the drift monitor whose transitions were announced (``model.drift``), and how many
     drift_monitor: DriftMonitor | None = field(default=None, repr=False)
     drift_announced: int = 0
+    #: transitions to ``drift`` at or before this offset were announced before this learner
+    #: took the model (a replay after a restart meets them again: no second event)
+    drift_floor: int = -1
 
     @property
     def every(self) -> int:
@@ -535,9 +538,13 @@ class LearnerRuntime:
                 return
             published = int(row.applied_through)
             base = row.base
+            drift = row.drift
         h = self._start_from(m, v, base, published)
         h.publish_floor = published
         h.published = published
+        h.drift_floor = max(
+            (int(x["offset"]) for x in (drift or {}).get("transitions", []) if x.get("status") == "drift"), default=-1
+        )
         self.held[model_id] = h
         if v.operation != "online" and not (base and base.get("version") == v.version):
             self._record_base(h)
@@ -592,6 +599,7 @@ class LearnerRuntime:
         if v.operation == "online" and v.state_sha256:
             new = self._start_from(m, v, None, h.applied_through)
             new.published, new.publish_floor, new.last_publish = h.published, h.publish_floor, h.last_publish
+            new.drift_floor = h.drift_floor
             new.active = h.active
             self.held[h.model_id] = new
             log.info("learner: model %s continues from online version %d", h.name, v.version)
@@ -942,7 +950,7 @@ def _drift_events(s: Any, h: Held) -> int:
         return h.drift_announced
     state = d.state()
     for status, offset in new:
-        if status == "drift":
+        if status == "drift" and offset > h.drift_floor:
             emit(
                 s,
                 "model.drift",

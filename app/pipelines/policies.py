@@ -42,6 +42,7 @@ from app.jobs.service import JobService
 from app.pipelines.schemas import PipelineIn, PolicyIn, PolicyOut
 from app.pipelines.service import PipelineService
 from app.registry.models import get_model
+from app.registry.repository import ModelRepository
 
 log = logging.getLogger("steward.policies")
 
@@ -219,10 +220,12 @@ class PolicyService:
     def _write(self, d: Decision, params: dict[str, Any] | None, refused: str | None) -> int:
         now = utcnow()
         with self.db.write() as s:
-            p = s.get(Policy, d.model_id, with_for_update={"skip_locked": True})
-            if p is None or p.rev != d.rev or not p.enabled:
+            # the model row first, then the policy: the order PUT / DELETE and a model's
+            # deletion take them in (no lock-order deadlock)
+            m = ModelRepository(s).get(d.model_id, for_update=True)
+            p = s.get(Policy, d.model_id, with_for_update=True) if m is not None else None
+            if m is None or p is None or p.rev != d.rev or not p.enabled:
                 return 0  # another scheduler acted first (or the policy changed): nothing here
-            m = get_model(s, d.name, for_update=True)
             p.rev += 1
             p.updated_at = now
             failed_job: str | None = None

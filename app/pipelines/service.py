@@ -197,16 +197,19 @@ class PipelineService:
             self.jobs.queue.finish_in(s, job.id, job.owner, result)
 
     def _drive(self, child_id: str, progress: Progress) -> str:
-        """Run the step now if no other worker has it; else wait for it (a pipeline claimed
-        again after its worker died may find its step running elsewhere)."""
+        """Run the step until it ends — ``succeeded``, ``failed`` or ``canceled``. It runs
+        here when no other worker holds it; a step put back for a retry (a transient
+        error: ``waiting`` until its backoff passes) or run elsewhere (``busy``, or a lease
+        ``lost``) is waited for and claimed again. When this worker stops, the pipeline is
+        released with its step (``progress.check`` raises), and goes on when claimed again."""
         while True:
             status = progress.run_child(child_id)
-            if status != "busy":
+            if status in ("succeeded", "failed", "canceled"):
                 return status
+            progress.check()  # released (shutdown) or canceled: raised here
             out = self.jobs.get(child_id)
             if out.status in ("succeeded", "failed", "canceled"):
                 return out.status
-            progress.check()
             time.sleep(0.2)
 
     def _promote(self, job: Job, p: dict[str, Any], final: int) -> dict[str, Any]:

@@ -147,7 +147,10 @@ def parse_time(value: str, loc: list[str | int]) -> datetime:
         raise Invalid.at(loc, "expected an RFC 3339 time such as 2026-12-01T09:30:00Z") from None
     if at.tzinfo is None:
         raise Invalid.at(loc, "the time needs its offset (Z or ±hh:mm)")
-    return at.astimezone(UTC)
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first UTC time
+        raise Invalid.at(loc, "the time is out of range") from None
 
 
 @router.get(

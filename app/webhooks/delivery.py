@@ -107,7 +107,9 @@ class Deliverer:
     def run_once(self) -> int:
         """Fan out, then claim and send what is due; returns the attempts made."""
         self.service.fan_out()
-        claimed = self.service.claim(self.owner, max(self.settings.webhook_concurrency, 1) * 4)
+        # as many as are sent at once: a claimed delivery never waits for a thread, so its
+        # lease (twice the timeout, plus 30 s) outlives its attempt
+        claimed = self.service.claim(self.owner, max(self.settings.webhook_concurrency, 1))
         if claimed:
             list(self.pool.map(self._send, claimed))
         return len(claimed)

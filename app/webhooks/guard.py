@@ -37,17 +37,17 @@ class Target:
 
 
 def public(ip: IPAddress) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)
-    )
+    """A globally routable unicast address (``is_global``: not private, loopback,
+    link-local, shared 100.64/10 — where some clouds keep their metadata service —,
+    reserved or unspecified), and so is any IPv4 address embedded in it (IPv4-mapped,
+    6to4, Teredo)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
+        if any(e is not None and not public(e) for e in embedded):
+            return False
+        if ip.ipv4_mapped is not None:
+            return True
+    return ip.is_global and not ip.is_multicast
 
 
 def split(url: str) -> tuple[str, str, int]:

@@ -15,6 +15,7 @@ claimed again when its lease expires: at least once, and receivers deduplicate o
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from app.events.repository import EventRepository
 from app.webhooks import guard, sealing, signing
 from app.webhooks.repository import DELIVERED, FAILED, PENDING, SENDING, WebhookRepository
 from app.webhooks.schemas import AttemptOut, DeliveryOut, WebhookCreate, WebhookCreated, WebhookOut
+
+log = logging.getLogger("steward.webhooks")
 
 #: Events fanned out per webhook and round.
 FANOUT_BATCH = 500
@@ -268,10 +271,26 @@ class WebhookService:
                 d.attempts += 1
                 try:
                     key = signing.secret_key(sealing.unseal(self.sealing_key, w.secret, w.id))
-                except (sealing.SealError, ValueError) as e:  # another STEWARD_SECRETS_KEY: it cannot sign
-                    d.status = FAILED
-                    d.last_error = f"the webhook's secret cannot be unsealed: {e}"
-                    d.next_attempt_at = None
+                except (sealing.SealError, ValueError) as e:
+                    # this process has another STEWARD_SECRETS_KEY: a failed attempt (another
+                    # process may send it), counted like any, never a stuck loop
+                    log.error("webhook %s: its secret cannot be unsealed here: %s", w.id, e)
+                    d.last_error = f"the webhook's secret cannot be unsealed by this process: {e}"
+                    d.log = [
+                        *(d.log or []),
+                        {
+                            "at": now.isoformat().replace("+00:00", "Z"),
+                            "status": None,
+                            "error": d.last_error,
+                            "ms": 0.0,
+                        },
+                    ][-LOG_KEEP:]
+                    if d.attempts >= self.settings.webhook_max_attempts:
+                        d.status, d.next_attempt_at = FAILED, None
+                    else:
+                        cfg = self.settings
+                        wait = backoff(d.attempts, cfg.webhook_backoff_seconds, cfg.webhook_backoff_max_seconds)
+                        d.next_attempt_at = now + timedelta(seconds=wait)
                     continue
                 d.status = SENDING
                 d.lease_owner = owner

@@ -90,3 +90,32 @@ def test_each_transition_to_drift_is_one_event(lc):
     assert to_drift and [e["data"]["offset"] for e in events] == [t["offset"] for t in to_drift]
     assert all(e["model"] == "m" and e["data"]["detector"] == "ADWIN" for e in events)
     assert 6000 <= events[0]["data"]["offset"] < 8000
+
+
+def test_a_replay_after_a_restart_announces_no_transition_twice():
+    """A learner that takes the model over replays the log from its checkpoint with a new
+    monitor: transitions to drift at or before the newest one already published
+    (``drift_floor``) are not announced again; later ones are, once."""
+    from types import SimpleNamespace
+
+    from app.core.outbox import PENDING
+    from app.online.learner import _drift_events
+
+    monitor = SimpleNamespace(
+        transitions=[("drift", 100), ("stable", 150), ("drift", 200)],
+        state=lambda: {"loss": {"detector": "ADWIN"}, "inputs": []},
+    )
+    h = SimpleNamespace(
+        learner=SimpleNamespace(drift=monitor),
+        drift_monitor=None,
+        drift_announced=0,
+        drift_floor=100,
+        name="m",
+        version=3,
+    )
+    s = SimpleNamespace(info={})
+    assert _drift_events(s, h) == 3
+    assert [(t, d["offset"]) for t, _, d, _ in s.info[PENDING]] == [("model.drift", 200)]
+    h.drift_announced = 3
+    s2 = SimpleNamespace(info={})
+    assert _drift_events(s2, h) == 3 and PENDING not in s2.info

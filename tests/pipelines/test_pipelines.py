@@ -237,3 +237,38 @@ def test_promotion_accepted_on_good_data_and_refused_on_noise(pc):
         out = ref_forward(weights(pc, "m", v), "regression", "relu", Xe)
         ref = float(np.mean(0.5 * (out[:, 0] - ye) ** 2))
         assert abs(res["eval"][key] - ref) < 1e-4 * max(1.0, ref), (v, res["eval"][key], ref)
+
+
+def test_a_step_retried_after_a_transient_error_keeps_the_pipeline_going(make_settings):
+    """A step whose first attempt fails with a transient error goes back to the queue with
+    backoff; the pipeline waits for it, runs it again, and goes on."""
+    from app.background import make_worker
+    from app.jobs.contract import Handlers
+
+    st = make_settings(run_worker=False, run_learner=False, job_max_attempts=3)
+    with TestClient(create_app(st), headers=auth()) as c:
+        create_model(c, "m", hidden=[8])
+        fill_log(c, "m", 50, 1)
+        r = c.post("/v1/models/m/pipelines", json={"steps": [{"kind": "quantize", "dtype": "int8"}]})
+        pid = r.json()["id"]
+        ctx = c.app.state.ctx
+        worker = make_worker(ctx)
+        real = worker.handlers["quantize"]
+        calls = []
+
+        def flaky(job: Any, progress: Any) -> None:
+            calls.append(job.attempts)
+            if len(calls) == 1:
+                raise RuntimeError("the disk hiccuped (test)")
+            real(job, progress)
+
+        handlers = Handlers()
+        for kind in worker.handlers:
+            handlers.register(kind, flaky if kind == "quantize" else worker.handlers[kind])
+        worker.handlers = handlers
+        assert worker.run_once() == pid  # runs the pipeline, which drives its step to the end
+        p = c.get(f"/v1/jobs/{pid}").json()
+        assert p["status"] == "succeeded", p
+        (step,) = jobs(c, parent_job=pid)
+        assert step["status"] == "succeeded" and step["attempts"] == 2 and calls == [1, 2]
+        assert p["result"]["version"] == 2

@@ -183,7 +183,13 @@ def test_at_answers_the_entry_in_force(client):
     assert at(local).json()["version"] == 1
     r = client.get("/v1/models/m/aliases/prod/history", params={"at": t2.isoformat().replace("+00:00", "Z")})
     assert r.json()["version"] == 3
-    for bad in ("yesterday", "2026-12-01T09:30:00", "1700000000"):
+    for bad in (
+        "yesterday",
+        "2026-12-01T09:30:00",
+        "1700000000",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+    ):
         r = client.get("/v1/models/m/aliases/prod/history", params={"at": bad})
         assert_problem(r, 422, ["query", "at"])
     assert_problem(client.get("/v1/models/m/aliases/never/history"), 404)

@@ -22,6 +22,12 @@ REFUSED_ADDRESSES = [
     "http://224.0.0.1/",
     "http://2130706433/",  # 127.0.0.1 as one decimal number
     "http://0x7f000001/",
+    "http://100.64.0.1/",  # shared address space (carrier-grade NAT)
+    "http://100.100.100.200/",  # a cloud metadata service inside it
+    "http://[2002:7f00:1::]/",  # 6to4 of 127.0.0.1
+    "http://[2002:a00:1::]/",  # 6to4 of 10.0.0.1
+    "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/",  # Teredo: client 10.0.0.1
+    "http://192.0.2.1/",  # documentation (TEST-NET-1)
 ]
 
 

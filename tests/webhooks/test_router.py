@@ -230,7 +230,7 @@ def test_a_secret_sealed_with_another_key_fails_its_deliveries_not_the_loop(make
     STEWARD_SECRETS_KEY changed) fail with the reason; other webhooks still deliver."""
     import os
 
-    settings = make_settings(**FAST, run_worker=False)
+    settings = make_settings(**{**FAST, "webhook_backoff_seconds": 0.01}, run_worker=False, webhook_max_attempts=2)
     with Receiver() as rx, TestClient(create_app(settings), headers=auth()) as c:
         lost = c.post("/v1/webhooks", json={"url": rx.url, "events": ["model.created"]}).json()
         ctx = c.app.state.ctx
@@ -239,10 +239,11 @@ def test_a_secret_sealed_with_another_key_fails_its_deliveries_not_the_loop(make
         ok = c.post("/v1/webhooks", json={"url": rx.url, "events": ["model.created"]}).json()
         create_model(c, "m")
         d = Deliverer(ctx.db, ctx.webhooks, settings)
-        for _ in range(5):
+        for _ in range(20):
             d.run_once()
+            time.sleep(0.02)
         d.stop()
         (failed,) = deliveries(c, lost["id"])
-        assert failed["status"] == "failed" and "unsealed" in failed["last_error"]
+        assert failed["status"] == "failed" and "unsealed" in failed["last_error"] and failed["attempts"] == 2
         (good,) = deliveries(c, ok["id"])
         assert good["status"] == "delivered" and len(rx.received) == 1
