@@ -11,6 +11,22 @@ JobKind = Literal["batch_update", "prune", "quantize", "migrate", "pipeline"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
+#: The params of an example batch-update job (its version shows them too).
+BATCH_PARAMS_EXAMPLE: dict[str, Any] = {
+    "from": "latest",
+    "from_version": 1,
+    "data": {"source": "log", "from_offset": 100, "to_offset": 599, "n": 500},
+    "epochs": 3,
+    "batch_size": 256,
+    "learning_rate": None,
+    "shuffle_seed": 0,
+    "validation_fraction": 0.1,
+    "early_stopping_patience": None,
+    "promote": "production",
+    "keep_sparsity": True,
+}
+
+
 class JobOut(BaseModel):
     model_config = {
         "json_schema_extra": {
@@ -26,19 +42,7 @@ class JobOut(BaseModel):
                     "attempts": 1,
                     "max_attempts": 3,
                     "cancel_requested": False,
-                    "params": {
-                        "from": "latest",
-                        "from_version": 1,
-                        "data": {"source": "log", "from_offset": 100, "to_offset": 599, "n": 500},
-                        "epochs": 3,
-                        "batch_size": 256,
-                        "learning_rate": None,
-                        "shuffle_seed": 0,
-                        "validation_fraction": 0.1,
-                        "early_stopping_patience": None,
-                        "promote": "production",
-                        "keep_sparsity": True,
-                    },
+                    "params": BATCH_PARAMS_EXAMPLE,
                     "result": {
                         "version": 2,
                         "from_version": 1,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from app.core.schemas import ModelName, Strict, Text
+from app.jobs.schemas import BATCH_PARAMS_EXAMPLE
 
 Task = Literal["regression", "binary", "multiclass"]
 Activation = Literal["relu", "tanh", "sigmoid"]
@@ -130,30 +131,28 @@ class DriftInput(BaseModel):
     score: float = Field(description="Its population stability index against the reference window")
 
 
+#: An example drift block (the model answer shows it too).
+DRIFT_EXAMPLE: dict[str, Any] = {
+    "status": "stable",
+    "since_offset": None,
+    "checked_through": 599,
+    "loss": {
+        "detector": "ADWIN",
+        "delta": 0.002,
+        "width": 18,
+        "mean": 0.41,
+        "detections": 0,
+        "group": 32,
+        "scale": 0.12,
+    },
+    "inputs": [],
+    "reference": {"size": 2000, "stride": 4, "ready": False},
+    "transitions": [],
+}
+
+
 class DriftState(BaseModel):
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {
-                    "status": "stable",
-                    "since_offset": None,
-                    "checked_through": 599,
-                    "loss": {
-                        "detector": "ADWIN",
-                        "delta": 0.002,
-                        "width": 18,
-                        "mean": 0.41,
-                        "detections": 0,
-                        "group": 32,
-                        "scale": 0.12,
-                    },
-                    "inputs": [],
-                    "reference": {"size": 2000, "stride": 4, "ready": False},
-                    "transitions": [],
-                }
-            ]
-        }
-    }
+    model_config = {"json_schema_extra": {"examples": [DRIFT_EXAMPLE]}}
     status: Literal["stable", "warning", "drift"] = Field(
         "stable", description="drift: the loss rose (ADWIN); warning: some input drifted; else stable"
     )
@@ -212,23 +211,7 @@ class ModelOut(BaseModel):
                             "window": {"size": 1000, "count": 600, "loss": 0.649, "accuracy": 0.67},
                         },
                     },
-                    "drift": {
-                        "status": "stable",
-                        "since_offset": None,
-                        "checked_through": 599,
-                        "loss": {
-                            "detector": "ADWIN",
-                            "delta": 0.002,
-                            "width": 18,
-                            "mean": 0.41,
-                            "detections": 0,
-                            "group": 32,
-                            "scale": 0.12,
-                        },
-                        "inputs": [],
-                        "reference": {"size": 2000, "stride": 4, "ready": False},
-                        "transitions": [],
-                    },
+                    "drift": DRIFT_EXAMPLE,
                     "created_at": "2026-12-01T09:00:00Z",
                     "updated_at": "2026-12-01T09:30:00Z",
                 }
@@ -278,19 +261,7 @@ class VersionOut(BaseModel):
                     "version": 2,
                     "parent": 1,
                     "operation": "batch",
-                    "params": {
-                        "from": "latest",
-                        "from_version": 1,
-                        "data": {"source": "log", "from_offset": 100, "to_offset": 599, "n": 500},
-                        "epochs": 3,
-                        "batch_size": 256,
-                        "learning_rate": None,
-                        "shuffle_seed": 0,
-                        "validation_fraction": 0.1,
-                        "early_stopping_patience": None,
-                        "promote": "production",
-                        "keep_sparsity": True,
-                    },
+                    "params": BATCH_PARAMS_EXAMPLE,
                     "metrics": {
                         "train": {"loss": 0.412, "accuracy": 0.83, "n": 450},
                         "validation": {"loss": 0.437, "accuracy": 0.82, "n": 50},

@@ -8,6 +8,7 @@ twice."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -50,6 +51,44 @@ def chunks(lines: Iterator[bytes], size: int) -> Iterator[bytes]:
         if not part:
             return
         yield b"".join(part)
+
+
+def label_items(labels: Iterable[Any]) -> list[dict[str, Any]]:
+    """Labels as the service takes them: ``(id, y)`` pairs or ``{"id", "y"}`` dicts."""
+    return [
+        {"id": x["id"], "y": _plain(x["y"])} if isinstance(x, dict) else {"id": x[0], "y": _plain(x[1])} for x in labels
+    ]
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before retry ``attempt + 1``: 0.2, 0.4, 0.8 … at most 5."""
+    return float(min(0.2 * 2**attempt, 5.0))
+
+
+def outcome(r: httpx.Response, retry: bool, attempt: int, retries: int) -> httpx.Response | None:
+    """The answer of an attempt, or None to retry it (a 502/503/504 while retries remain)."""
+    if retry and r.status_code in RETRY_STATUS and attempt < retries:
+        return None
+    raise_for_problem(r)
+    return r
+
+
+class SSEParser:
+    """Server-Sent Events, a line at a time: :meth:`feed` answers an event's fields
+    (``{"id", "event", "data"}``) when a blank line ends one."""
+
+    def __init__(self) -> None:
+        self.cur: dict[str, str] = {}
+
+    def feed(self, line: str) -> dict[str, str] | None:
+        if not line:
+            done, self.cur = self.cur, {}
+            return done if "data" in done else None
+        if not line.startswith(":"):
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            self.cur[field] = self.cur[field] + "\n" + value if field == "data" and field in self.cur else value
+        return None
 
 
 def _job_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -108,13 +147,12 @@ class Client(_Base):
             except httpx.TransportError as e:
                 if not retry or attempt == self.retries:
                     raise TransportError(f"{method} {self.url}/v1{path}: {e}") from e
-                time.sleep(min(0.2 * 2**attempt, 5.0))
+                time.sleep(retry_delay(attempt))
                 continue
-            if retry and r.status_code in RETRY_STATUS and attempt < self.retries:
-                time.sleep(min(0.2 * 2**attempt, 5.0))
-                continue
-            raise_for_problem(r)
-            return r
+            done = outcome(r, retry, attempt, self.retries)
+            if done is not None:
+                return done
+            time.sleep(retry_delay(attempt))
         raise AssertionError("unreachable")
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
@@ -231,10 +269,7 @@ class Client(_Base):
     def label(self, name: str, labels: Iterable[Any]) -> dict[str, Any]:
         """The truth for recorded predictions: ``(id, y)`` pairs or ``{"id", "y"}`` dicts.
         Safe to retry: a label given again is a duplicate that adds nothing."""
-        items = [
-            {"id": x["id"], "y": _plain(x["y"])} if isinstance(x, dict) else {"id": x[0], "y": _plain(x[1])}
-            for x in labels
-        ]
+        items = label_items(labels)
         out: dict[str, Any] = self._json("POST", f"/models/{name}/labels", json={"labels": items}, retry=True)
         return out
 
@@ -354,21 +389,16 @@ class Client(_Base):
                 failures += 1
                 if failures > self.retries:
                     raise
-                time.sleep(min(0.2 * 2**failures, 5.0))
+                time.sleep(retry_delay(failures))
 
 
 def parse_sse(lines: Iterable[str]) -> Iterator[dict[str, str]]:
     """The events (``{"id", "event", "data"}``) of Server-Sent Events lines."""
-    cur: dict[str, str] = {}
+    parser = SSEParser()
     for line in lines:
-        if not line:
-            if "data" in cur:
-                yield cur
-            cur = {}
-        elif not line.startswith(":"):
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            cur[field] = cur[field] + "\n" + value if field == "data" and field in cur else value
+        ev = parser.feed(line)
+        if ev is not None:
+            yield ev
 
 
 class AsyncClient(_Base):
@@ -394,21 +424,18 @@ class AsyncClient(_Base):
         await self.http.aclose()
 
     async def request(self, method: str, path: str, *, retry: bool = False, **kw: Any) -> httpx.Response:
-        import asyncio
-
         for attempt in range(self.retries + 1 if retry else 1):
             try:
                 r = await self.http.request(method, "/v1" + path, **kw)
             except httpx.TransportError as e:
                 if not retry or attempt == self.retries:
                     raise TransportError(f"{method} {self.url}/v1{path}: {e}") from e
-                await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+                await asyncio.sleep(retry_delay(attempt))
                 continue
-            if retry and r.status_code in RETRY_STATUS and attempt < self.retries:
-                await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
-                continue
-            raise_for_problem(r)
-            return r
+            done = outcome(r, retry, attempt, self.retries)
+            if done is not None:
+                return done
+            await asyncio.sleep(retry_delay(attempt))
         raise AssertionError("unreachable")
 
     async def _json(self, method: str, path: str, **kw: Any) -> Any:
@@ -441,10 +468,7 @@ class AsyncClient(_Base):
         return out
 
     async def label(self, name: str, labels: Iterable[Any]) -> dict[str, Any]:
-        items = [
-            {"id": x["id"], "y": _plain(x["y"])} if isinstance(x, dict) else {"id": x[0], "y": _plain(x[1])}
-            for x in labels
-        ]
+        items = label_items(labels)
         out: dict[str, Any] = await self._json("POST", f"/models/{name}/labels", json={"labels": items}, retry=True)
         return out
 
@@ -458,8 +482,6 @@ class AsyncClient(_Base):
         return out
 
     async def wait(self, job_id: str, *, progress: Callable[[Job], None] | None = None, interval: float = 0.2) -> Job:
-        import asyncio
-
         seen: tuple[str, float] | None = None
         while True:
             job = await self.job(job_id)
@@ -473,8 +495,6 @@ class AsyncClient(_Base):
 
     async def events(self, *, after: int | None = None, types: list[str] | None = None) -> AsyncIterator[Event]:
         """The endless event stream (SSE), resumed with ``Last-Event-ID`` after a drop."""
-        import asyncio
-
         params: dict[str, Any] = {"type": types} if types else {}
         last = after
         failures = 0
@@ -487,24 +507,19 @@ class AsyncClient(_Base):
                     if r.status_code >= 400:
                         await r.aread()
                         raise_for_problem(r)
-                    cur: dict[str, str] = {}
+                    parser = SSEParser()
                     async for line in r.aiter_lines():
-                        if line:
-                            if not line.startswith(":"):
-                                field, _, value = line.partition(":")
-                                cur[field] = value[1:] if value.startswith(" ") else value
-                            continue
-                        if "data" in cur:
+                        ev = parser.feed(line)
+                        if ev is not None:
                             failures = 0
-                            event: Event = json.loads(cur["data"])
+                            event: Event = json.loads(ev["data"])
                             last = event["id"]
                             yield event
-                        cur = {}
             except (httpx.TransportError, httpx.RemoteProtocolError):
                 failures += 1
                 if failures > self.retries:
                     raise
-                await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+                await asyncio.sleep(retry_delay(failures))
 
 
 __all__ = ["AsyncClient", "Client", "StewardError", "parse_sse"]
