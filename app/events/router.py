@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from app.core.errors import Invalid
 from app.core.jsonbody import JSONRoute
 from app.core.outbox import EVENT_TYPES
-from app.core.schemas import problem_responses
+from app.core.schemas import ModelName, problem_responses
 from app.deps import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MARK, Ctx, ReadKey
 from app.events.filters import reader_filter
 from app.events.schemas import EXAMPLES, EventPage
@@ -19,8 +19,8 @@ router = APIRouter(route_class=JSONRoute, tags=["events"])
 
 After = Annotated[int, Query(ge=0, le=2**63 - 1, description="Answer the events with a greater id")]
 Models = Annotated[
-    list[str] | None,
-    Query(alias="model", max_length=64, description="Only these models' events (repeatable)"),
+    list[ModelName] | None,
+    Query(alias="model", description="Only these models' events (repeatable)"),
 ]
 Types = Annotated[
     list[str] | None,
