@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from app.context import AppContext
 from app.core.settings import Settings
-from app.core.tables import Learner, Version
+from app.core.tables import Learner, Version, utcnow
 from app.engine.nn.network import Network
 from app.engine.nn.online import OnlineLearner
 from app.engine.nn.optim import OptimizerConfig
@@ -254,11 +255,17 @@ def online_versions(ctx: AppContext, name: str) -> list[tuple[int, int, dict]]:
         return [(v.version, int(v.applied_through), dict(v.params)) for v in s.scalars(q)]
 
 
+def expire_leases(ctx: AppContext) -> None:
+    """A learner "crashes": its leases run out now (tests do not wait on the clock for it)."""
+    with ctx.db.write() as s:
+        s.execute(sa.update(Learner).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+
+
 def test_a_checkpoint_due_by_count_waits_for_its_time_then_comes_without_new_samples(make_settings):
     """``checkpoint_seconds``: a checkpoint due by count is committed once the time since the
     learner's last version has passed, whether or not samples arrive meanwhile; the versions
     it makes continue bit-identically after a crash (lease run out, another learner replays)."""
-    st = make_settings(run_worker=False, run_learner=False, learner_lease_seconds=0.5)
+    st = make_settings(run_worker=False, run_learner=False, learner_lease_seconds=60)
     with TestClient(create_app(st), headers=auth()) as c:
         ctx: AppContext = c.app.state.ctx  # type: ignore[attr-defined]
         spec = {"task": "multiclass", "input_dim": 4, "output_dim": 3, "hidden": [6], "checkpoint_every": 100,
@@ -295,7 +302,7 @@ def test_a_checkpoint_due_by_count_waits_for_its_time_then_comes_without_new_sam
         send(c, "m", X[400:], Y[400:], wait=False)
         a.run_once()
         assert a.held[1].applied_through == 599 and len(online_versions(ctx, "m")) == 2
-        time.sleep(0.6)
+        expire_leases(ctx)
         b = LearnerRuntime(ctx.db, ctx.settings, ctx.blobs, ctx.versions, ctx.metrics, owner="B")
         b.run_once()
         b._load(1)
@@ -490,7 +497,7 @@ def model_params(ctx: AppContext, name: str, version: int) -> Network:
 
 
 def test_restart_replays_to_the_same_parameters_and_leases_are_exclusive(make_settings):
-    st = make_settings(run_worker=False, run_learner=False, learner_lease_seconds=0.5)
+    st = make_settings(run_worker=False, run_learner=False, learner_lease_seconds=60)
     with TestClient(create_app(st), headers=auth()) as c:
         ctx: AppContext = c.app.state.ctx  # type: ignore[attr-defined]
         spec = {"task": "multiclass", "input_dim": 4, "output_dim": 3, "hidden": [6], "checkpoint_every": 150,
@@ -507,7 +514,7 @@ def test_restart_replays_to_the_same_parameters_and_leases_are_exclusive(make_se
         a.drain()
         assert a.held[1].applied_through == 339
         # "crash" A: it neither publishes nor releases; its lease runs out
-        time.sleep(0.6)
+        expire_leases(ctx)
         b.run_once()
         assert set(b.parked) == {1} and not b.held  # claimed; loaded once there is work (nothing yet)
         b._load(1)
