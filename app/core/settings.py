@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         description="Bound on the memory of the learners a process holds in memory (parameters, gradient, "
         "optimizer state); past it the least recently active are dropped first. A larger model is learned alone.",
     )
+    metrics_point_samples: int = Field(
+        100,
+        ge=1,
+        le=2**40,
+        description="The learner records a point of a model's metrics history (GET /models/{name}/metrics/history) "
+        "when it publishes progress at least this many samples past the last point.",
+    )
     ingest_group_wait_ms: float = Field(
         5.0,
         ge=0,

@@ -222,6 +222,28 @@ class ServedMetrics(Base):
     correct: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
+class MetricPoint(Base):
+    """A point of a model's learning curve, written by the learner in the transaction that
+    publishes its progress, once ``applied_through`` has moved ``STEWARD_METRICS_POINT_SAMPLES``
+    past the previous point. ``offset`` is the learner's ``applied_through``; ``count``,
+    ``loss_sum`` and ``correct`` are its prequential sums since its metrics began (``correct``
+    None for regression); ``served_*`` are the model's served totals over all its versions
+    (``served_metrics``) at that moment. Differences of two points give exact means between
+    them (``GET /models/{name}/metrics/history``)."""
+
+    __tablename__ = "metric_points"
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    offset: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    count: Mapped[int] = mapped_column(sa.BigInteger)
+    loss_sum: Mapped[float]
+    correct: Mapped[int | None] = mapped_column(sa.BigInteger)
+    served_labelled: Mapped[int] = mapped_column(sa.BigInteger)
+    served_loss_sum: Mapped[float]
+    served_correct: Mapped[int | None] = mapped_column(sa.BigInteger)
+
+
 class Shadow(Base):
     """A candidate version scoring the samples appended to its model's log from
     ``since_offset`` on, beside ``against_version``: both score exactly the same samples

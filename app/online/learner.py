@@ -74,6 +74,13 @@ reaches bit-identical parameters. An evicted model that still has samples to app
 taking turns in a bound too small for both always make progress. Networks the learner
 loads do not fill the predict cache (:class:`~app.registry.versions.NetworkCache`).
 
+**Metrics history.** Each write of the progress (publish, checkpoint, pause) also appends a
+point to ``metric_points`` — the prequential sums (running means × count) and the model's
+served totals — once ``applied_through`` is ``STEWARD_METRICS_POINT_SAMPLES`` past the last
+point (:attr:`Held.last_point`, read from the table when the learner takes a model). Points
+lie where the learner publishes, never below what was published before a restart, and the
+insert does nothing where a point exists: a replay never fails or records a point twice.
+
 **Crash and restart.** Nothing in memory is needed to continue: the newest
 version (plus the ``base`` cut for a non-online one), the log and the model's
 status determine the parameters. Replay is deterministic, so after SIGKILL the
@@ -107,7 +114,7 @@ from app.engine.nn.network import Network, labels, per_sample_loss
 from app.engine.nn.online import LearnerConfig, OnlineLearner
 from app.engine.nn.optim import OptimizerConfig
 from app.online.log import LogRows, read_rows, take
-from app.online.repository import LearnerRepository, ShadowRepository
+from app.online.repository import LearnerRepository, MetricPointRepository, ShadowRepository
 from app.online.samples import SampleSpec
 from app.registry.repository import ModelRepository, VersionRepository
 from app.registry.versions import VersionService
@@ -156,6 +163,8 @@ class Held:
     #: transitions to ``drift`` at or before this offset were announced before this learner
     #: took the model (a replay after a restart meets them again: no second event)
     drift_floor: int = -1
+    #: offset of the model's newest metrics history point (``metric_points``; -1: none)
+    last_point: int = -1
 
     @property
     def every(self) -> int:
@@ -539,9 +548,11 @@ class LearnerRuntime:
             published = int(row.applied_through)
             base = row.base
             drift = row.drift
+            last_point = MetricPointRepository(s).last_offset(model_id)
         h = self._start_from(m, v, base, published)
         h.publish_floor = published
         h.published = published
+        h.last_point = -1 if last_point is None else last_point
         h.drift_floor = max(
             (int(x["offset"]) for x in (drift or {}).get("transitions", []) if x.get("status") == "drift"), default=-1
         )
@@ -600,6 +611,7 @@ class LearnerRuntime:
             new = self._start_from(m, v, None, h.applied_through)
             new.published, new.publish_floor, new.last_publish = h.published, h.publish_floor, h.last_publish
             new.drift_floor = h.drift_floor
+            new.last_point = h.last_point
             new.active = h.active
             self.held[h.model_id] = new
             log.info("learner: model %s continues from online version %d", h.name, v.version)
@@ -781,10 +793,29 @@ class LearnerRuntime:
                 raise LearnerLeaseLost(h.name)
             _save_shadows(s, h)
             announced = _drift_events(s, h)
+            point = self._record_point(s, h, pre)
+        h.last_point = point
         h.drift_announced = announced
         h.published = h.applied_through
         h.last_publish = now
         h.dirty = False
+
+    def _record_point(self, s: Any, h: Held, pre: dict[str, Any]) -> int:
+        """Append a metrics history point at ``applied_through`` (in the transaction that
+        publishes the progress) when it is ``metrics_point_samples`` past the last point and
+        not below what was published before a restart; returns the offset of the model's
+        last point once this transaction commits. A replay that meets a recorded point again
+        keeps the first one (the insert does nothing)."""
+        at = h.applied_through
+        if at < h.publish_floor or at - h.last_point < self.settings.metrics_point_samples:
+            return h.last_point
+        count = int(pre.get("count") or 0)
+        # the running means times the count: the learner's cumulative sums
+        loss_sum = float(pre["loss"]) * count if count and pre.get("loss") is not None else 0.0
+        acc = pre.get("accuracy")
+        correct = None if h.model.task == "regression" else (round(float(acc) * count) if count and acc else 0)
+        MetricPointRepository(s).add(h.model_id, at, count, loss_sum, correct)
+        return at
 
     def _commit_version(
         self,
@@ -838,12 +869,14 @@ class LearnerRuntime:
                     row.applied_through = h.applied_through
                 row.updated_at = utcnow()
                 _save_shadows(s, h)  # a replay starts at this version: what it scored stays
+                point = self._record_point(s, h, pre)
                 number = v.version
         except _Newer:
             log.info("learner: model %s got a newer version while checkpointing; adopting it", h.name)
             self._adopt_newer(h)
             return -1
         self.metrics.versions.labels("online").inc()
+        h.last_point = point
         h.version = h.parent = number
         h.since_version = 0
         h.version_at = time.monotonic()
@@ -883,13 +916,15 @@ class LearnerRuntime:
                 m.paused_offset = offset
                 m.updated_at = utcnow()
                 emit(s, "model.paused", h.name, {"offset": offset, "reason": reason, "version": h.version})
-            row.prequential = h.learner.metrics()
+            row.prequential = pre = h.learner.metrics()
             row.drift = drift_block(h.learner)
             announced = _drift_events(s, h)
             if h.applied_through >= h.publish_floor:
                 row.applied_through = h.applied_through
             row.updated_at = utcnow()
             _save_shadows(s, h)
+            point = self._record_point(s, h, pre)
+        h.last_point = point
         h.drift_announced = announced
         h.dirty = False
         log.warning("learner: model %s paused at offset %d: %s", h.name, offset, reason)

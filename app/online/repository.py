@@ -1,17 +1,31 @@
-"""Queries of online learning: the sample log, Idempotency-Keys and learner leases
-(never commits: the service owns the transaction)."""
+"""Queries of online learning: the sample log, Idempotency-Keys, learner leases, shadows
+and the metrics history (never commits: the service owns the transaction)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.core.tables import IdempotencyKey, Learner, Model, SampleBatch, Shadow, Version, table, utcnow
+from app.core.tables import (
+    IdempotencyKey,
+    Learner,
+    MetricPoint,
+    Model,
+    SampleBatch,
+    ServedMetrics,
+    Shadow,
+    Version,
+    table,
+    utcnow,
+)
 from app.online.records import make_ids, new_token
 
 
@@ -384,3 +398,181 @@ class ShadowRepository:
             .where(Shadow.model_id == model_id, Shadow.version == version, Shadow.since_offset == since)
             .values(**sums)
         )
+
+
+_points, _served = table(MetricPoint).c, table(ServedMetrics).c
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One answer point of :meth:`MetricPointRepository.buckets`: the bucket's last recorded
+    point (``offset``, ``at``, its cumulative sums) and the sums over the bucket."""
+
+    offset: int
+    at: datetime
+    count: int
+    loss_sum: float
+    correct: int | None
+    samples: int  # prequential samples in the bucket
+    bucket_loss_sum: float
+    bucket_correct: int | None
+    labelled: int  # labels the model's served predictions got in the bucket
+    served_loss_sum: float
+    served_correct: int | None
+
+
+def _delta(cur: Any, prev: Any, restarted: Any) -> Any:
+    """``cur − prev`` of a cumulative sum, or ``cur`` itself where the sums restarted."""
+    return sa.case((restarted, cur), else_=cur - prev)
+
+
+class MetricPointRepository:
+    """``metric_points``: the learner appends points of a model's learning curve (idempotent:
+    a replay after a crash meets its points again), the metrics history reads them back
+    bucketed."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def last_offset(self, model_id: int) -> int | None:
+        """The offset of the model's newest point (None: none recorded)."""
+        got = self.s.scalar(sa.select(sa.func.max(_points.offset)).where(_points.model_id == model_id))
+        return None if got is None else int(got)
+
+    def add(self, model_id: int, offset: int, count: int, loss_sum: float, correct: int | None) -> None:
+        """Record the point at ``offset`` with the learner's prequential sums, and the
+        model's served totals over all its versions as they are now; a point already
+        recorded at ``offset`` is kept as it is (``ON CONFLICT DO NOTHING``)."""
+        totals: Any = self.s.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(_served.labelled), 0),
+                sa.func.coalesce(sa.func.sum(_served.loss_sum), 0.0),
+                sa.func.coalesce(sa.func.sum(_served.correct), 0),
+            ).where(_served.model_id == model_id)
+        ).one()
+        labelled, served_loss, served_correct = totals
+        row = {
+            "model_id": model_id,
+            "offset": offset,
+            "at": utcnow(),
+            "count": count,
+            "loss_sum": loss_sum,
+            "correct": correct,
+            "served_labelled": int(labelled),
+            "served_loss_sum": float(served_loss),
+            # like the prequential ``correct``: none for a regression
+            "served_correct": None if correct is None else int(served_correct),
+        }
+        insert = sqlite_insert if self.s.get_bind().dialect.name == "sqlite" else pg_insert
+        self.s.execute(insert(table(MetricPoint)).on_conflict_do_nothing(index_elements=["model_id", "offset"]), row)
+
+    def count(self, model_id: int, lo: int, hi: int) -> int:
+        """Points recorded at offsets ``lo..hi``."""
+        q = sa.select(sa.func.count()).where(_points.model_id == model_id, _points.offset.between(lo, hi))
+        return int(self.s.scalar(q) or 0)
+
+    def buckets(self, model_id: int, lo: int, hi: int, n: int) -> list[Bucket]:
+        """The offsets ``lo..hi`` cut into ``n`` equal-width buckets (point at offset ``o`` in
+        bucket ``⌊(o − lo)·n / (hi − lo + 1)⌋``); per bucket holding a point, its last point
+        and the sums over the bucket, in offset order.
+
+        A bucket's sums are the sums of its points' steps, a step being a point's cumulative
+        sums minus those of the point before it (the first point of the range steps from the
+        last point before ``lo``): exact means over any stretch of offsets, whatever the
+        bucketing. Where a cumulative count went down (the learner's metrics began again,
+        or the served totals), the step is the point's own sums. One query (window
+        functions, on SQLite and PostgreSQL): the points never come to Python one by one.
+        """
+        big = sa.BigInteger()
+        lo_, hi_, n_ = sa.literal(lo, big), sa.literal(hi, big), sa.literal(n, big)
+        before = (
+            sa.select(sa.func.max(_points.offset))
+            .where(_points.model_id == model_id, _points.offset < lo_)
+            .scalar_subquery()
+        )
+        cols = [_points.offset, _points.at, _points.count, _points.loss_sum, _points.correct]
+        served = [_points.served_labelled, _points.served_loss_sum, _points.served_correct]
+        sums = [_points.count, _points.loss_sum, _points.correct, *served]
+        lags = [sa.func.lag(c).over(order_by=_points.offset).label(f"p_{c.name}") for c in sums]
+        ranged = (
+            sa.select(*cols, *served, *lags)
+            .where(
+                _points.model_id == model_id,
+                _points.offset >= sa.func.coalesce(before, lo_),
+                _points.offset <= hi_,
+            )
+            .subquery()
+        )
+        r = ranged.c
+        restarted = sa.or_(r.p_count.is_(None), r.count < r.p_count)
+        served_restarted = sa.or_(r.p_served_labelled.is_(None), r.served_labelled < r.p_served_labelled)
+        steps = (
+            sa.select(
+                r.offset,
+                r.at,
+                r.count,
+                r.loss_sum,
+                r.correct,
+                ((r.offset - lo_) * n_ // (hi_ - lo_ + 1)).label("bucket"),
+                _delta(r.count, r.p_count, restarted).label("d_count"),
+                _delta(r.loss_sum, r.p_loss_sum, restarted).label("d_loss"),
+                _delta(r.correct, r.p_correct, restarted).label("d_correct"),
+                _delta(r.served_labelled, r.p_served_labelled, served_restarted).label("d_labelled"),
+                _delta(r.served_loss_sum, r.p_served_loss_sum, served_restarted).label("d_served_loss"),
+                _delta(r.served_correct, r.p_served_correct, served_restarted).label("d_served_correct"),
+            )
+            .where(r.offset >= lo_)
+            .subquery()
+        )
+        t = steps.c
+        per_bucket = sa.select(
+            t.offset,
+            t.at,
+            t.count,
+            t.loss_sum,
+            t.correct,
+            *[
+                sa.func.sum(c).over(partition_by=t.bucket).label(f"b_{c.name}")
+                for c in (t.d_count, t.d_loss, t.d_correct, t.d_labelled, t.d_served_loss, t.d_served_correct)
+            ],
+            sa.func.row_number().over(partition_by=t.bucket, order_by=t.offset.desc()).label("rank"),
+        ).subquery()
+        b = per_bucket.c
+        rows: Sequence[Any] = self.s.execute(
+            sa.select(
+                b.offset,
+                b.at,
+                b.count,
+                b.loss_sum,
+                b.correct,
+                b.b_d_count,
+                b.b_d_loss,
+                b.b_d_correct,
+                b.b_d_labelled,
+                b.b_d_served_loss,
+                b.b_d_served_correct,
+            )
+            .where(b.rank == 1)
+            .order_by(b.offset)
+        ).all()
+        return [
+            Bucket(
+                offset=int(o),
+                at=at,
+                count=int(cnt),
+                loss_sum=float(ls),
+                correct=_int(cr),
+                samples=int(dc),
+                bucket_loss_sum=float(dl),
+                bucket_correct=_int(dcr),
+                labelled=int(dlab),
+                served_loss_sum=float(dsl),
+                served_correct=_int(dsc),
+            )
+            for o, at, cnt, ls, cr, dc, dl, dcr, dlab, dsl, dsc in rows
+        ]
+
+
+def _int(v: Any) -> int | None:
+    """An integer sum as Python's int (PostgreSQL sums BIGINTs as NUMERIC), or None."""
+    return None if v is None else int(v)

@@ -1,4 +1,5 @@
-"""/v1/models/{name}/update, /checkpoint and /resume: online learning.
+"""/v1/models/{name}/update, /checkpoint, /resume, /drift/reset and /metrics/history:
+online learning.
 
 ``/update`` reads its body raw: JSON whole (within the body limit), NDJSON chunk by
 chunk as it arrives; orjson parses straight into float32 arrays
@@ -23,10 +24,17 @@ from app.core.jsonbody import JSONRoute
 from app.core.memory import release_free_memory
 from app.core.routes import HotRoute, path_name_param, query_bool, query_float, query_param
 from app.core.schemas import problem_responses
-from app.deps import BEARER_SECURITY, ModelMaintain, ModelNamePath, authorize_model
+from app.deps import BEARER_SECURITY, ModelMaintain, ModelNamePath, ModelRead, authorize_model
 from app.online.ingest import NDJSONParser, parse_json
 from app.online.samples import SampleSpec
-from app.online.schemas import UPDATE_BODY, ResumeIn, UpdateOut
+from app.online.schemas import (
+    HISTORY_POINTS_DEFAULT,
+    HISTORY_POINTS_MAX,
+    UPDATE_BODY,
+    MetricsHistory,
+    ResumeIn,
+    UpdateOut,
+)
 from app.registry.schemas import ModelOut, VersionOut
 
 router = APIRouter(route_class=JSONRoute, tags=["online"])
@@ -211,3 +219,47 @@ def resume(request: Request, name: ModelNamePath, _: ModelMaintain, body: Resume
 )
 def reset_drift(request: Request, name: ModelNamePath, _: ModelMaintain) -> ModelOut:
     return _ctx(request).online.reset_drift(name)
+
+
+#: The largest offset a query names (as the job bodies bound them).
+OFFSET_MAX = 2**62
+
+
+@router.get(
+    "/models/{name}/metrics/history",
+    response_model=MetricsHistory,
+    summary="The model's learning curve: prequential and served loss and accuracy over offsets",
+    description=(
+        "As the online learner applies the log it records a point each time its progress has moved "
+        "`STEWARD_METRICS_POINT_SAMPLES` samples (default 100) past the last point: its running "
+        "test-then-train sums and the model's served totals (recorded predictions and the labels they "
+        "got, over all versions) at that offset.\n\n"
+        "The range `from_offset` .. `to_offset` (inclusive; default 0 .. the newest point's offset) is "
+        "cut into `points` equal-width buckets of offsets; each bucket holding a point answers with its "
+        "last point: `samples` the learner scored in the bucket, their mean `loss` and `accuracy` "
+        "(exact, from the differences of the cumulative sums with the point before: the previous "
+        "answered point, or the last one before `from_offset`), the running means at the point "
+        "(`running_loss`, `running_accuracy`: since the learner's metrics began), and `served`: the "
+        "labels that came in during the bucket and the mean loss and accuracy of the outputs they "
+        "scored (null when none came). Where the learner's metrics began again, a point's step is its "
+        "own sums. `recorded` counts the points in the range. Accuracy is null for a regression. "
+        "422 for a negative offset, `from_offset` > `to_offset`, or `points` outside 1–2000."
+    ),
+    responses=problem_responses(401, 403, 404, 422),
+    operation_id="get_metrics_history",
+)
+def metrics_history(
+    request: Request,
+    name: ModelNamePath,
+    _: ModelRead,
+    from_offset: Annotated[
+        int | None, Query(ge=0, le=OFFSET_MAX, description="First offset of the range (default 0)")
+    ] = None,
+    to_offset: Annotated[
+        int | None, Query(ge=0, le=OFFSET_MAX, description="Last offset, inclusive (default: the newest point's)")
+    ] = None,
+    points: Annotated[
+        int, Query(ge=1, le=HISTORY_POINTS_MAX, description="Buckets the range is cut into: the most points answered")
+    ] = HISTORY_POINTS_DEFAULT,
+) -> MetricsHistory:
+    return _ctx(request).online.metrics_history(name, from_offset=from_offset, to_offset=to_offset, points=points)

@@ -1,5 +1,5 @@
-"""Online learning: /update answers, /resume body, the documented request bodies, and the
-one type of labelled samples in other JSON bodies (:data:`Samples`).
+"""Online learning: /update answers, /resume body, the metrics history, the documented request
+bodies, and the one type of labelled samples in other JSON bodies (:data:`Samples`).
 
 ``/update`` reads its body raw (orjson straight into numpy arrays), so its
 request schemas here exist for the OpenAPI document only.
@@ -7,6 +7,7 @@ request schemas here exist for the OpenAPI document only.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -64,6 +65,82 @@ class ResumeIn(Strict):
         le=2**31 - 1,
         description="Restart from this version's parameters (default: the last good parameters)",
     )
+
+
+# --------------------------------------------------------------------------- metrics history
+#: Longest ``points`` of ``GET /models/{name}/metrics/history`` (and its default).
+HISTORY_POINTS_MAX = 2000
+HISTORY_POINTS_DEFAULT = 200
+
+
+class PointPrequential(BaseModel):
+    loss: float | None = Field(description="Mean test-then-train loss of the bucket's samples (null: none)")
+    accuracy: float | None = Field(description="Their share of right labels (null: none, or a regression)")
+    running_loss: float | None = Field(description="Mean loss since the learner's metrics began, at the point")
+    running_accuracy: float | None = Field(description="Share of right labels since then, at the point")
+
+
+class PointServed(BaseModel):
+    labelled: int = Field(description="Labels the model's recorded predictions got in the bucket (POST /labels)")
+    loss: float = Field(description="Mean loss of those served outputs on their labels")
+    accuracy: float | None = Field(description="Their share of right labels (null for a regression)")
+
+
+class MetricsPoint(BaseModel):
+    offset: int = Field(description="The learner's `applied_through` at the point (the bucket's last point)")
+    at: datetime = Field(description="When the learner recorded it")
+    samples: int = Field(description="Samples the learner scored (test-then-train) in the bucket")
+    prequential: PointPrequential
+    served: PointServed | None = Field(description="The served predictions labelled in the bucket (null: none)")
+
+
+class MetricsHistory(BaseModel):
+    """``GET /models/{name}/metrics/history``."""
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "model": "churn",
+                    "from_offset": 0,
+                    "to_offset": 9999,
+                    "recorded": 100,
+                    "points": [
+                        {
+                            "offset": 4999,
+                            "at": "2026-12-05T18:02:10.250000Z",
+                            "samples": 5000,
+                            "prequential": {
+                                "loss": 0.31,
+                                "accuracy": 0.87,
+                                "running_loss": 0.31,
+                                "running_accuracy": 0.87,
+                            },
+                            "served": None,
+                        },
+                        {
+                            "offset": 9999,
+                            "at": "2026-12-05T18:04:12.500000Z",
+                            "samples": 5000,
+                            "prequential": {
+                                "loss": 0.19,
+                                "accuracy": 0.93,
+                                "running_loss": 0.25,
+                                "running_accuracy": 0.9,
+                            },
+                            "served": {"labelled": 20, "loss": 0.35, "accuracy": 0.9},
+                        },
+                    ],
+                }
+            ]
+        }
+    }
+
+    model: str
+    from_offset: int = Field(description="The first offset of the range")
+    to_offset: int = Field(description="Its last (inclusive; default: the newest point's offset)")
+    recorded: int = Field(description="Points recorded in the range (the answer has at most `points` of them)")
+    points: list[MetricsPoint] = Field(description="Per non-empty bucket, in offset order")
 
 
 # --------------------------------------------------------------------------- samples in request bodies

@@ -85,8 +85,22 @@ from app.core.outbox import emit
 from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
 from app.online.log import pack_rows
-from app.online.repository import IdempotencyRepository, LearnerRepository, SampleRepository
+from app.online.repository import (
+    Bucket,
+    IdempotencyRepository,
+    LearnerRepository,
+    MetricPointRepository,
+    SampleRepository,
+)
 from app.online.samples import SampleSpec
+from app.online.schemas import (
+    HISTORY_POINTS_DEFAULT,
+    HISTORY_POINTS_MAX,
+    MetricsHistory,
+    MetricsPoint,
+    PointPrequential,
+    PointServed,
+)
 from app.registry.models import ModelService, get_model
 from app.registry.repository import ModelRepository, VersionRepository
 from app.registry.schemas import ModelOut, VersionOut
@@ -688,6 +702,37 @@ class OnlineService:
             s.flush()
             return self.models.view_in(s, m)
 
+    # ------------------------------------------------------------------ metrics history
+    def metrics_history(
+        self, name: str, *, from_offset: int | None, to_offset: int | None, points: int = HISTORY_POINTS_DEFAULT
+    ) -> MetricsHistory:
+        """The model's learning curve over the offsets ``from_offset .. to_offset`` (defaults:
+        0 .. the newest point) in at most ``points`` equal-width buckets: per bucket holding
+        a recorded point, its last point with the exact means over the bucket (see
+        :meth:`MetricPointRepository.buckets`)."""
+        if from_offset is not None and to_offset is not None and from_offset > to_offset:
+            raise Invalid.at(["query", "from_offset"], f"must be at most to_offset ({to_offset})")
+        if not 1 <= points <= HISTORY_POINTS_MAX:
+            raise Invalid.at(["query", "points"], f"must be 1–{HISTORY_POINTS_MAX}")
+        lo = from_offset or 0
+        with self.db.read() as s:
+            m = get_model(s, name)
+            repo = MetricPointRepository(s)
+            hi = to_offset
+            if hi is None:
+                last = repo.last_offset(m.id)
+                hi = lo if last is None else max(last, lo)
+            recorded = repo.count(m.id, lo, hi)
+            buckets = repo.buckets(m.id, lo, hi, points) if recorded else []
+        classify = m.task != "regression"
+        return MetricsHistory(
+            model=m.name,
+            from_offset=lo,
+            to_offset=hi,
+            recorded=recorded,
+            points=[_history_point(b, classify) for b in buckets],
+        )
+
     # ------------------------------------------------------------------ the request protocols
     async def update(
         self,
@@ -787,3 +832,30 @@ def _learner_row(s: Any, model_id: int) -> Learner:
         s.add(row)
         s.flush()
     return row
+
+
+def _mean(total: float | int | None, n: int) -> float | None:
+    return None if total is None or n <= 0 else total / n
+
+
+def _history_point(b: Bucket, classify: bool) -> MetricsPoint:
+    """A bucket as the metrics history answers it: means over the bucket and at the point."""
+    served = None
+    if b.labelled > 0:
+        served = PointServed(
+            labelled=b.labelled,
+            loss=b.served_loss_sum / b.labelled,
+            accuracy=_mean(b.served_correct, b.labelled) if classify else None,
+        )
+    return MetricsPoint(
+        offset=b.offset,
+        at=b.at,
+        samples=b.samples,
+        prequential=PointPrequential(
+            loss=_mean(b.bucket_loss_sum, b.samples),
+            accuracy=_mean(b.bucket_correct, b.samples) if classify else None,
+            running_loss=_mean(b.loss_sum, b.count),
+            running_accuracy=_mean(b.correct, b.count) if classify else None,
+        ),
+        served=served,
+    )
