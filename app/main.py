@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.background import remove_leftovers, start_background
 from app.compression import router as compression
 from app.context import AppContext
-from app.core import errors
+from app.core import errors, sealing
 from app.core.errors import PROBLEM, PayloadTooLarge
 from app.core.migrations import upgraded
 from app.core.routes import HotLane
@@ -38,6 +39,8 @@ from app.pipelines import router as pipelines
 from app.predict import router as predict
 from app.registry import router as registry
 from app.training import router as training
+from app.ui import router as ui
+from app.ui.session import Sessions
 from app.webhooks import router as webhooks
 
 log = logging.getLogger("steward")
@@ -277,6 +280,13 @@ def _document_common_errors(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+#: Where the dashboard's stylesheet, script and icon are served from (files of :mod:`app.ui`).
+UI_ASSETS = "/ui/static"
+
+#: ReDoc's bundle, served with no address outside the service (see :func:`add_offline_docs`)
+REDOC_JS = "/docs-redoc/redoc.standalone.js"
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+
 #: Where the documentation pages' assets are served from (the ``fastapi-offline`` package's files).
 DOCS_ASSETS = "/docs-assets"
 
@@ -289,7 +299,6 @@ def add_offline_docs(app: FastAPI) -> None:
     import fastapi_offline
     from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
     from fastapi.responses import HTMLResponse
-    from fastapi.staticfiles import StaticFiles
 
     static = Path(fastapi_offline.__file__).parent / "static"
     app.mount(DOCS_ASSETS, StaticFiles(directory=static), name="docs-assets")
@@ -313,13 +322,24 @@ def add_offline_docs(app: FastAPI) -> None:
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
 
+    # ReDoc's bundle draws its sidebar's "API docs by Redocly" logo from a CDN, whatever
+    # its options: serve the bundle with that one image pointed at the dashboard's icon.
+    redoc_js: list[bytes] = []
+
+    @app.get(REDOC_JS, include_in_schema=False)
+    async def redoc_bundle() -> Response:
+        if not redoc_js:
+            js = (static / "redoc.standalone.js").read_bytes()
+            redoc_js.append(js.replace(REDOC_CDN_LOGO, b"/ui/static/favicon.svg"))
+        return Response(redoc_js[0], media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_redoc_html(
             openapi_url=f"{root}{openapi_url}",
             title=f"{app.title} — API",
-            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_js_url=f"{root}{REDOC_JS}",
             redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
             with_google_fonts=False,
         )
@@ -344,6 +364,7 @@ def create_app(settings: Settings | None = None) -> Steward:
             announce_admin_key(secret)
         holder["ctx"] = ctx
         app.state.ctx = ctx
+        app.state.ui_sessions = Sessions(sealing.load_key(cfg.secrets_key, cfg.data_dir), cfg.ui_session_seconds)
         # before the background threads start: what they hold is not frozen
         restore_gc = tune_gc() if cfg.gc_tuning else None
         try:
@@ -361,7 +382,8 @@ def create_app(settings: Settings | None = None) -> Steward:
     app = Steward(
         docs_url=None,  # served by add_offline_docs: assets from the package, never a CDN
         redoc_url=None,
-        swagger_ui_parameters={"persistAuthorization": True},
+        # no validator badge: Swagger UI would send the document to validator.swagger.io
+        swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
         title="Steward",
         version="0.1.0",
         summary="Keeps deployed ML models healthy: online learning, retraining, pruning, quantization, migration.",
@@ -393,6 +415,8 @@ def create_app(settings: Settings | None = None) -> Steward:
         app.include_router(module.router, prefix="/v1")
         app.hot_lane.add_router(module.router, prefix="/v1")
     app.include_router(ops.router)
+    app.mount(UI_ASSETS, StaticFiles(directory=Path(ui.__file__).parent / "static"), name="ui-static")
+    app.include_router(ui.router)
     return app
 
 

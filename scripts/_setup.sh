@@ -51,3 +51,21 @@ ensure_client() {
         touch "$stamp"
     fi
 }
+
+# A Chromium for the dashboard's browser tests (Playwright drives it; Playwright's own
+# browser download needs the internet, so the system's package is used): Debian's
+# `chromium`, installed with apt-get when it is missing and this runs as root. Set
+# STEWARD_CHROMIUM to use another binary.
+ensure_chromium() {
+    local bin="${STEWARD_CHROMIUM:-/usr/bin/chromium}"
+    [ -x "$bin" ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "steward: apt-get install chromium (for the dashboard's browser tests)" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null || {
+            echo "steward: could not install chromium; the browser tests will fail" >&2
+            return 0
+        }
+    else
+        echo "steward: no Chromium at $bin and not root: install Debian's 'chromium' for the browser tests" >&2
+    fi
+}

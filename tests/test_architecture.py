@@ -141,8 +141,25 @@ def route_modules() -> list[tuple[str, Path]]:
     return sorted((n, p) for n, p in modules().items() if n.endswith(".router"))
 
 
+#: Packages that present the capabilities rather than being one: they sit on top, beside
+#: the routers (the dashboard reads through the capability services, as routers do).
+PRESENTATION = ("ui",)
+
+
 def test_every_capability_has_its_router():
-    assert {n.split(".")[1] for n, _ in route_modules()} == set(CAPABILITIES)
+    assert {n.split(".")[1] for n, _ in route_modules()} == set(CAPABILITIES) | set(PRESENTATION)
+
+
+def test_the_dashboard_is_a_top_layer_over_the_services():
+    """``app.ui`` goes through the app context's services (never a repository, table or
+    session), and nothing but ``app.main`` depends on it."""
+    for name, path in modules().items():
+        imported = imports_of(path, name)
+        if name.startswith("app.ui"):
+            assert not any(i.startswith(("sqlalchemy", "app.core.tables", "app.core.db")) for i in imported), name
+            assert not any(".repository" in i for i in imported), name
+        elif name != "app.main":
+            assert not any(i.startswith("app.ui") for i in imported), name
 
 
 @pytest.mark.parametrize("name,path", route_modules(), ids=lambda x: x if isinstance(x, str) else "")

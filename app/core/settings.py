@@ -156,8 +156,16 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(4, ge=1, le=64, description="Attempts a delivery loop makes at once.")
     secrets_key: str | None = Field(
         None,
-        description="Base64 of 32 bytes: seals webhook secrets in the database (AES-256-GCM). Unset: a key "
-        "file `secrets.key` in the data directory, made on first use. Give every process the same one.",
+        description="Base64 of 32 bytes: seals webhook secrets in the database and the dashboard's session "
+        "cookies (AES-256-GCM). Unset: a key file `secrets.key` in the data directory, made on first use. Give "
+        "every process the same one.",
+    )
+    ui_session_seconds: float = Field(
+        8 * 3600.0,
+        gt=0,
+        le=30 * 86400,
+        allow_inf_nan=False,
+        description="How long a dashboard sign-in lasts (the session cookie's lifetime).",
     )
     events_wait_max_seconds: float = Field(
         60.0,

@@ -74,12 +74,13 @@ reaches bit-identical parameters. An evicted model that still has samples to app
 taking turns in a bound too small for both always make progress. Networks the learner
 loads do not fill the predict cache (:class:`~app.registry.versions.NetworkCache`).
 
-**Metrics history.** Each write of the progress (publish, checkpoint, pause) also appends a
-point to ``metric_points`` — the prequential sums (running means × count) and the model's
-served totals — once ``applied_through`` is ``STEWARD_METRICS_POINT_SAMPLES`` past the last
-point (:attr:`Held.last_point`, read from the table when the learner takes a model). Points
-lie where the learner publishes, never below what was published before a restart, and the
-insert does nothing where a point exists: a replay never fails or records a point twice.
+**Metrics history.** The learner cuts its slices at every offset ``o`` with ``(o + 1) %
+STEWARD_METRICS_POINT_SAMPLES == 0`` and keeps the running metrics there (:meth:`_learn`);
+each write of the progress (publish, checkpoint, pause) appends those points to
+``metric_points`` — the prequential sums (running means × count) and the model's served
+totals at the write — in its transaction. So the points lie at the same offsets whoever
+learns the model, never below what was published before a restart, and the insert does
+nothing where a point exists: a replay never fails or records a point twice.
 
 **Crash and restart.** Nothing in memory is needed to continue: the newest
 version (plus the ``base`` cut for a non-online one), the log and the model's
@@ -111,7 +112,7 @@ from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
 from app.engine.drift import DriftMonitor
 from app.engine.nn.network import Network, labels, per_sample_loss
-from app.engine.nn.online import LearnerConfig, OnlineLearner
+from app.engine.nn.online import LearnerConfig, LearnResult, OnlineLearner
 from app.engine.nn.optim import OptimizerConfig
 from app.online.log import LogRows, read_rows, take
 from app.online.repository import LearnerRepository, MetricPointRepository, ShadowRepository
@@ -165,6 +166,8 @@ class Held:
     drift_floor: int = -1
     #: offset of the model's newest metrics history point (``metric_points``; -1: none)
     last_point: int = -1
+    #: points reached since the last write of the progress: ``(offset, running metrics)``
+    points: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def every(self) -> int:
@@ -611,7 +614,7 @@ class LearnerRuntime:
             new = self._start_from(m, v, None, h.applied_through)
             new.published, new.publish_floor, new.last_publish = h.published, h.publish_floor, h.last_publish
             new.drift_floor = h.drift_floor
-            new.last_point = h.last_point
+            new.last_point, new.points = h.last_point, h.points
             new.active = h.active
             self.held[h.model_id] = new
             log.info("learner: model %s continues from online version %d", h.name, v.version)
@@ -678,7 +681,7 @@ class LearnerRuntime:
             hi = min(limit, h.applied_through + step)
             X, Y = self._read(h, h.applied_through + 1, hi)
             t0 = time.perf_counter()
-            res = h.learner.learn_many(X, Y, first_offset=h.applied_through + 1)
+            res = self._learn(h, X, Y, h.applied_through + 1)
             dt = time.perf_counter() - t0
             n = res.applied
             if n and h.shadows:
@@ -800,22 +803,46 @@ class LearnerRuntime:
         h.last_publish = now
         h.dirty = False
 
+    def _learn(self, h: Held, X: np.ndarray, Y: np.ndarray, first: int) -> LearnResult:
+        """``learn_many`` over a slice, cut where an offset ``o`` with ``(o + 1) %
+        metrics_point_samples == 0`` is reached, whose running metrics are kept in
+        :attr:`Held.points` for the next write of the progress. The cuts change nothing:
+        every step is per sample. So points lie every ``metrics_point_samples`` samples,
+        at the same offsets whoever learns the model and however the log was sliced."""
+        every = self.settings.metrics_point_samples
+        n, done, pause = X.shape[0], 0, None
+        while done < n and pause is None:
+            o = first + done
+            end = min(n, done + every - o % every)  # through the next point's offset
+            res = h.learner.learn_many(X[done:end], Y[done:end], first_offset=o)
+            done += res.applied
+            pause = res.pause
+            last = first + done - 1
+            if res.applied and (last + 1) % every == 0 and last >= h.publish_floor and last > h.last_point:
+                h.points.append((last, h.learner.metrics()))
+        return LearnResult(done, first + done - 1 if done else None, pause)
+
     def _record_point(self, s: Any, h: Held, pre: dict[str, Any]) -> int:
         """Append a metrics history point at ``applied_through`` (in the transaction that
         publishes the progress) when it is ``metrics_point_samples`` past the last point and
         not below what was published before a restart; returns the offset of the model's
         last point once this transaction commits. A replay that meets a recorded point again
         keeps the first one (the insert does nothing)."""
+        marks, h.points = h.points, []
         at = h.applied_through
-        if at < h.publish_floor or at - h.last_point < self.settings.metrics_point_samples:
-            return h.last_point
-        count = int(pre.get("count") or 0)
-        # the running means times the count: the learner's cumulative sums
-        loss_sum = float(pre["loss"]) * count if count and pre.get("loss") is not None else 0.0
-        acc = pre.get("accuracy")
-        correct = None if h.model.task == "regression" else (round(float(acc) * count) if count and acc else 0)
-        MetricPointRepository(s).add(h.model_id, at, count, loss_sum, correct)
-        return at
+        newest = max([h.last_point, *(o for o, _ in marks)])
+        if at >= h.publish_floor and at - newest >= self.settings.metrics_point_samples:
+            marks.append((at, pre))
+        last = h.last_point
+        for offset, metrics in marks:
+            count = int(metrics.get("count") or 0)
+            # the running means times the count: the learner's cumulative sums
+            loss_sum = float(metrics["loss"]) * count if count and metrics.get("loss") is not None else 0.0
+            acc = metrics.get("accuracy")
+            correct = None if h.model.task == "regression" else (round(float(acc) * count) if count and acc else 0)
+            MetricPointRepository(s).add(h.model_id, offset, count, loss_sum, correct)
+            last = max(last, offset)
+        return last
 
     def _commit_version(
         self,

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from app.core import sealing
 from app.core.db import Database
 from app.core.errors import Invalid, NotFound
 from app.core.schemas import number_cursor
@@ -33,7 +34,7 @@ from app.core.tables import Webhook, WebhookDelivery, utcnow
 from app.events.feed import event_out
 from app.events.filters import check_patterns, matches
 from app.events.repository import EventRepository
-from app.webhooks import guard, sealing, signing
+from app.webhooks import guard, signing
 from app.webhooks.repository import DELIVERED, FAILED, PENDING, SENDING, WebhookRepository
 from app.webhooks.schemas import AttemptOut, DeliveryOut, WebhookCreate, WebhookCreated, WebhookOut
 

@@ -128,14 +128,10 @@ def last_per_bucket(offsets: list[int], lo: int, hi: int, n: int) -> list[int]:
     return [last[k] for k in sorted(last)]
 
 
-def expected_points(ends: list[int], every: int = EVERY) -> list[int]:
-    """Where the learner records points when it publishes at each of ``ends``."""
-    out, last = [], -1
-    for e in ends:
-        if e - last >= every:
-            out.append(e)
-            last = e
-    return out
+def expected_points(n: int, every: int = EVERY) -> list[int]:
+    """Where the learner records points over offsets 0..n-1: every ``every`` samples, at the
+    same offsets however the samples arrived (here 30 per request) and were sliced."""
+    return [o for o in range(n) if (o + 1) % every == 0]
 
 
 def history(c: TestClient, name: str = "m", **q: Any) -> dict[str, Any]:
@@ -171,7 +167,7 @@ def test_every_point_answers_exact_means_against_a_per_sample_reference(learned)
     n = len(losses)
     got = history(c, points=2000)  # more buckets than offsets: every recorded point answers
     offsets = [p["offset"] for p in got["points"]]
-    assert offsets == expected_points([*range(CHUNK - 1, n, CHUNK), n - 1])
+    assert offsets == expected_points(n)
     assert got["model"] == "m" and got["from_offset"] == 0 and got["to_offset"] == offsets[-1]
     assert got["recorded"] == len(offsets)
     check_buckets(got, losses, hits)
@@ -322,7 +318,7 @@ def bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 def test_labelled_recorded_predictions_show_as_served(lc):
     X, Y = dataset("binary")
     create(lc, "m", **SPECS["binary"])
-    send(lc, "m", X[:100], Y[:100])  # a point at 99
+    send(lc, "m", X[:100], Y[:100])  # points at 49 and 99
     r = lc.post("/v1/models/m/predict", json={"inputs": X[100:160].tolist(), "record": True})
     assert r.status_code == 200, r.text
     made = r.json()
@@ -331,14 +327,14 @@ def test_labelled_recorded_predictions_show_as_served(lc):
     r = lc.post("/v1/models/m/labels", json={"labels": labels})
     assert r.status_code == 202, r.text
     assert (r.json()["first_offset"], r.json()["last_offset"]) == (100, 159)  # labels become samples
-    wait_until(
-        lambda: lc.get("/v1/models/m").json()["online"]["applied_through"] == 159, 30, "the labels learned"
-    )  # a point at 159: 60 samples past 99
-    send(lc, "m", X[160:220], Y[160:220])  # a point at 219
+    wait_until(lambda: lc.get("/v1/models/m").json()["online"]["applied_through"] == 159, 30, "the labels learned")
+    send(lc, "m", X[160:220], Y[160:220])  # a point at 199
     got = history(lc)
-    assert [p["offset"] for p in got["points"]] == [99, 159, 219]
-    first, labelled, last = got["points"]
-    assert first["served"] is None and last["served"] is None  # no labels came in those buckets
+    # the point at 149 is written with the learner's progress through 159, after the labels
+    # committed (they are the samples 100..159): its bucket carries all 60
+    assert [p["offset"] for p in got["points"]] == [49, 99, 149, 199]
+    a, b, labelled, last = got["points"]
+    assert a["served"] is None and b["served"] is None and last["served"] is None
     y = Y[100:160].astype(np.float64)
     assert labelled["served"]["labelled"] == 60
     np.testing.assert_allclose(labelled["served"]["loss"], bce(served, y).mean(), rtol=1e-9)
@@ -350,7 +346,7 @@ def test_labelled_recorded_predictions_show_as_served(lc):
     whole = history(lc, points=1)["points"]
     assert len(whole) == 1 and whole[0]["served"]["labelled"] == 60
     losses, hits = reference(lc.app.state.ctx, "m", X[:220], Y[:220])  # type: ignore[attr-defined]
-    for pt, lo in ((first, -1), (labelled, 99), (last, 159)):
+    for pt, lo in ((a, -1), (b, 49), (labelled, 99), (last, 149)):
         sl = slice(lo + 1, pt["offset"] + 1)
         np.testing.assert_allclose(pt["prequential"]["loss"], losses[sl].mean(), rtol=1e-5)
         assert hits is not None

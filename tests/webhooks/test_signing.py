@@ -12,7 +12,8 @@ import stat
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from app.webhooks import sealing, signing
+from app.core import sealing
+from app.webhooks import signing
 
 
 def test_a_signature_verifies_with_the_reference_library_and_by_hand():
