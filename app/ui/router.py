@@ -120,9 +120,7 @@ async def login(request: Request) -> Response:
     try:
         await run_in_threadpool(_ctx(request).keys.authenticate, key)
     except Unauthorized:
-        return _page(
-            request, "login.html", who=None, next=nxt, error="That key is not valid (unknown or revoked)."
-        )
+        return _page(request, "login.html", who=None, next=nxt, error="That key is not valid (unknown or revoked).")
     cookie, _ = _sessions(request).issue(key)
     r = RedirectResponse(nxt, status_code=303, headers=HEADERS)
     r.set_cookie(
