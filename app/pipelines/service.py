@@ -36,7 +36,7 @@ from app.compression.schemas import PruneIn, QuantizeIn
 from app.compression.service import CompressionService
 from app.core.blobs import BlobStore
 from app.core.db import Database
-from app.core.errors import Invalid, StewardError, validation_problem
+from app.core.errors import Conflict, Invalid, StewardError, validation_problem
 from app.core.tables import Model
 from app.engine.nn.evaluation import evaluate
 from app.jobs.contract import Canceled, Handlers, Job, JobError, Progress
@@ -127,6 +127,12 @@ class PipelineService:
             try:
                 with self.jobs.dry_run():
                     self.submits[kind](name, trial)
+            except Conflict as e:
+                # a prune or quantize 409 (already quantized, already sparser) is about the
+                # version the chain starts from, not the one the steps before will make
+                # (a batch_update of an int8 version makes a float32 one): its turn decides
+                if frm != PREVIOUS or kind not in ("prune", "quantize"):
+                    raise shift_loc(e, here) from None
             except StewardError as e:
                 raise shift_loc(e, here) from None
             steps.append({"kind": kind, "body": raw})

@@ -86,6 +86,30 @@ def test_batch_update_then_quantize_then_onnx_export_chain_with_previous(pc):
     assert v3["parent"] == 2 and v3["dtype"] == "int8" and [e["target"] for e in v3["exports"]] == ["onnx"]
 
 
+def test_a_step_from_previous_is_not_refused_for_the_state_of_the_chains_start(pc):
+    """Production is int8; retraining it makes a float32 version, which the next step may
+    quantize: the dry run does not refuse that step for production being int8 already
+    (the README's maintenance policy, after its pipeline promoted an int8 version)."""
+    create_model(pc, "m", hidden=[8])
+    fill_log(pc, "m", 400, 1)
+    r = pc.post("/v1/models/m/quantize", json={"dtype": "int8"}, headers={"Prefer": "wait=60"})
+    assert r.status_code == 201 and r.json()["result"]["version"] == 2, r.text
+    assert pc.put("/v1/models/m/aliases/production", json={"version": 2}).status_code == 201
+    steps = [
+        {"kind": "batch_update", "from": "production", "log": {"last": 300}},
+        {"kind": "quantize", "dtype": "int8"},
+    ]
+    job = run(pc, "m", {"steps": steps})
+    assert job["status"] == "succeeded" and [s["version"] for s in job["result"]["steps"]] == [3, 4], job
+    assert pc.get("/v1/models/m/versions/4").json()["dtype"] == "int8"
+    # a step with its own `from` is still checked against that version
+    r = pc.post("/v1/models/m/pipelines", json={"steps": [{"kind": "quantize", "dtype": "int8", "from": 2}]})
+    assert_problem(r, 409)
+    # and a step from `previous` still is for what does not depend on the version
+    bad = [steps[0], {"kind": "quantize", "dtype": "int3"}]
+    assert_problem(pc.post("/v1/models/m/pipelines", json={"steps": bad}), 422, ["body", "steps", 1])
+
+
 @pytest.mark.parametrize(
     "steps, loc",
     [
