@@ -17,13 +17,14 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from steward_client.client import Client
+from steward_client.client import Client, sample_line, sample_lines
 from steward_client.errors import StewardError, TransportError
 from steward_client.types import Job
 
@@ -106,18 +107,26 @@ def job_progress(args: argparse.Namespace) -> tuple[Callable[[Job], None], Calla
 
 
 # --------------------------------------------------------------------------- reading files
-def read_samples(path: Path, label: str | None) -> tuple[Iterator[tuple[Any, Any]], int | None]:
-    """The samples of a file and how many there are (None: unknown before reading):
-    CSV with a header (``label`` names the label column, default the last), NDJSON
-    (``{"x", "y"}`` per line), ``.npz`` (arrays ``x`` and ``y``) or ``.npy`` (a 2-D array
-    whose last column, or column ``label``, is the label)."""
+#: A JSON number (RFC 8259; possessive: a row is checked without backtracking), a row of
+#: them separated by commas, and a JSON integer.
+_NUM = r"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+-]?[0-9]++)?+"
+_NUMBER = re.compile(_NUM)
+_NUMBERS = re.compile(f"{_NUM}(?:,{_NUM})*+")
+_INT = re.compile(r"-?(?:0|[1-9][0-9]*+)")
+
+
+def read_samples(path: Path, label: str | None) -> tuple[Iterator[bytes], int | None]:
+    """The samples of a file as NDJSON lines, and how many there are (None: unknown before
+    reading): CSV with a header (``label`` names the label column, default the last),
+    NDJSON (``{"x", "y"}`` per line), ``.npz`` (arrays ``x`` and ``y``) or ``.npy`` (a 2-D
+    array whose last column, or column ``label``, is the label)."""
     suffix = path.suffix.lower()
     if suffix == ".npz":
         import numpy as np
 
         with np.load(path) as z:
             X, y = z["x"], z["y"]
-        return iter(zip(X, y, strict=True)), len(X)
+        return sample_lines(X, y), len(X)
     if suffix == ".npy":
         import numpy as np
 
@@ -125,21 +134,9 @@ def read_samples(path: Path, label: str | None) -> tuple[Iterator[tuple[Any, Any
         if a.ndim != 2:
             raise Usage(f"{path}: a .npy file holds a 2-D array (samples × features, the label a column)")
         col = int(label) if label is not None else a.shape[1] - 1
-        X = np.delete(a, col, axis=1)
-        return iter(zip(X, a[:, col], strict=True)), len(a)
+        return sample_lines(np.delete(a, col, axis=1), a[:, col]), len(a)
     if suffix in (".ndjson", ".jsonl"):
-
-        def lines() -> Iterator[tuple[Any, Any]]:
-            with path.open() as f:
-                for i, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            d = json.loads(line)
-                            yield d["x"], d["y"]
-                        except (ValueError, KeyError, TypeError):
-                            raise Usage(f'{path}:{i}: not a {{"x", "y"}} object') from None
-
-        return lines(), None
+        return ndjson_lines(path), None
     if suffix == ".csv":
         with path.open(newline="") as f:
             header = next(csv.reader(f), None)
@@ -149,23 +146,65 @@ def read_samples(path: Path, label: str | None) -> tuple[Iterator[tuple[Any, Any
         if label is not None and col is None:
             raise Usage(f"{path}: no column {label!r} (the header has {', '.join(header)})")
         col = len(header) - 1 if col is None else col
-        with path.open() as f:
-            total = max(sum(1 for _ in f) - 1, 0)
-
-        def rows() -> Iterator[tuple[Any, Any]]:
-            with path.open(newline="") as f:
-                reader = csv.reader(f)
-                next(reader)
-                for i, row in enumerate(reader, 2):
-                    try:
-                        values = [float(v) for v in row]
-                    except ValueError:
-                        raise Usage(f"{path}:{i}: a value is not a number") from None
-                    y = values.pop(col)
-                    yield values, (int(y) if y.is_integer() else y)
-
-        return rows(), total
+        with path.open("rb") as f:
+            total = max(sum(1 for line in f if line.strip()) - 1, 0)
+        return csv_lines(path, col, len(header)), total
     raise Usage(f"{path}: push reads .csv (with a header), .ndjson, .npy or .npz")
+
+
+def ndjson_lines(path: Path) -> Iterator[bytes]:
+    """The ``{"x", "y"}`` lines of an NDJSON file, checked, sent as they are (other keys
+    dropped)."""
+    with path.open("rb") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                if d.keys() == {"x", "y"}:
+                    yield line if line.endswith(b"\n") else line + b"\n"
+                else:
+                    yield sample_line(d["x"], d["y"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise Usage(f'{path}:{i}: not a {{"x", "y"}} object') from None
+
+
+def float_label(text: str) -> str | None:
+    """A label written as a JSON number, as the general path sends it (``1.0`` is the class
+    1), or None."""
+    if _NUMBER.fullmatch(text) is None:
+        return None
+    v = float(text)
+    return str(int(v)) if v.is_integer() else text
+
+
+def csv_lines(path: Path, col: int, width: int) -> Iterator[bytes]:
+    """The rows of a CSV file (after its header) as NDJSON lines, the label from column
+    ``col``. A row of plain numbers (JSON's syntax: what numeric CSV writers write) has its
+    text sent as it is, no float parsed and printed again; any other row (quoted fields,
+    spaces, ``1.``, ``+1``, ``nan``) goes through the csv module and ``float``, and a value
+    that is not a number stops the push naming its line. Blank lines are skipped."""
+    with path.open(newline="") as f:
+        next(f)
+        for i, line in enumerate(f, 2):
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                continue
+            cells = text.split(",")
+            if len(cells) == width and '"' not in text:
+                cell = cells.pop(col)
+                y = cell if _INT.fullmatch(cell) else float_label(cell)
+                xs = ",".join(cells)
+                if y is not None and _NUMBERS.fullmatch(xs):
+                    yield ('{"x":[' + xs + '],"y":' + y + "}\n").encode()
+                    continue
+            row = next(csv.reader([text]))
+            try:
+                values = [float(v) for v in row]
+            except ValueError:
+                raise Usage(f"{path}:{i}: a value is not a number") from None
+            t = values.pop(col)
+            yield sample_line(values, int(t) if t.is_integer() else t)
 
 
 # --------------------------------------------------------------------------- commands
@@ -202,15 +241,17 @@ def cmd_models(st: Client, args: argparse.Namespace) -> None:
 
 
 def cmd_push(st: Client, args: argparse.Namespace) -> None:
-    samples, total = read_samples(Path(args.file), args.label)
+    lines, total = read_samples(Path(args.file), args.label)
     if args.json:
-        emit(args, st.update(args.model, samples, chunk_size=args.chunk_size))
+        emit(args, st.update_lines(args.model, lines, chunk_size=args.chunk_size, prefetch=True))
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn(f"push {args.model}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("push", total=total)
-        out = st.update(args.model, samples, chunk_size=args.chunk_size, on_chunk=lambda n: bar.advance(task, n))
+        out = st.update_lines(
+            args.model, lines, chunk_size=args.chunk_size, on_chunk=lambda n: bar.advance(task, n), prefetch=True
+        )
     span = f"{out['first_offset']}..{out['last_offset']}"
     print(f"accepted {out['accepted']} samples (offsets {span}) in {out['requests']} requests")
 
