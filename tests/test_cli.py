@@ -207,6 +207,34 @@ def test_serve_runs_the_api_on_sqlite_and_generates_an_admin_key(tmp_path):
     assert code == 0 and "shown ONCE" not in err
 
 
+def test_a_lost_admin_key_is_replaced_on_the_server_machine(tmp_path, capsys):
+    """The README's recovery (Operations): with the generated admin key lost, `steward keys
+    create --scope admin` on the service's database makes another, which the running service
+    accepts at once, and `keys revoke` of the lost one makes the service refuse it."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-worker", "--no-learner"]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, env=env_for(tmp_path), stdout=subprocess.DEVNULL, stderr=err)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, f"{base}/readyz")
+        lost = next(w for w in log.read_text().split() if w.startswith("stw_"))
+        data = ["--data-dir", str(tmp_path / "data"), "--database-url", f"sqlite:///{tmp_path / 'data' / 'steward.db'}"]
+        assert main([*data, "keys", "create", "--name", "admin-2", "--scope", "admin", "--json"]) == 0
+        new = json.loads(capsys.readouterr().out)["key"]
+        assert httpx.get(f"{base}/v1/keys", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+        assert main([*data, "keys", "list", "--json"]) == 0
+        keys = {k["name"]: k["id"] for k in json.loads(capsys.readouterr().out)}
+        assert set(keys) == {"bootstrap-admin", "admin-2"}
+        assert main([*data, "keys", "revoke", keys["bootstrap-admin"]]) == 0
+        assert httpx.get(f"{base}/v1/keys", headers={"Authorization": f"Bearer {lost}"}).status_code == 401
+        assert httpx.get(f"{base}/v1/keys", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def test_uvicorn_serves_app_main_app(tmp_path):
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)]

@@ -1,8 +1,12 @@
 """The README's scripts run as written: every fenced ``bash`` block preceded by a
-``<!-- tested: … -->`` line runs with bash (``-e -o pipefail``) against a fresh server
-(``steward serve`` on SQLite, the learner on), with ``S`` and ``KEY`` set as the tour says,
-and every ``#   → …`` comment in it matches a line of what the script printed, in order
-(``…`` after a digit stands for more digits, elsewhere for anything)."""
+``<!-- tested: NAME -->`` line runs with bash (``-e -o pipefail``) against a fresh server
+(``steward serve`` on SQLite, the learner and the job worker on), with ``S`` and ``KEY`` set
+as the tour says, in a folder where ``.venv`` is this interpreter's environment (the blocks
+run from the repository's folder, where ``scripts/run`` made it), and every ``#   → …``
+comment in it matches a line of what the script printed, in order (``…`` after a digit
+stands for more digits, elsewhere for anything). ``<!-- tested: NAME, after: OTHER -->``
+runs the block named OTHER first, on the same server and in the same folder (a script that
+goes on from another one), and checks only its own lines."""
 
 from __future__ import annotations
 
@@ -18,11 +22,33 @@ from tests.test_cli import env_for, free_port, stop, wait_ready
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 KEY = "readme-admin-key-0123456789abcdef"
-_BLOCK = re.compile(r"<!-- tested: (?P<name>[^>]+?) -->\n```bash\n(?P<body>.*?)\n```", re.S)
+_BLOCK = re.compile(
+    r"<!-- tested: (?P<name>[^>,]+?)(?:, after: (?P<after>[^>]+?))? -->\n```bash\n(?P<body>.*?)\n```", re.S
+)
 
 
 def readme_blocks() -> dict[str, str]:
     return {m["name"]: m["body"] for m in _BLOCK.finditer(README)}
+
+
+def prerequisites(name: str) -> list[str]:
+    """The blocks to run before ``name``, first first."""
+    after = {m["name"]: m["after"] for m in _BLOCK.finditer(README)}
+    chain: list[str] = []
+    while after.get(name):
+        name = after[name]
+        assert name in after and name not in chain, f"after: {name!r} is not a tested block before it"
+        chain.insert(0, name)
+    return chain
+
+
+def venv_here(work: Path) -> None:
+    """``work/.venv``: this interpreter's virtual environment (or its bare python)."""
+    if sys.prefix != sys.base_prefix:
+        (work / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    else:
+        (work / ".venv" / "bin").mkdir(parents=True)
+        (work / ".venv" / "bin" / "python").symlink_to(sys.executable)
 
 
 def expectations(script: str) -> list[str]:
@@ -56,9 +82,10 @@ def pattern(expected: str) -> re.Pattern[str]:
 
 def test_the_readme_has_readme_blocks_and_they_expect_something():
     blocks = readme_blocks()
-    assert "the feedback loop" in blocks
-    for body in blocks.values():
+    assert {"the tour", "the feedback loop", "prune and quantize digits", "transfer learning"} <= set(blocks)
+    for name, body in blocks.items():
         assert expectations(body)
+        prerequisites(name)
 
 
 def test_expectation_patterns():
@@ -70,26 +97,29 @@ def test_expectation_patterns():
 
 @pytest.mark.parametrize("name", sorted(readme_blocks()))
 def test_a_readme_script_runs_as_written(name, tmp_path):
-    script = readme_blocks()[name]
+    blocks = readme_blocks()
     port = free_port()
-    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-worker"]
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
     env = env_for(tmp_path, STEWARD_ADMIN_KEY=KEY)
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_ready(server, f"http://127.0.0.1:{port}/readyz", timeout=60)
         work = tmp_path / "work"
         work.mkdir()
-        run = subprocess.run(
-            ["bash", "-e", "-o", "pipefail", "-c", script],
-            cwd=work,
-            env={**env, "S": f"http://127.0.0.1:{port}", "KEY": KEY},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        venv_here(work)
+        for step in [*prerequisites(name), name]:
+            run = subprocess.run(
+                ["bash", "-e", "-o", "pipefail", "-c", blocks[step]],
+                cwd=work,
+                env={**env, "S": f"http://127.0.0.1:{port}", "KEY": KEY},
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert run.returncode == 0, f"{step}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     finally:
         stop(server)
-    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    script = blocks[name]
     printed = run.stdout.splitlines()
     at = 0
     for expected in expectations(script):
