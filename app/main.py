@@ -417,6 +417,12 @@ def create_app(settings: Settings | None = None) -> Steward:
     app.include_router(ops.router)
     app.mount(UI_ASSETS, StaticFiles(directory=Path(ui.__file__).parent / "static"), name="ui-static")
     app.include_router(ui.router)
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> Response:
+        """A person who opens the service's address lands on the dashboard."""
+        return Response(status_code=307, headers={"Location": "/ui"})
+
     return app
 
 

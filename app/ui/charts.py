@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: the plotting area of a chart, in SVG user units
-WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 640.0, 220.0, 56.0, 12.0, 12.0, 28.0
+WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 640.0, 220.0, 56.0, 24.0, 12.0, 28.0
 
 
 @dataclass

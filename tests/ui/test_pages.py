@@ -55,6 +55,8 @@ def learn(c: TestClient, name: str = "bc", n: int = 400) -> tuple[np.ndarray, np
 
 def test_pages_need_a_session_and_the_login_sets_a_sealed_httponly_cookie(app_client):
     c = app_client
+    r = c.get("/")
+    assert r.status_code == 307 and r.headers["location"] == "/ui"
     r = c.get("/ui/models/bc?x=1")
     assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/ui/models/bc%3Fx%3D1"
     page = c.get("/ui/login?next=/ui/models/bc")
