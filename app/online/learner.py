@@ -74,11 +74,11 @@ reaches bit-identical parameters. An evicted model that still has samples to app
 taking turns in a bound too small for both always make progress. Networks the learner
 loads do not fill the predict cache (:class:`~app.registry.versions.NetworkCache`).
 
-**Metrics history.** The learner cuts its slices at every offset ``o`` with ``(o + 1) %
-STEWARD_METRICS_POINT_SAMPLES == 0`` and keeps the running metrics there (:meth:`_learn`);
-each write of the progress (publish, checkpoint, pause) appends those points to
-``metric_points`` — the prequential sums (running means × count) and the model's served
-totals at the write — in its transaction. So the points lie at the same offsets whoever
+**Metrics history.** The engine keeps the running prequential sums at every offset ``o``
+with ``(o + 1) % STEWARD_METRICS_POINT_SAMPLES == 0`` as it learns (its marks, without
+cutting a block; :meth:`_learn`); each write of the progress (publish, checkpoint, pause, a
+new base) appends those points to ``metric_points`` with the model's served totals at the
+write, in its transaction, and forgets them only once it committed. So the points lie at the same offsets whoever
 learns the model, never below what was published before a restart, and the insert does
 nothing where a point exists: a replay never fails or records a point twice.
 
@@ -112,7 +112,7 @@ from app.core.settings import Settings
 from app.core.tables import Learner, Model, Version, utcnow
 from app.engine.drift import DriftMonitor
 from app.engine.nn.network import Network, labels, per_sample_loss
-from app.engine.nn.online import LearnerConfig, LearnResult, OnlineLearner
+from app.engine.nn.online import LearnerConfig, LearnResult, Mark, OnlineLearner
 from app.engine.nn.optim import OptimizerConfig
 from app.online.log import LogRows, read_rows, take
 from app.online.repository import LearnerRepository, MetricPointRepository, ShadowRepository
@@ -167,7 +167,7 @@ class Held:
     #: offset of the model's newest metrics history point (``metric_points``; -1: none)
     last_point: int = -1
     #: points reached since the last write of the progress: ``(offset, running metrics)``
-    points: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    points: list[Mark] = field(default_factory=list)
 
     @property
     def every(self) -> int:
@@ -642,6 +642,8 @@ class LearnerRuntime:
             row.applied_through = max(h.applied_through, h.publish_floor)
             row.updated_at = utcnow()
             _save_shadows(s, h)
+            written = self._record_points(s, h)  # the published offset moves past them
+        self._points_written(h, written)
 
     # ------------------------------------------------------------------ a turn
     def _turn(self, h: Held, ctl: Control) -> int:
@@ -796,53 +798,41 @@ class LearnerRuntime:
                 raise LearnerLeaseLost(h.name)
             _save_shadows(s, h)
             announced = _drift_events(s, h)
-            point = self._record_point(s, h, pre)
-        h.last_point = point
+            written = self._record_points(s, h)
+        self._points_written(h, written)
         h.drift_announced = announced
         h.published = h.applied_through
         h.last_publish = now
         h.dirty = False
 
     def _learn(self, h: Held, X: np.ndarray, Y: np.ndarray, first: int) -> LearnResult:
-        """``learn_many`` over a slice, cut where an offset ``o`` with ``(o + 1) %
-        metrics_point_samples == 0`` is reached, whose running metrics are kept in
-        :attr:`Held.points` for the next write of the progress. The cuts change nothing:
-        every step is per sample. So points lie every ``metrics_point_samples`` samples,
-        at the same offsets whoever learns the model and however the log was sliced."""
-        every = self.settings.metrics_point_samples
-        n, done, pause = X.shape[0], 0, None
-        while done < n and pause is None:
-            o = first + done
-            end = min(n, done + every - o % every)  # through the next point's offset
-            res = h.learner.learn_many(X[done:end], Y[done:end], first_offset=o)
-            done += res.applied
-            pause = res.pause
-            last = first + done - 1
-            if res.applied and (last + 1) % every == 0 and last >= h.publish_floor and last > h.last_point:
-                h.points.append((last, h.learner.metrics()))
-        return LearnResult(done, first + done - 1 if done else None, pause)
+        """``learn_many`` over a slice, keeping the engine's marks — the running sums at
+        every offset ``o`` with ``(o + 1) % metrics_point_samples == 0`` — in
+        :attr:`Held.points` for the next write of the progress. So points lie every
+        ``metrics_point_samples`` samples, at the same offsets whoever learns the model and
+        however the log was sliced, and learning is not cut for them."""
+        h.learner.mark_every = self.settings.metrics_point_samples
+        res = h.learner.learn_many(X, Y, first_offset=first)
+        for mark in h.learner.take_marks():
+            if mark.offset >= h.publish_floor and mark.offset > h.last_point:
+                h.points.append(mark)
+        return res
 
-    def _record_point(self, s: Any, h: Held, pre: dict[str, Any]) -> int:
-        """Append a metrics history point at ``applied_through`` (in the transaction that
-        publishes the progress) when it is ``metrics_point_samples`` past the last point and
-        not below what was published before a restart; returns the offset of the model's
-        last point once this transaction commits. A replay that meets a recorded point again
-        keeps the first one (the insert does nothing)."""
-        marks, h.points = h.points, []
-        at = h.applied_through
-        newest = max([h.last_point, *(o for o, _ in marks)])
-        if at >= h.publish_floor and at - newest >= self.settings.metrics_point_samples:
-            marks.append((at, pre))
-        last = h.last_point
-        for offset, metrics in marks:
-            count = int(metrics.get("count") or 0)
-            # the running means times the count: the learner's cumulative sums
-            loss_sum = float(metrics["loss"]) * count if count and metrics.get("loss") is not None else 0.0
-            acc = metrics.get("accuracy")
-            correct = None if h.model.task == "regression" else (round(float(acc) * count) if count and acc else 0)
-            MetricPointRepository(s).add(h.model_id, offset, count, loss_sum, correct)
-            last = max(last, offset)
-        return last
+    def _record_points(self, s: Any, h: Held) -> int:
+        """Append the points reached since the last write of the progress (in the
+        transaction that writes it); returns how many. The caller drops them from
+        :attr:`Held.points` once that transaction has committed (a failed commit keeps them
+        for the next write). A replay that meets a recorded point again keeps the first one
+        (the insert does nothing)."""
+        marks = h.points
+        if marks:
+            MetricPointRepository(s).add_many(h.model_id, [(p.offset, p.count, p.loss_sum, p.correct) for p in marks])
+        return len(marks)
+
+    def _points_written(self, h: Held, n: int) -> None:
+        if n:
+            h.last_point = max(h.last_point, h.points[n - 1].offset)
+            del h.points[:n]
 
     def _commit_version(
         self,
@@ -896,14 +886,14 @@ class LearnerRuntime:
                     row.applied_through = h.applied_through
                 row.updated_at = utcnow()
                 _save_shadows(s, h)  # a replay starts at this version: what it scored stays
-                point = self._record_point(s, h, pre)
+                written = self._record_points(s, h)
                 number = v.version
         except _Newer:
             log.info("learner: model %s got a newer version while checkpointing; adopting it", h.name)
             self._adopt_newer(h)
             return -1
         self.metrics.versions.labels("online").inc()
-        h.last_point = point
+        self._points_written(h, written)
         h.version = h.parent = number
         h.since_version = 0
         h.version_at = time.monotonic()
@@ -943,15 +933,15 @@ class LearnerRuntime:
                 m.paused_offset = offset
                 m.updated_at = utcnow()
                 emit(s, "model.paused", h.name, {"offset": offset, "reason": reason, "version": h.version})
-            row.prequential = pre = h.learner.metrics()
+            row.prequential = h.learner.metrics()
             row.drift = drift_block(h.learner)
             announced = _drift_events(s, h)
             if h.applied_through >= h.publish_floor:
                 row.applied_through = h.applied_through
             row.updated_at = utcnow()
             _save_shadows(s, h)
-            point = self._record_point(s, h, pre)
-        h.last_point = point
+            written = self._record_points(s, h)
+        self._points_written(h, written)
         h.drift_announced = announced
         h.dirty = False
         log.warning("learner: model %s paused at offset %d: %s", h.name, offset, reason)

@@ -439,10 +439,13 @@ class MetricPointRepository:
         got = self.s.scalar(sa.select(sa.func.max(_points.offset)).where(_points.model_id == model_id))
         return None if got is None else int(got)
 
-    def add(self, model_id: int, offset: int, count: int, loss_sum: float, correct: int | None) -> None:
-        """Record the point at ``offset`` with the learner's prequential sums, and the
-        model's served totals over all its versions as they are now; a point already
-        recorded at ``offset`` is kept as it is (``ON CONFLICT DO NOTHING``)."""
+    def add_many(self, model_id: int, points: Sequence[tuple[int, int, float, int | None]]) -> None:
+        """Record points ``(offset, count, loss_sum, correct)`` — the learner's prequential
+        sums — each with the model's served totals over all its versions as they are now, in
+        one statement; a point already recorded at an offset is kept as it is (``ON
+        CONFLICT DO NOTHING``)."""
+        if not points:
+            return
         totals: Any = self.s.execute(
             sa.select(
                 sa.func.coalesce(sa.func.sum(_served.labelled), 0),
@@ -450,21 +453,27 @@ class MetricPointRepository:
                 sa.func.coalesce(sa.func.sum(_served.correct), 0),
             ).where(_served.model_id == model_id)
         ).one()
-        labelled, served_loss, served_correct = totals
-        row = {
-            "model_id": model_id,
-            "offset": offset,
-            "at": utcnow(),
-            "count": count,
-            "loss_sum": loss_sum,
-            "correct": correct,
-            "served_labelled": int(labelled),
-            "served_loss_sum": float(served_loss),
-            # like the prequential ``correct``: none for a regression
-            "served_correct": None if correct is None else int(served_correct),
-        }
+        labelled, served_loss, served_correct = int(totals[0]), float(totals[1]), int(totals[2])
+        at = utcnow()
+        rows = [
+            {
+                "model_id": model_id,
+                "offset": offset,
+                "at": at,
+                "count": count,
+                "loss_sum": loss_sum,
+                "correct": correct,
+                "served_labelled": labelled,
+                "served_loss_sum": served_loss,
+                # like the prequential ``correct``: none for a regression
+                "served_correct": None if correct is None else served_correct,
+            }
+            for offset, count, loss_sum, correct in points
+        ]
         insert = sqlite_insert if self.s.get_bind().dialect.name == "sqlite" else pg_insert
-        self.s.execute(insert(table(MetricPoint)).on_conflict_do_nothing(index_elements=["model_id", "offset"]), row)
+        for i in range(0, len(rows), 1000):  # 10 parameters a row: under SQLite's bound per statement
+            stmt = insert(table(MetricPoint)).values(rows[i : i + 1000])
+            self.s.execute(stmt.on_conflict_do_nothing(index_elements=["model_id", "offset"]))
 
     def count(self, model_id: int, lo: int, hi: int) -> int:
         """Points recorded at offsets ``lo..hi``."""

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from app.core.errors import Invalid
 from app.core.jsonbody import JSONRoute
-from app.core.schemas import NAME_PATTERN, Page, problem_responses
+from app.core.schemas import NAME_PATTERN, Page, Text, problem_responses
 from app.deps import (
     Ctx,
     MaintainKey,
@@ -117,7 +117,7 @@ IfMatch = Annotated[
         examples=['"5"'],
     ),
 ]
-Reason = Annotated[str | None, Query(max_length=REASON_MAX, description="Why (kept in the alias history)")]
+Reason = Annotated[Text | None, Query(max_length=REASON_MAX, description="Why (kept in the alias history)")]
 
 
 def parse_if_match(value: str | None) -> Precondition:

@@ -321,12 +321,12 @@ class AliasPut(Strict):
         "json_schema_extra": {"examples": [{"version": 5, "reason": "beats v4 on last week's labels"}]},
     }
     version: int = Field(ge=1, le=2**31 - 1)
-    reason: str | None = Field(None, max_length=REASON_MAX, description="Why (kept in the alias history)")
+    reason: Text | None = Field(None, max_length=REASON_MAX, description="Why (kept in the alias history)")
 
 
 class AliasRollback(Strict):
     model_config = {"extra": "forbid", "json_schema_extra": {"examples": [{"reason": "v7 mislabels returns"}]}}
-    reason: str | None = Field(None, max_length=REASON_MAX, description="Why (kept in the alias history)")
+    reason: Text | None = Field(None, max_length=REASON_MAX, description="Why (kept in the alias history)")
 
 
 class AliasEntryOut(BaseModel):

@@ -6,6 +6,7 @@ the API's OpenAPI document."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -16,7 +17,8 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
-from app.core.errors import StewardError, Unauthorized
+from app.core.errors import NotFound, StewardError, Unauthorized
+from app.core.schemas import NAME_PATTERN
 from app.keys.service import Principal
 from app.ui.service import UiService
 from app.ui.session import COOKIE, Sessions, UiSession
@@ -43,6 +45,7 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 FORM_MAX = 16 * 1024
+NAME_RE = re.compile(NAME_PATTERN)
 
 
 def _ctx(request: Request) -> AppContext:
@@ -72,13 +75,39 @@ def _page(request: Request, template: str, code: int = 200, /, **context: Any) -
     return r
 
 
-def _sign_in(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+def _sign_in(request: Request, target: str | None = None) -> RedirectResponse:
+    """To the sign-in form, and back to ``target`` (default: this page) after it."""
+    if target is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303, headers=HEADERS)
 
 
 def _error(request: Request, who: tuple[Principal, UiSession] | None, e: StewardError) -> HTMLResponse:
     return _page(request, "error.html", e.status, who=who, status=e.status, title=e.title, detail=e.detail)
+
+
+def _named(*names: str) -> None:
+    """Names in a path as the API takes them (a model's, an alias's): anything else names
+    nothing (404), before it reaches a query."""
+    for n in names:
+        if len(n) > 64 or not NAME_RE.fullmatch(n):
+            raise NotFound(f"no model or alias is named {n[:80]!r}")
+
+
+def _same_site(request: Request) -> bool:
+    """A state-changing form must come from this site's pages: a browser says where a
+    request comes from (``Sec-Fetch-Site``, else ``Origin``); a request that says nothing
+    (not a browser) is judged by the session's CSRF token alone."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    return origin is None or origin == f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _cross_site(request: Request) -> HTMLResponse:
+    detail = "This form was sent from another site."
+    return _page(request, "error.html", 403, who=None, status=403, title="Forbidden", detail=detail)
 
 
 def _safe_next(value: str | None) -> str:
@@ -115,6 +144,8 @@ def login_form(request: Request, next: str | None = None) -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
+    if not _same_site(request):  # no signing a visitor in with someone else's key
+        return _cross_site(request)
     form = await _form(request)
     key, nxt = form.get("key", "").strip(), _safe_next(form.get("next"))
     try:
@@ -137,6 +168,8 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
+    if not _same_site(request):
+        return _cross_site(request)
     form = await _form(request)
     who = await run_in_threadpool(_who, request)
     if who is not None and not who[1].csrf_ok(form.get("csrf")):
@@ -152,6 +185,7 @@ def model(request: Request, name: str, msg: str | None = None, error: str | None
     if who is None:
         return _sign_in(request)
     try:
+        _named(name)
         page = UiService(_ctx(request)).model(who[0], name)
     except StewardError as e:
         return _error(request, who, e)
@@ -164,6 +198,7 @@ def model_jobs(request: Request, name: str) -> Response:
     if who is None:
         return JSONResponse({"detail": "sign in"}, status_code=401, headers=HEADERS)
     try:
+        _named(name)
         jobs = UiService(_ctx(request)).jobs(who[0], name)
     except StewardError as e:
         return JSONResponse({"detail": e.detail}, status_code=e.status, headers=HEADERS)
@@ -176,6 +211,7 @@ def version(request: Request, name: str, version: int) -> Response:
     if who is None:
         return _sign_in(request)
     try:
+        _named(name)
         v, layers = UiService(_ctx(request)).version(who[0], name, version)
     except StewardError as e:
         return _error(request, who, e)
@@ -184,17 +220,20 @@ def version(request: Request, name: str, version: int) -> Response:
 
 @router.post("/models/{name}/aliases/{alias}/rollback")
 async def rollback(request: Request, name: str, alias: str) -> Response:
+    if not _same_site(request):
+        return _cross_site(request)
     form = await _form(request)
     who = await run_in_threadpool(_who, request)
-    if who is None:
-        return _sign_in(request)
+    back = f"/ui/models/{quote(name, safe='')}"
+    if who is None:  # the session ended: sign in again, then back to the model's page
+        return _sign_in(request, back)
     if not who[1].csrf_ok(form.get("csrf")):
         return _page(request, "error.html", 403, who=who, status=403, title="Forbidden", detail="Bad CSRF token.")
-    back = f"/ui/models/{quote(name, safe='')}"
     try:
+        _named(name, alias)
         e = await run_in_threadpool(UiService(_ctx(request)).rollback, who[0], name, alias, form.get("reason"))
     except StewardError as err:
-        if err.status in (403, 409):
+        if err.status in (403, 409, 422):
             return RedirectResponse(f"{back}?error={quote(str(err.detail))}", status_code=303, headers=HEADERS)
         return _error(request, who, err)
     msg = f"{alias} moved back to version {e['version']} (was {e['previous']})"

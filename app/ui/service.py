@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.context import AppContext
-from app.core.errors import Forbidden
+from app.core.errors import Forbidden, Invalid
 from app.keys.service import Principal
+from app.registry.schemas import REASON_MAX
 from app.ui import charts
 
 #: how many versions the lineage draws (the newest), and jobs / history entries listed
@@ -99,7 +100,15 @@ class UiService:
         self.ctx.models.view(name)  # 404 for a model that does not exist
         jobs, _ = self.ctx.jobs.page(model=name, kind=None, status=None, cursor=None, limit=JOBS_MAX, allowed=p.models)
         return [
-            {"id": j.id, "status": j.status, "progress": j.progress, "kind": j.kind, "result": j.result} for j in jobs
+            {
+                "id": j.id,
+                "status": j.status,
+                "progress": j.progress,
+                "kind": j.kind,
+                "result": j.result,
+                "error": j.error,
+            }
+            for j in jobs
         ]
 
     def version(self, p: Principal, name: str, number: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -113,9 +122,10 @@ class UiService:
         self._may(p, name)
         if not p.has("maintain"):
             raise Forbidden(f"rolling back an alias needs a key with scope 'maintain'; this key has {p.scope!r}")
-        entry = self.ctx.models.rollback_alias(
-            name, alias, by=p.actor, reason=reason or "rolled back from the dashboard"
-        )
+        why = reason or "rolled back from the dashboard"
+        if len(why) > REASON_MAX or "\x00" in why:  # as the API checks a reason
+            raise Invalid.at(["form", "reason"], f"at most {REASON_MAX} characters, without NUL")
+        entry = self.ctx.models.rollback_alias(name, alias, by=p.actor, reason=why)
         return entry.model_dump(mode="json")
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.core.schemas import ModelName, Strict
+from app.core.schemas import ModelName, Strict, Text
 
 DeliveryStatus = Literal["pending", "sending", "delivered", "failed"]
 
@@ -26,7 +26,7 @@ class WebhookCreate(Strict):
             ]
         },
     }
-    url: str = Field(min_length=1, max_length=2048, description="http(s) URL the events are POSTed to")
+    url: Text = Field(min_length=1, max_length=2048, description="http(s) URL the events are POSTed to")
     events: list[str] = Field(
         min_length=1, max_length=64, description="Event types, groups such as `job.*`, or `*` for all"
     )
@@ -36,7 +36,7 @@ class WebhookCreate(Strict):
         max_length=128,
         description="`whsec_` + base64 of a 24–64 byte key; generated when not given. Shown once.",
     )
-    description: str = Field("", max_length=1000)
+    description: Text = Field("", max_length=1000)
 
 
 class WebhookOut(BaseModel):

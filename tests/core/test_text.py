@@ -53,3 +53,25 @@ def test_a_cursor_with_nul_or_spaces_is_a_422(client, path):
     for bad in (NUL, "a b"):
         problem = assert_problem(client.get(path, params={"cursor": bad}), 422)
         assert problem["errors"][0]["loc"] == ["query", "cursor"]
+
+
+def test_nul_in_an_alias_reason_is_a_422_and_moves_nothing(client):
+    """Every way a reason reaches the alias history (PUT, DELETE ?reason=, rollback)."""
+    assert client.post("/v1/models", json=MODEL).status_code == 201
+    assert client.put("/v1/models/m/aliases/prod", json={"version": 1}).status_code == 201
+    history = client.get("/v1/models/m/aliases/prod/history").json()["items"]
+    put = client.put("/v1/models/m/aliases/prod", json={"version": 1, "reason": NUL})
+    assert assert_problem(put, 422)["errors"][0]["loc"] == ["body", "reason"]
+    back = client.post("/v1/models/m/aliases/prod/rollback", json={"reason": NUL})
+    assert assert_problem(back, 422)["errors"][0]["loc"] == ["body", "reason"]
+    gone = client.delete("/v1/models/m/aliases/prod", params={"reason": NUL})
+    assert assert_problem(gone, 422)["errors"][0]["loc"] == ["query", "reason"]
+    assert client.get("/v1/models/m/aliases/prod/history").json()["items"] == history
+
+
+@pytest.mark.parametrize("field", ["url", "description"])
+def test_nul_in_a_webhook_is_a_422(client, field):
+    body = {"url": "https://example.com/hook", "events": ["*"], "description": "d", field: f"https://example.com/{NUL}"}
+    problem = assert_problem(client.post("/v1/webhooks", json=body), 422)
+    assert problem["errors"][0]["loc"] == ["body", field]
+    assert client.get("/v1/webhooks").json()["items"] == []

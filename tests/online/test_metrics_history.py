@@ -18,10 +18,11 @@ from fastapi.testclient import TestClient
 
 from app.context import AppContext
 from app.core.tables import MetricPoint
-from app.engine.nn.online import OnlineLearner
+from app.engine.nn.online import Mark, OnlineLearner
 from app.engine.nn.optim import OptimizerConfig
 from app.main import create_app
 from app.online.learner import LearnerRuntime, learner_config
+from app.online.repository import MetricPointRepository
 from app.registry.models import get_model
 from tests.api_helpers import assert_problem
 from tests.conftest import auth
@@ -298,6 +299,7 @@ def test_a_learner_taking_over_replays_without_failing_or_duplicating_points(mak
         h = b.held[1]
         assert h.applied_through == offsets[-1] == end
         h.last_point, h.dirty = -1, True
+        h.points.append(Mark(end, 1, 0.0, 0))
         b._publish(h, force=True)
         assert points_in_table(ctx) == after
         b.stop()
@@ -307,6 +309,39 @@ def test_a_learner_taking_over_replays_without_failing_or_duplicating_points(mak
         got = history(c, points=2000)
         assert [p["offset"] for p in got["points"]] == offsets and got["recorded"] == len(offsets)
         check_buckets(got, losses, hits)
+
+
+def test_points_of_a_write_that_failed_are_written_by_the_next(make_settings, monkeypatch):
+    """A write of the progress that fails (disk full, a lost connection) keeps its points
+    for the next one: none is lost."""
+    st = make_settings(run_worker=False, run_learner=False, learner_lease_seconds=60, metrics_point_samples=10)
+    with TestClient(create_app(st), headers=auth()) as c:
+        ctx: AppContext = c.app.state.ctx  # type: ignore[attr-defined]
+        X, Y = dataset("binary")
+        create(c, "m", **SPECS["binary"])
+        a = LearnerRuntime(ctx.db, ctx.settings, ctx.blobs, ctx.versions, ctx.metrics, owner="A")
+        send(c, "m", X[:10], Y[:10], wait=False)
+        a.drain()
+        assert [o for o, _ in points_in_table(ctx)] == [9]
+        real = MetricPointRepository.add_many
+        calls = []
+
+        def failing(self: Any, model_id: int, points: Any) -> None:
+            calls.append([p[0] for p in points])
+            if len(calls) == 1:
+                raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+            real(self, model_id, points)
+
+        monkeypatch.setattr(MetricPointRepository, "add_many", failing)
+        send(c, "m", X[10:30], Y[10:30], wait=False)
+        with pytest.raises(sa.exc.OperationalError):
+            a.run_once()
+        assert [o for o, _ in points_in_table(ctx)] == [9]
+        send(c, "m", X[30:40], Y[30:40], wait=False)
+        a.drain()
+        assert calls[0] == [19, 29] and calls[-1][-1] == 39
+        assert [o for o, _ in points_in_table(ctx)] == [9, 19, 29, 39]
+        a.stop()
 
 
 # --------------------------------------------------------------------------- served

@@ -241,3 +241,51 @@ def test_sign_out_needs_the_token_and_ends_the_session(app_client):
     r = c.post("/ui/logout", data={"csrf": csrf(page)})
     assert r.status_code == 303 and r.headers["location"] == "/ui/login"
     assert c.get("/ui").status_code == 303
+
+
+@pytest.mark.parametrize("name", ["%00", "a%00", "x" * 65, "a b", "%C3%A9", "-a"])
+def test_a_name_the_api_would_refuse_is_a_404_page(app_client, name):
+    c = app_client
+    api(c, "POST", "/v1/models", json={"name": "a", "task": "binary", "input_dim": 2})
+    sign_in(c)
+    token = csrf(c.get("/ui/models/a").text)
+    for path in (f"/ui/models/{name}", f"/ui/models/{name}/versions/1", f"/ui/models/{name}/jobs.json"):
+        assert c.get(path).status_code == 404, path
+    for path in (f"/ui/models/{name}/aliases/p/rollback", f"/ui/models/a/aliases/{name}/rollback"):
+        assert c.post(path, data={"csrf": token}).status_code == 404, path
+
+
+def test_a_rollback_reason_is_checked_as_the_api_checks_it(app_client):
+    c = app_client
+    api(c, "POST", "/v1/models", json={"name": "a", "task": "binary", "input_dim": 2})
+    api(c, "PUT", "/v1/models/a/aliases/p", json={"version": 1})
+    api(c, "PUT", "/v1/models/a/aliases/p", json={"version": 1, "reason": "again"})
+    sign_in(c)
+    token = csrf(c.get("/ui/models/a").text)
+    history = api(c, "GET", "/v1/models/a/aliases/p/history")["items"]
+    for reason in ("x" * 1001, "a\x00b"):
+        r = c.post("/ui/models/a/aliases/p/rollback", data={"csrf": token, "reason": reason})
+        assert r.status_code == 303 and "error=" in r.headers["location"] and "reason" in r.headers["location"]
+    assert api(c, "GET", "/v1/models/a/aliases/p/history")["items"] == history
+
+
+def test_forms_from_another_site_are_refused(app_client):
+    c = app_client
+    api(c, "POST", "/v1/models", json={"name": "a", "task": "binary", "input_dim": 2})
+    api(c, "PUT", "/v1/models/a/aliases/p", json={"version": 1})
+    sign_in(c)
+    token = csrf(c.get("/ui/models/a").text)
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}):
+        assert c.post("/ui/models/a/aliases/p/rollback", data={"csrf": token}, headers=headers).status_code == 403
+        assert c.post("/ui/logout", data={"csrf": token}, headers=headers).status_code == 403
+        assert c.post("/ui/login", data={"key": ADMIN}, headers=headers).status_code == 403
+    assert c.get("/ui").status_code == 200  # still signed in
+    same = {"Sec-Fetch-Site": "same-origin", "Origin": "http://testserver"}
+    assert c.post("/ui/login", data={"key": ADMIN}, headers=same).status_code == 303
+
+
+def test_a_rollback_after_the_session_ended_signs_in_back_to_the_model(app_client):
+    c = app_client
+    api(c, "POST", "/v1/models", json={"name": "a", "task": "binary", "input_dim": 2})
+    r = c.post("/ui/models/a/aliases/p/rollback", data={"csrf": "x"})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/ui/models/a"

@@ -107,6 +107,18 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class Mark:
+    """The running prequential sums after the sample at ``offset``: ``count`` samples
+    since the metrics began, the sum of their losses, and of their correct labels (None
+    for a regression)."""
+
+    offset: int
+    count: int
+    loss_sum: float
+    correct: int | None
+
+
+@dataclass(frozen=True)
 class LearnResult:
     """``applied`` samples were learned (the first ``applied`` of the call), the last one
     being ``last_offset`` (None if none); ``pause`` is set if the call stopped early."""
@@ -314,6 +326,10 @@ class OnlineLearner:
         self.paused: Pause | None = None
         #: watches the applied samples' losses and inputs when set (the runtime sets it)
         self.drift: DriftMonitor | None = None
+        #: > 0: keep a :class:`Mark` at every applied offset ``o`` with ``(o + 1) % mark_every
+        #: == 0`` in :attr:`marks` (the runtime takes them; see :meth:`take_marks`)
+        self.mark_every = 0
+        self.marks: list[Mark] = []
         self._build_kernel()
 
     # ---------------------------------------------------------------- public
@@ -366,6 +382,11 @@ class OnlineLearner:
             for v in vars(obj).values():
                 add(v)
         return sum(seen.values())
+
+    def take_marks(self) -> list[Mark]:
+        """The marks kept since the last call, oldest first (and forget them)."""
+        out, self.marks = self.marks, []
+        return out
 
     def metrics(self) -> dict[str, Any]:
         """Prequential metrics: ``{"count", "loss", "accuracy", "window": {"size", "count",
@@ -522,8 +543,10 @@ class OnlineLearner:
             metrics.absorb(losses[:lim], None if correct is None else correct[:lim], self.config)
         else:
             stop, reason = n, None
-        self._metrics = metrics
         applied = n if reason is None else stop
+        if self.mark_every > 0 and applied:
+            self._mark(first, applied, losses, correct)
+        self._metrics = metrics
         if self.drift is not None and applied:
             self.drift.observe(first, losses[:applied], X[:applied])
         if self.drift is not None and reason == LOSS_BLOWUP:  # the guard saw the loss rise first
@@ -535,6 +558,23 @@ class OnlineLearner:
             self._run(X[:stop], Y[:stop])
         detail = self._detail(reason, float(losses[stop]))
         return stop, Pause(reason, first + stop, detail)
+
+    def _mark(self, first: int, applied: int, losses: np.ndarray, correct: np.ndarray | None) -> None:
+        """Marks at the offsets ``o`` of ``first .. first + applied − 1`` with ``(o + 1) %
+        mark_every == 0``: the running sums after sample ``o``, computed from the sums
+        before the block (``self._metrics``, not yet replaced) by the same sequential float
+        additions as :meth:`_Metrics.absorb` (so they equal what :meth:`metrics` would
+        show had the block ended there), without cutting the block."""
+        e = self.mark_every
+        k0 = (e - 1 - first % e) % e  # block index of the first marked offset
+        if k0 >= applied:
+            return
+        m = self._metrics
+        ks = np.arange(k0, applied, e)
+        sums = np.add.accumulate(np.concatenate(([m.loss_sum], losses[:applied])))[1:]
+        hits = None if correct is None else m.correct + np.cumsum(correct[:applied], dtype=np.int64)
+        for k in ks.tolist():
+            self.marks.append(Mark(first + k, m.count + k + 1, float(sums[k]), None if hits is None else int(hits[k])))
 
     def _detail(self, reason: str, loss: float) -> str:
         if reason == NON_FINITE_LOSS:

@@ -15,6 +15,17 @@
         if (bar) { bar.value = j.progress; }
         var pct = row.querySelector(".pct");
         if (pct) { pct.textContent = Math.round(j.progress * 100) + "%"; }
+        var cell = row.querySelector(".result");
+        if (cell && !cell.textContent.trim()) {
+          if (j.result && j.result.version) {
+            var a = document.createElement("a");
+            a.href = table.getAttribute("data-versions") + j.result.version;
+            a.textContent = "v" + j.result.version;
+            cell.appendChild(a);
+          } else if (j.error && j.error.message) {
+            cell.textContent = j.error.message;
+          }
+        }
         var badge = row.querySelector(".status .badge");
         if (badge && badge.textContent !== j.status) {
           badge.textContent = j.status;

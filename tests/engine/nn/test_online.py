@@ -539,3 +539,46 @@ def test_breast_cancer_online_logistic_accuracy() -> None:
         accs.append(evaluate(learner.snapshot(), Xte, y[te]).accuracy)
         assert learner.metrics()["accuracy"] > 0.9  # prequential accuracy over the passes
     assert np.mean(accs) >= 0.95, accs
+
+
+@pytest.mark.parametrize("task", ["binary", "regression", "multiclass"])
+@pytest.mark.parametrize("every", [1, 7, 100, 5000])
+def test_marks_are_the_running_sums_a_cut_stream_shows(task, every):
+    """A learner keeping marks every ``every`` offsets, fed the stream in arbitrary slices,
+    marks exactly (bit for bit) the sums that a learner cut at those offsets shows there,
+    and starts from wherever its first offset is."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+
+    if task == "binary":
+        X, Y = load_breast_cancer(return_X_y=True)
+        net = init_network("binary", "relu", 30, 1, [8], seed=1)
+    elif task == "multiclass":
+        X, Y = load_iris(return_X_y=True)
+        X, Y = np.tile(X, (4, 1)), np.tile(Y, 4)
+        net = init_network("multiclass", "relu", 4, 3, [8], seed=1)
+    else:
+        X, Y = load_diabetes(return_X_y=True)
+        Y = ((Y - Y.mean()) / Y.std())[:, None]
+        net = init_network("regression", "relu", 10, 1, [8], seed=1)
+    X = ((X - X.mean(0)) / X.std(0)).astype(np.float32)
+    first = 13  # offsets need not start at 0
+    opt = OptimizerConfig(kind="sgd", learning_rate=0.01)
+    a = OnlineLearner(net, opt)
+    a.mark_every = every
+    at, marks = 0, []
+    for size in itertools.cycle([1, 50, 333, 4100]):  # slices across the engine's blocks
+        if at >= len(X):
+            break
+        a.learn_many(X[at : at + size], Y[at : at + size], first_offset=first + at)
+        marks += a.take_marks()
+        at += size
+    want = [o for o in range(first, first + len(X)) if (o + 1) % every == 0]
+    assert [m.offset for m in marks] == want and a.take_marks() == []
+    b = OnlineLearner(net, opt)
+    done = 0
+    for m in marks:
+        k = m.offset - first + 1
+        b.learn_many(X[done:k], Y[done:k], first_offset=first + done)
+        done = k
+        s = b._metrics
+        assert (m.count, m.loss_sum, m.correct) == (s.count, s.loss_sum, None if task == "regression" else s.correct)
