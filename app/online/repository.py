@@ -471,9 +471,8 @@ class MetricPointRepository:
             for offset, count, loss_sum, correct in points
         ]
         insert = sqlite_insert if self.s.get_bind().dialect.name == "sqlite" else pg_insert
-        for i in range(0, len(rows), 1000):  # 10 parameters a row: under SQLite's bound per statement
-            stmt = insert(table(MetricPoint)).values(rows[i : i + 1000])
-            self.s.execute(stmt.on_conflict_do_nothing(index_elements=["model_id", "offset"]))
+        stmt = insert(table(MetricPoint)).on_conflict_do_nothing(index_elements=["model_id", "offset"])
+        self.s.execute(stmt, rows)  # executemany: one statement compiled, the rows batched
 
     def count(self, model_id: int, lo: int, hi: int) -> int:
         """Points recorded at offsets ``lo..hi``."""
