@@ -4,6 +4,7 @@ store, caches, and the background worker and learner threads."""
 
 from __future__ import annotations
 
+import base64
 import gc
 import logging
 import sys
@@ -286,6 +287,10 @@ UI_ASSETS = "/ui/static"
 #: ReDoc's bundle, served with no address outside the service (see :func:`add_offline_docs`)
 REDOC_JS = "/docs-redoc/redoc.standalone.js"
 REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+#: what it draws instead: the dashboard's icon, inline (no request, wherever the app is mounted)
+REDOC_LOGO = b"data:image/svg+xml;base64," + base64.b64encode(
+    (Path(__file__).parent / "ui" / "static" / "favicon.svg").read_bytes()
+)
 
 #: Where the documentation pages' assets are served from (the ``fastapi-offline`` package's files).
 DOCS_ASSETS = "/docs-assets"
@@ -330,7 +335,9 @@ def add_offline_docs(app: FastAPI) -> None:
     async def redoc_bundle() -> Response:
         if not redoc_js:
             js = (static / "redoc.standalone.js").read_bytes()
-            redoc_js.append(js.replace(REDOC_CDN_LOGO, b"/ui/static/favicon.svg"))
+            # the dashboard's icon instead, inline: no request, wherever the app is mounted
+            icon = (Path(__file__).parent / "ui" / "static" / "favicon.svg").read_bytes()
+            redoc_js.append(js.replace(REDOC_CDN_LOGO, b"data:image/svg+xml;base64," + base64.b64encode(icon)))
         return Response(redoc_js[0], media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/redoc", include_in_schema=False)
@@ -419,9 +426,9 @@ def create_app(settings: Settings | None = None) -> Steward:
     app.include_router(ui.router)
 
     @app.get("/", include_in_schema=False)
-    async def home() -> Response:
+    async def home(request: Request) -> Response:
         """A person who opens the service's address lands on the dashboard."""
-        return Response(status_code=307, headers={"Location": "/ui"})
+        return Response(status_code=307, headers={"Location": f"{request.scope.get('root_path', '')}/ui"})
 
     return app
 

@@ -100,7 +100,6 @@ class Node:
     x: float
     y: float
     aliases: list[str]
-    href: str
 
 
 @dataclass
@@ -125,7 +124,7 @@ class Lineage:
 COL, ROW, PAD = 120.0, 46.0, 30.0
 
 
-def lineage(versions: Sequence[dict[str, Any]], aliases: dict[str, int], href: str) -> Lineage:
+def lineage(versions: Sequence[dict[str, Any]], aliases: dict[str, int]) -> Lineage:
     """Versions (``version``, ``parent``, ``operation``) laid out left to right by depth
     (a version sits one column right of its parent; a version whose parent is not in the
     list starts a column-0 root), one row per version in order within its column. Each edge
@@ -145,10 +144,7 @@ def lineage(versions: Sequence[dict[str, Any]], aliases: dict[str, int], href: s
     names: dict[int, list[str]] = {}
     for a, v in sorted(aliases.items()):
         names.setdefault(v, []).append(a)
-    nodes = [
-        Node(n, str(by_number[n].get("operation", "")), *pos[n], names.get(n, []), href.format(version=n))
-        for n in sorted(by_number)
-    ]
+    nodes = [Node(n, str(by_number[n].get("operation", "")), *pos[n], names.get(n, [])) for n in sorted(by_number)]
     edges = []
     for n in sorted(by_number):
         p = by_number[n].get("parent")

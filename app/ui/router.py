@@ -69,7 +69,19 @@ def _who(request: Request) -> tuple[Principal, UiSession] | None:
         return None
 
 
+def _root(request: Request) -> str:
+    """Where the app is mounted behind a proxy (``--root-path``): every link and redirect
+    of the dashboard starts with it."""
+    return str(request.scope.get("root_path") or "").rstrip("/")
+
+
+def _go(request: Request, path: str) -> RedirectResponse:
+    """303 to ``path`` (a path of this app, ``/ui…``)."""
+    return RedirectResponse(_root(request) + path, status_code=303, headers=HEADERS)
+
+
 def _page(request: Request, template: str, code: int = 200, /, **context: Any) -> HTMLResponse:
+    context.setdefault("root", _root(request))
     r = templates.TemplateResponse(request, template, context, status_code=code)
     r.headers.update(HEADERS)
     return r
@@ -78,8 +90,11 @@ def _page(request: Request, template: str, code: int = 200, /, **context: Any) -
 def _sign_in(request: Request, target: str | None = None) -> RedirectResponse:
     """To the sign-in form, and back to ``target`` (default: this page) after it."""
     if target is None:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303, headers=HEADERS)
+        root, path = _root(request), request.url.path
+        if root and path.startswith(root + "/"):
+            path = path[len(root) :]  # the app's own path, whether or not the proxy kept the prefix
+        target = path + (f"?{request.url.query}" if request.url.query else "")
+    return _go(request, f"/ui/login?next={quote(target)}")
 
 
 def _error(request: Request, who: tuple[Principal, UiSession] | None, e: StewardError) -> HTMLResponse:
@@ -153,12 +168,12 @@ async def login(request: Request) -> Response:
     except Unauthorized:
         return _page(request, "login.html", who=None, next=nxt, error="That key is not valid (unknown or revoked).")
     cookie, _ = _sessions(request).issue(key)
-    r = RedirectResponse(nxt, status_code=303, headers=HEADERS)
+    r = _go(request, nxt)
     r.set_cookie(
         COOKIE,
         cookie,
         max_age=int(_sessions(request).seconds),
-        path="/ui",
+        path=_root(request) + "/ui",
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -174,8 +189,8 @@ async def logout(request: Request) -> Response:
     who = await run_in_threadpool(_who, request)
     if who is not None and not who[1].csrf_ok(form.get("csrf")):
         return _page(request, "error.html", 403, who=who, status=403, title="Forbidden", detail="Bad CSRF token.")
-    r = RedirectResponse("/ui/login", status_code=303, headers=HEADERS)
-    r.delete_cookie(COOKIE, path="/ui")
+    r = _go(request, "/ui/login")
+    r.delete_cookie(COOKIE, path=_root(request) + "/ui")
     return r
 
 
@@ -234,7 +249,7 @@ async def rollback(request: Request, name: str, alias: str) -> Response:
         e = await run_in_threadpool(UiService(_ctx(request)).rollback, who[0], name, alias, form.get("reason"))
     except StewardError as err:
         if err.status in (403, 409, 422):
-            return RedirectResponse(f"{back}?error={quote(str(err.detail))}", status_code=303, headers=HEADERS)
+            return _go(request, f"{back}?error={quote(str(err.detail))}")
         return _error(request, who, err)
     msg = f"{alias} moved back to version {e['version']} (was {e['previous']})"
-    return RedirectResponse(f"{back}?msg={quote(msg)}", status_code=303, headers=HEADERS)
+    return _go(request, f"{back}?msg={quote(msg)}")

@@ -59,7 +59,7 @@ class UiService:
             aliases.append({**a.model_dump(mode="json"), "history": [e.model_dump(mode="json") for e in entries]})
         versions, _ = self.ctx.models.list_versions(name, cursor=None, limit=LINEAGE_MAX)
         vs = [v.model_dump(mode="json") for v in versions]
-        graph = charts.lineage(vs, m["aliases"], f"/ui/models/{name}/versions/{{version}}")
+        graph = charts.lineage(vs, m["aliases"])
         hist = self.ctx.online.metrics_history(name, from_offset=None, to_offset=None, points=CURVE_POINTS)
         pts = hist.model_dump(mode="json")["points"]
         xs = [pt["offset"] for pt in pts]

@@ -289,3 +289,20 @@ def test_a_rollback_after_the_session_ended_signs_in_back_to_the_model(app_clien
     api(c, "POST", "/v1/models", json={"name": "a", "task": "binary", "input_dim": 2})
     r = c.post("/ui/models/a/aliases/p/rollback", data={"csrf": "x"})
     assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/ui/models/a"
+
+
+def test_behind_a_proxy_every_link_and_redirect_keeps_the_root_path(settings):
+    """Served at ``/steward`` (``--root-path``): links, form actions, redirects and the
+    cookie's path all start with it."""
+    with TestClient(create_app(settings), root_path="/steward", follow_redirects=False) as c:
+        api(c, "POST", "/steward/v1/models", json={"name": "a", "task": "binary", "input_dim": 2})
+        assert c.get("/steward/").headers["location"] == "/steward/ui"
+        r = c.get("/steward/ui/models/a")
+        assert r.headers["location"] == "/steward/ui/login?next=/ui/models/a"
+        r = c.post("/steward/ui/login", data={"key": ADMIN, "next": "/ui/models/a"})
+        assert r.status_code == 303 and r.headers["location"] == "/steward/ui/models/a"
+        assert "Path=/steward/ui" in r.headers["set-cookie"]
+        page = c.get("/steward/ui/models/a")
+        assert page.status_code == 200
+        for url in re.findall(r'(?:src|href|action|data-poll|data-versions)="([^"]+)"', page.text):
+            assert url.startswith("/steward/"), url
