@@ -40,16 +40,25 @@ class Chart:
 
 
 def _nice(v: float) -> str:
+    """A tick label: 3 significant digits, with k / M / G for large values."""
     if v == 0:
         return "0"
     a = abs(v)
-    if a >= 10_000:
-        return f"{v / 1000:.0f}k"
-    if a >= 100:
-        return f"{v:.0f}"
+    if a >= 1e13:
+        return f"{v:.3g}"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if a >= 10 * div:
+            return f"{v / div:.3g}{unit}"
     if a >= 1:
-        return f"{v:.2f}".rstrip("0").rstrip(".")
+        return f"{v:.3g}" if a < 1000 else f"{v:.0f}"
     return f"{v:.3g}"
+
+
+def _offset_ticks(x0: float, x1: float) -> list[float]:
+    """Up to 5 whole offsets from ``x0`` to ``x1`` (one when they are the same)."""
+    if x1 - x0 < 1:
+        return [x0]
+    return sorted({float(round(x0 + (x1 - x0) * i / 4)) for i in range(5)})
 
 
 def line_chart(title: str, xs: Sequence[float], series: Sequence[tuple[str, str, Sequence[float | None]]]) -> Chart:
@@ -64,8 +73,9 @@ def line_chart(title: str, xs: Sequence[float], series: Sequence[tuple[str, str,
     y0, y1 = min(0.0, min(finite)), max(finite)
     if y1 <= y0:
         y1 = y0 + 1.0
-    if x1 <= x0:
-        x1 = x0 + 1.0
+    ticks = _offset_ticks(x0, x1)
+    if x1 <= x0:  # one point: in the middle
+        x0, x1 = x0 - 1.0, x1 + 1.0
 
     def sx(x: float) -> float:
         return LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT)
@@ -88,7 +98,7 @@ def line_chart(title: str, xs: Sequence[float], series: Sequence[tuple[str, str,
                 s.lines.append(" ".join(f"{a:.1f},{b:.1f}" for a, b in run))
             run = []
         out.append(s)
-    x_ticks = [(sx(x0 + (x1 - x0) * i / 4), _nice(x0 + (x1 - x0) * i / 4)) for i in range(5)]
+    x_ticks = [(sx(x), _nice(x)) for x in ticks]
     y_ticks = [(sy(y0 + (y1 - y0) * i / 4), _nice(y0 + (y1 - y0) * i / 4)) for i in range(5)]
     return Chart(title, out, x_ticks, y_ticks, empty=False)
 
