@@ -130,6 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "port": settings.port,
         "access_log": settings.access_log,
         "proxy_headers": True,
+        "root_path": getattr(args, "root_path", "") or "",
+        **({"forwarded_allow_ips": args.forwarded_allow_ips} if getattr(args, "forwarded_allow_ips", None) else {}),
         "log_level": "info",
         "workers": n,  # explicit: uvicorn would otherwise read WEB_CONCURRENCY
         # open event streams (SSE, long polls) never end on their own: past this, a stop closes them
@@ -319,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="API processes sharing the port, each with its own job worker and learner (STEWARD_WORKERS, default 1)",
+    )
+    serve.add_argument(
+        "--root-path", default="", help="the path a proxy serves Steward under (e.g. /steward; links keep it)"
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        help="proxies whose X-Forwarded-* headers are trusted (uvicorn's; default 127.0.0.1, or FORWARDED_ALLOW_IPS)",
     )
     serve.add_argument("--no-worker", action="store_true", help="do not run a job worker in the API process(es)")
     serve.add_argument("--no-learner", action="store_true", help="do not run the online learner in the API process(es)")
