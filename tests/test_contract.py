@@ -96,11 +96,11 @@ def test_405_allow_lists_every_method_of_the_path(anon) -> None:
 
 
 def test_405_allow_with_get_and_delete(client) -> None:
-    """The probe's case: a path with GET and DELETE, asked with POST."""
+    """The probe's case: a path with GET, DELETE (and PATCH), asked with POST."""
     create_model(client, "m")
     r = client.post("/v1/models/m")
     body = assert_problem(r, 405)
-    assert _allow(r) - {"HEAD"} == {"GET", "DELETE"}
+    assert _allow(r) - {"HEAD"} == {"GET", "DELETE", "PATCH"}
     assert "POST" in body["detail"] and "/v1/models/m" in body["detail"]
 
 

@@ -108,6 +108,35 @@ class Version(Base):
     state_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     job_id: Mapped[str | None] = mapped_column(sa.String(36), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: metadata a user may change (``PATCH``); the parameters never change
+    description: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    tags: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+
+
+class ModelTag(Base):
+    """A model's tag, one row per key, beside ``models.tags`` (the answer's source): what
+    ``GET /models?tag=key:value`` finds through ``ix_model_tags_key_digest``. ``digest`` is
+    the value's sha256 (32 hex): an index entry of bounded size whatever the value."""
+
+    __tablename__ = "model_tags"
+    __table_args__ = (sa.Index("ix_model_tags_key_digest", "key", "digest"),)
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.Text)
+    digest: Mapped[str] = mapped_column(sa.String(32))
+
+
+class VersionTag(Base):
+    """A version's tag (as :class:`ModelTag`, beside ``versions.tags``)."""
+
+    __tablename__ = "version_tags"
+    __table_args__ = (sa.Index("ix_version_tags_key_digest", "key", "digest"),)
+
+    version_id: Mapped[int] = mapped_column(sa.ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.Text)
+    digest: Mapped[str] = mapped_column(sa.String(32))
 
 
 class Alias(Base):

@@ -16,11 +16,19 @@ from app.core.outbox import emit
 from app.core.schemas import number_cursor
 from app.core.tables import AliasEntry, Learner, Model, Version, utcnow
 from app.engine.nn.network import init_network
-from app.registry.repository import AliasRepository, ModelRepository, ServedRepository, VersionRepository
+from app.registry.repository import (
+    AliasRepository,
+    ModelRepository,
+    ServedRepository,
+    TagFilter,
+    VersionRepository,
+)
 from app.registry.schemas import (
+    TAGS_MAX,
     AliasEntryOut,
     AliasOut,
     DriftState,
+    MetadataPatch,
     ModelCreate,
     ModelOut,
     OnlineState,
@@ -58,6 +66,20 @@ def online_state(m: Model, learner: Learner | None) -> OnlineState:
         applied_through=applied_through if applied_through >= 0 else None,
         prequential=Prequential.model_validate(published),
     )
+
+
+def merged_tags(old: dict[str, Any], patch: dict[str, str | None]) -> dict[str, str]:
+    """JSON merge patch (RFC 7396) of a tag map: a key set to a string sets it, to null
+    removes it; the keys the patch does not name stay. At most :data:`TAGS_MAX` keys."""
+    out = {str(k): str(v) for k, v in old.items()}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    if len(out) > TAGS_MAX:
+        raise Invalid.at(["body", "tags"], f"at most {TAGS_MAX} tags; this would make {len(out)}")
+    return out
 
 
 def model_out(m: Model, latest: int, aliases: dict[str, int], learner: Learner | None = None) -> ModelOut:
@@ -146,10 +168,16 @@ class ModelService:
             return self.view_in(s, get_model(s, name))
 
     def page(
-        self, *, cursor: str | None, limit: int, allowed: tuple[str, ...] | None
+        self,
+        *,
+        cursor: str | None,
+        limit: int,
+        allowed: tuple[str, ...] | None,
+        tags: TagFilter = (),
+        q: str | None = None,
     ) -> tuple[list[ModelOut], str | None]:
         with self.db.read() as s:
-            rows = ModelRepository(s).page(after=cursor, limit=limit + 1, names=allowed)
+            rows = ModelRepository(s).page(after=cursor, limit=limit + 1, names=allowed, tags=tags, q=q)
             more = len(rows) > limit
             rows = rows[:limit]
             ids = [m.id for m in rows]
@@ -222,6 +250,7 @@ class ModelService:
         except IntegrityError:
             raise Conflict(f"a model named {spec.name!r} already exists") from None
         s.add(Learner(model_id=m.id, applied_through=-1, updated_at=now))
+        ModelRepository(s).set_tags(m, dict(spec.tags))
         emit(
             s,
             "model.created",
@@ -345,17 +374,53 @@ class ModelService:
             return entry_out(m, entry)
 
     # ---- versions
-    def list_versions(self, name: str, *, cursor: str | None, limit: int) -> tuple[list[VersionOut], str | None]:
+    def list_versions(
+        self,
+        name: str,
+        *,
+        cursor: str | None,
+        limit: int,
+        operation: str | None = None,
+        tags: TagFilter = (),
+    ) -> tuple[list[VersionOut], str | None]:
         after = number_cursor(cursor, digits=10)
         with self.db.read() as s:
             m = get_model(s, name)
-            rows = VersionRepository(s).page(m.id, after=after, limit=limit + 1, descending=True)
+            rows = VersionRepository(s).page(
+                m.id, after=after, limit=limit + 1, descending=True, operation=operation, tags=tags
+            )
             more = len(rows) > limit
             rows = rows[:limit]
             served = ServedRepository(s).get(m.id, [v.version for v in rows])
         return [version_out(m, v, served=served.get(v.version)) for v in rows], (
             str(rows[-1].version) if more and rows else None
         )
+
+    # ---- metadata
+    def patch(self, name: str, body: MetadataPatch) -> ModelOut:
+        """``PATCH /models/{name}``: ``description`` and ``tags`` (merged; a null removes a key)."""
+        with self.db.write() as s:
+            m = get_model(s, name, for_update=True)
+            if body.description is not None:
+                m.description = body.description
+            if body.tags is not None:
+                ModelRepository(s).set_tags(m, merged_tags(m.tags, body.tags))
+            m.updated_at = utcnow()
+            s.flush()
+            return self.view_in(s, m)
+
+    def patch_version(self, name: str, number: int, body: MetadataPatch) -> VersionOut:
+        """``PATCH /models/{name}/versions/{v}``: as :meth:`patch`; the parameters never change."""
+        with self.db.write() as s:
+            m = get_model(s, name, for_update=True)
+            v = self.versions.get(s, m, number)
+            if body.description is not None:
+                v.description = body.description
+            if body.tags is not None:
+                VersionRepository(s).set_tags(v, merged_tags(v.tags, body.tags))
+            s.flush()
+            served = ServedRepository(s).get(m.id, [v.version]).get(v.version)
+            return version_out(m, v, self.versions.exports(s, v), served)
 
     def get_version(self, name: str, number: int) -> VersionOut:
         with self.db.read() as s:

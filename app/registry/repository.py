@@ -3,6 +3,7 @@ add / flush / select, and never commit: the service that calls them owns the tra
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -12,7 +13,38 @@ from sqlalchemy.orm import Session
 
 from app.core.db import mark_changed, model_subject
 from app.core.outbox import emit
-from app.core.tables import Alias, AliasEntry, Learner, Model, ServedMetrics, Version, utcnow
+from app.core.tables import (
+    Alias,
+    AliasEntry,
+    Learner,
+    Model,
+    ModelTag,
+    ServedMetrics,
+    Version,
+    VersionTag,
+    utcnow,
+)
+
+#: ``(key, value)`` pairs a list is filtered by: all must match
+TagFilter = Sequence[tuple[str, str]]
+
+
+def tag_digest(value: str) -> str:
+    """What the tag tables index a value by (``ix_*_tags_key_digest``)."""
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def _tagged(owner: Any, table: type[ModelTag] | type[VersionTag], column: Any, tags: TagFilter) -> list[Any]:
+    """One ``owner IN (rows with the tag)`` condition per pair, each through the index."""
+    return [
+        owner.in_(sa.select(column).where(table.key == k, table.digest == tag_digest(v), table.value == v))
+        for k, v in tags
+    ]
+
+
+def _contains(column: Any, text: str) -> Any:
+    """Case-insensitive substring match, ``%`` and ``_`` taken literally."""
+    return column.icontains(text, autoescape=True)
 
 
 class ModelRepository:
@@ -31,13 +63,35 @@ class ModelRepository:
             q = q.with_for_update()
         return self.s.scalars(q).one_or_none()
 
-    def page(self, *, after: str | None, limit: int, names: Sequence[str] | None = None) -> list[Model]:
-        q = sa.select(Model).order_by(Model.name).limit(limit)
+    def page(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        names: Sequence[str] | None = None,
+        tags: TagFilter = (),
+        q: str | None = None,
+    ) -> list[Model]:
+        """Models by name after ``after``: of ``names`` (if given), with every tag of ``tags``,
+        and ``q`` in the name or the description (case-insensitive)."""
+        stmt = sa.select(Model).order_by(Model.name).limit(limit)
         if after is not None:
-            q = q.where(Model.name > after)
+            stmt = stmt.where(Model.name > after)
         if names is not None:
-            q = q.where(Model.name.in_(list(names)))
-        return list(self.s.scalars(q))
+            stmt = stmt.where(Model.name.in_(list(names)))
+        stmt = stmt.where(*_tagged(Model.id, ModelTag, ModelTag.model_id, tags))
+        if q:
+            stmt = stmt.where(sa.or_(_contains(Model.name, q), _contains(Model.description, q)))
+        return list(self.s.scalars(stmt))
+
+    def set_tags(self, m: Model, tags: dict[str, str]) -> None:
+        """``m.tags`` and its rows in ``model_tags`` (every change of a model's tags goes here)."""
+        m.tags = dict(tags)
+        self.s.flush()
+        self.s.execute(sa.delete(ModelTag).where(ModelTag.model_id == m.id))
+        if tags:
+            rows = [{"model_id": m.id, "key": k, "value": v, "digest": tag_digest(v)} for k, v in tags.items()]
+            self.s.execute(sa.insert(ModelTag), rows)
 
     def add(self, model: Model) -> Model:
         self.s.add(model)
@@ -89,12 +143,33 @@ class VersionRepository:
     def by_job(self, job_id: str) -> Version | None:
         return self.s.scalars(sa.select(Version).where(Version.job_id == job_id)).one_or_none()
 
-    def page(self, model_id: int, *, after: int | None, limit: int, descending: bool = False) -> list[Version]:
+    def page(
+        self,
+        model_id: int,
+        *,
+        after: int | None,
+        limit: int,
+        descending: bool = False,
+        operation: str | None = None,
+        tags: TagFilter = (),
+    ) -> list[Version]:
         order = Version.version.desc() if descending else Version.version
         q = sa.select(Version).where(Version.model_id == model_id).order_by(order).limit(limit)
         if after is not None:
             q = q.where(Version.version < after if descending else Version.version > after)
+        if operation is not None:
+            q = q.where(Version.operation == operation)
+        q = q.where(*_tagged(Version.id, VersionTag, VersionTag.version_id, tags))
         return list(self.s.scalars(q))
+
+    def set_tags(self, v: Version, tags: dict[str, str]) -> None:
+        """``v.tags`` and its rows in ``version_tags``."""
+        v.tags = dict(tags)
+        self.s.flush()
+        self.s.execute(sa.delete(VersionTag).where(VersionTag.version_id == v.id))
+        if tags:
+            rows = [{"version_id": v.id, "key": k, "value": val, "digest": tag_digest(val)} for k, val in tags.items()]
+            self.s.execute(sa.insert(VersionTag), rows)
 
     def add(self, v: Version) -> Version:
         mark_changed(self.s, model_subject(v.model_id))  # `latest` moves

@@ -30,8 +30,10 @@ from app.registry.schemas import (
     AliasOut,
     AliasPut,
     AliasRollback,
+    MetadataPatch,
     ModelCreate,
     ModelOut,
+    Operation,
     VersionOut,
 )
 
@@ -64,10 +66,24 @@ def create_model(body: ModelCreate, ctx: Ctx, p: MaintainKey, response: Response
     responses=problem_responses(401, 403, 422),
     operation_id="list_models",
 )
-def list_models(ctx: Ctx, p: ReadKey, page: PageParams) -> Page[ModelOut]:
+def list_models(ctx: Ctx, p: ReadKey, page: PageParams, tag: TagQuery = None, q: SearchQuery = None) -> Page[ModelOut]:
     limit, cursor = page
-    items, nxt = ctx.models.page(cursor=cursor, limit=limit, allowed=p.models)
+    items, nxt = ctx.models.page(cursor=cursor, limit=limit, allowed=p.models, tags=parse_tags(tag), q=q)
     return Page[ModelOut](items=items, next_cursor=nxt)
+
+
+@router.patch(
+    "/models/{name}",
+    tags=["models"],
+    response_model=ModelOut,
+    summary="Change a model's description and tags",
+    description="Only `description` and `tags` change (any other field is a 422 naming it). `tags` is a JSON "
+    'merge patch: `{"team": "growth"}` sets a tag, `{"stage": null}` removes one, the others stay.',
+    responses=problem_responses(400, 401, 403, 404, 422),
+    operation_id="patch_model",
+)
+def patch_model(name: ModelNamePath, body: MetadataPatch, ctx: Ctx, _: ModelMaintain) -> ModelOut:
+    return ctx.models.patch(name, body)
 
 
 @router.get(
@@ -117,6 +133,30 @@ IfMatch = Annotated[
         examples=['"5"'],
     ),
 ]
+TagQuery = Annotated[
+    list[str] | None,
+    Query(
+        max_length=16,
+        description="`key:value`: only those with this tag (repeatable: all must match)",
+        examples=[["team:growth"]],
+    ),
+]
+SearchQuery = Annotated[
+    Text | None, Query(min_length=1, max_length=200, description="Text in the name or the description (any case)")
+]
+
+
+def parse_tags(values: list[str] | None) -> list[tuple[str, str]]:
+    """``key:value`` pairs (split at the first colon); 422 at ``query.tag.i`` otherwise."""
+    out = []
+    for i, raw in enumerate(values or []):
+        key, sep, value = raw.partition(":")
+        if not sep or not key or len(key) > 128 or len(value) > 1024 or "\x00" in raw:
+            raise Invalid.at(["query", "tag", i], "expected key:value (a key of 1–128 characters, no NUL)")
+        out.append((key, value))
+    return out
+
+
 Reason = Annotated[Text | None, Query(max_length=REASON_MAX, description="Why (kept in the alias history)")]
 
 
@@ -272,10 +312,32 @@ def rollback_alias(
     responses=problem_responses(401, 403, 404, 422),
     operation_id="list_versions",
 )
-def list_versions(name: ModelNamePath, ctx: Ctx, _: ModelRead, page: PageParams) -> Page[VersionOut]:
+def list_versions(
+    name: ModelNamePath,
+    ctx: Ctx,
+    _: ModelRead,
+    page: PageParams,
+    operation: Annotated[Operation | None, Query(description="Only versions made by this operation")] = None,
+    tag: TagQuery = None,
+) -> Page[VersionOut]:
     limit, cursor = page
-    items, nxt = ctx.models.list_versions(name, cursor=cursor, limit=limit)
+    items, nxt = ctx.models.list_versions(name, cursor=cursor, limit=limit, operation=operation, tags=parse_tags(tag))
     return Page[VersionOut](items=items, next_cursor=nxt)
+
+
+@router.patch(
+    "/models/{name}/versions/{version}",
+    tags=["versions"],
+    response_model=VersionOut,
+    summary="Change a version's description and tags (its parameters never change)",
+    description="As `PATCH /models/{name}`: only `description` and `tags` (a JSON merge patch).",
+    responses=problem_responses(400, 401, 403, 404, 422),
+    operation_id="patch_version",
+)
+def patch_version(
+    name: ModelNamePath, version: VersionPath, body: MetadataPatch, ctx: Ctx, _: ModelMaintain
+) -> VersionOut:
+    return ctx.models.patch_version(name, version, body)
 
 
 @router.get(

@@ -45,6 +45,28 @@ class GuardSpec(Strict):
     warmup: int = Field(1000, ge=10, le=10_000_000)
 
 
+#: a tag's key and value (free text without NUL); a model or version has at most TAGS_MAX
+TagKey = Annotated[Text, Field(min_length=1, max_length=128)]
+TagValue = Annotated[Text, Field(max_length=1024)]
+TAGS_MAX = 64
+
+
+class MetadataPatch(Strict):
+    """``PATCH /models/{name}`` and ``PATCH /models/{name}/versions/{v}``: only the
+    description and the tags change (any other field is a 422 naming it). ``tags`` is a JSON
+    merge patch: a key set to a string sets that tag, to null removes it, and the tags it
+    does not name stay."""
+
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {
+            "examples": [{"description": "churn risk, retrained weekly", "tags": {"team": "growth", "stage": None}}]
+        },
+    }
+    description: Text | None = Field(None, max_length=10_000)
+    tags: dict[TagKey, TagValue | None] | None = Field(None, max_length=TAGS_MAX)
+
+
 class ModelCreate(Strict):
     model_config = {
         "extra": "forbid",
@@ -86,9 +108,7 @@ class ModelCreate(Strict):
     )
     seed: int = Field(0, ge=0, le=2**63 - 1)
     description: Text = Field("", max_length=10_000)
-    tags: dict[Annotated[Text, Field(max_length=128)], Annotated[Text, Field(max_length=1024)]] = Field(
-        default_factory=dict, max_length=64
-    )
+    tags: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=TAGS_MAX)
     guard: GuardSpec = Field(default_factory=GuardSpec)
 
     @model_validator(mode="after")
@@ -278,6 +298,8 @@ class VersionOut(BaseModel):
                     "encoding": "dense",
                     "architecture": [4, 8, 1],
                     "applied_through": None,
+                    "description": "weekly retrain",
+                    "tags": {"reviewed": "yes"},
                     "exports": [
                         {
                             "target": "onnx",
@@ -306,6 +328,8 @@ class VersionOut(BaseModel):
     encoding: str = Field(description="Storage encoding: dense, sparse or quantized")
     architecture: list[int] = Field(description="Layer widths, input first: [input_dim, *hidden, output_dim]")
     applied_through: int | None = None
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
     exports: list[dict[str, Any]] = Field(default_factory=list)
     served: ServedOut = Field(default_factory=ServedOut)
     created_at: datetime

@@ -408,6 +408,8 @@ def version_out(
         encoding=v.encoding,
         architecture=list(v.architecture),
         applied_through=v.applied_through,
+        description=v.description or "",
+        tags=dict(v.tags or {}),
         exports=exports or [],
         served=served_out(m.task, served),
         created_at=v.created_at,

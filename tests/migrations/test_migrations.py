@@ -240,3 +240,39 @@ def test_0008_starts_the_history_of_existing_aliases_and_the_event_counter(db_ur
         db.dispose()
     downgrade(db_url, "0007")
     assert not {"alias_history", "events", "event_sequence", "webhooks", "webhook_deliveries"} & tables(db_url)
+
+
+def test_0011_copies_existing_tags_into_the_tag_table_and_gives_versions_metadata(db_url):
+    """0011: every existing model's tags get their rows in ``model_tags`` (so the tag filter
+    finds models made before it), versions get an empty description and tags."""
+    from app.registry.repository import tag_digest
+
+    upgrade(db_url, "0010")
+    eng = sa.create_engine(db_url)
+    try:
+        with eng.begin() as c:
+            for mid, tags in ((1, '{"team": "growth", "env": "prod"}'), (2, "{}")):
+                c.exec_driver_sql(
+                    "INSERT INTO models (id, name, task, input_dim, output_dim, hidden, activation, optimizer,"
+                    " checkpoint_every, checkpoint_seconds, seed, description, tags, guard, status, next_offset,"
+                    f" created_at, updated_at) VALUES ({mid}, 'm{mid}', 'binary', 2, 1, '[]', 'relu', '{{}}', 10, 1.0,"
+                    f" 0, '', '{tags}', '{{}}', 'active', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            c.exec_driver_sql(
+                "INSERT INTO versions (id, model_id, version, parent, operation, params, metrics, blob_sha256,"
+                " size_bytes, dtype, sparsity, encoding, architecture, created_at) VALUES (1, 1, 1, NULL, 'init',"
+                " '{}', '{}', 'ab', 1, 'float32', 0.0, 'dense', '[2, 1]', CURRENT_TIMESTAMP)"
+            )
+        upgrade(db_url, "0011")
+        meta = sa.MetaData()
+        model_tags = sa.Table("model_tags", meta, autoload_with=eng)
+        versions = sa.Table("versions", meta, autoload_with=eng)
+        with eng.connect() as c:
+            rows = sorted(tuple(r) for r in c.execute(sa.select(model_tags)))
+            v = c.execute(sa.select(versions.c.description, versions.c.tags)).one()
+        assert rows == [(1, "env", "prod", tag_digest("prod")), (1, "team", "growth", tag_digest("growth"))]
+        assert (v.description, v.tags) == ("", {})
+        downgrade(db_url, "0010")
+        assert "model_tags" not in tables(db_url)
+    finally:
+        eng.dispose()
