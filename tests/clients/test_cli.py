@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy as stnp
+from steward_client import Client
 
 from app.cli import main
 from tests.conftest import ADMIN
@@ -98,6 +99,18 @@ def test_push_every_file_kind_then_jobs_aliases_pull_and_events(server, tmp_path
     # predict, recorded
     code, out, _ = run(capsys, "predict", "m", "--inputs", "[[0.1, 0.2, 0.3]]", "--record", "--json")
     assert len(json.loads(out)["prediction_ids"]) == 1
+
+
+def test_models_list_filters(server, capsys):
+    with Client(server.url, ADMIN) as st:
+        st.create_model("a", task="binary", input_dim=2, tags={"team": "growth"}, description="churn")
+        st.create_model("b", task="binary", input_dim=2, tags={"team": "risk"})
+    code, out, _ = run(capsys, "models", "list", "--tag", "team:growth", "--json")
+    assert code == 0 and [m["name"] for m in json.loads(out)] == ["a"]
+    code, out, _ = run(capsys, "models", "list", "--search", "CHURN", "--json")
+    assert code == 0 and [m["name"] for m in json.loads(out)] == ["a"]
+    code, _, err = run(capsys, "models", "list", "--tag", "nocolon")
+    assert code != 0 and "KEY:VALUE" in err
 
 
 def test_errors_and_configuration(server, tmp_path, capsys, monkeypatch):

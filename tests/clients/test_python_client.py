@@ -79,6 +79,25 @@ def test_models_update_in_chunks_with_retries_predict_label_and_weights(server):
         assert all(torch.equal(sd[k], torch.from_numpy(ref[k])) for k in ref)
 
 
+def test_metadata_and_filters(server):
+    with Client(server.url, ADMIN) as st:
+        st.create_model("a", task="binary", input_dim=2, tags={"team": "growth"}, description="Churn risk")
+        st.create_model("b", task="binary", input_dim=2, tags={"team": "risk"})
+        m = st.update_model("b", description="fraud", tags={"team": "growth", "env": "prod"})
+        assert m["description"] == "fraud" and m["tags"] == {"team": "growth", "env": "prod"}
+        assert [x["name"] for x in st.models(tags={"team": "growth"})] == ["a", "b"]
+        assert [x["name"] for x in st.models(tags={"team": "growth", "env": "prod"})] == ["b"]
+        assert [x["name"] for x in st.models(q="churn")] == ["a"]
+        assert st.update_model("b", tags={"env": None})["tags"] == {"team": "growth"}
+        v = st.update_version("a", 1, tags={"reviewed": "yes"})
+        assert v["tags"] == {"reviewed": "yes"} and v["version"] == 1
+        assert [x["version"] for x in st.versions("a", tags={"reviewed": "yes"})] == [1]
+        assert st.versions("a", operation="prune") == []
+        with pytest.raises(StewardError) as e:
+            st.update_model("a", tags={"": "x"})
+        assert e.value.status == 422
+
+
 def test_problems_are_raised_with_status_detail_and_errors(server):
     with Client(server.url, ADMIN) as st:
         st.create_model("m", task="binary", input_dim=4)

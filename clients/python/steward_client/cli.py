@@ -210,7 +210,13 @@ def csv_lines(path: Path, col: int, width: int) -> Iterator[bytes]:
 # --------------------------------------------------------------------------- commands
 def cmd_models(st: Client, args: argparse.Namespace) -> None:
     if args.models_command == "list":
-        items = st.models()
+        tags = {}
+        for raw in args.tag or []:
+            key, sep, value = raw.partition(":")
+            if not sep or not key:
+                raise Usage(f"--tag {raw!r}: expected KEY:VALUE")
+            tags[key] = value
+        items = st.models(tags=tags or None, q=args.search)
         emit(
             args,
             items,
@@ -426,7 +432,9 @@ def add_commands(sub: Any) -> None:
     models = task("models", "models: list, show, create").add_subparsers(
         dest="models_command", required=True, metavar="ACTION"
     )
-    child(models, "list", "list the models")
+    lst_models = child(models, "list", "list the models")
+    lst_models.add_argument("--tag", action="append", metavar="KEY:VALUE", help="only with this tag (repeatable)")
+    lst_models.add_argument("--search", metavar="TEXT", help="only with TEXT in the name or description")
     show = child(models, "show", "one model, whole")
     show.add_argument("name")
     create = child(models, "create", "create a model (its version 1)")

@@ -175,6 +175,16 @@ class _Base:
         total["requests"] += 1
 
 
+def _filters(tags: dict[str, str] | None, q: str | None) -> dict[str, Any]:
+    """List filters as query parameters: ``tag=key:value`` (each), ``q``."""
+    out: dict[str, Any] = {}
+    if tags:
+        out["tag"] = [f"{k}:{v}" for k, v in tags.items()]
+    if q:
+        out["q"] = q
+    return out
+
+
 class Client(_Base):
     """A blocking client: ``with Client(url, key) as st: ...``."""
 
@@ -233,8 +243,26 @@ class Client(_Base):
         out: Model = self._json("POST", "/models", json={"name": name, **spec})
         return out
 
-    def models(self) -> list[Model]:
-        return list(self._pages("/models"))
+    def models(self, *, tags: dict[str, str] | None = None, q: str | None = None) -> list[Model]:
+        """Every model (the key may see), or those with all of ``tags`` and ``q`` in the
+        name or the description."""
+        return list(self._pages("/models", _filters(tags, q)))
+
+    def update_model(
+        self, name: str, *, description: str | None = None, tags: dict[str, str | None] | None = None
+    ) -> Model:
+        """Change a model's description and tags (``tags`` merged: ``None`` removes a tag)."""
+        body: dict[str, Any] = {k: v for k, v in (("description", description), ("tags", tags)) if v is not None}
+        out: Model = self._json("PATCH", f"/models/{name}", json=body)
+        return out
+
+    def update_version(
+        self, name: str, version: int, *, description: str | None = None, tags: dict[str, str | None] | None = None
+    ) -> Version:
+        """Change a version's description and tags (its parameters never change)."""
+        body: dict[str, Any] = {k: v for k, v in (("description", description), ("tags", tags)) if v is not None}
+        out: Version = self._json("PATCH", f"/models/{name}/versions/{version}", json=body)
+        return out
 
     def model(self, name: str) -> Model:
         out: Model = self._json("GET", f"/models/{name}", retry=True)
@@ -243,8 +271,11 @@ class Client(_Base):
     def delete_model(self, name: str) -> None:
         self.request("DELETE", f"/models/{name}")
 
-    def versions(self, name: str) -> list[Version]:
-        return list(self._pages(f"/models/{name}/versions"))
+    def versions(self, name: str, *, operation: str | None = None, tags: dict[str, str] | None = None) -> list[Version]:
+        params = _filters(tags, None)
+        if operation is not None:
+            params["operation"] = operation
+        return list(self._pages(f"/models/{name}/versions", params))
 
     def version(self, name: str, version: int) -> Version:
         out: Version = self._json("GET", f"/models/{name}/versions/{version}", retry=True)

@@ -30,6 +30,8 @@ class Version(TypedDict, total=False):
     dtype: str
     sparsity: float
     served: dict[str, Any]
+    description: str
+    tags: dict[str, str]
 
 
 class Job(TypedDict, total=False):
