@@ -68,6 +68,15 @@ def online_state(m: Model, learner: Learner | None) -> OnlineState:
     )
 
 
+def apply_metadata(row: Any, body: MetadataPatch, set_tags: Callable[[Any, dict[str, str]], None]) -> None:
+    """A metadata ``PATCH`` on a model's or a version's row: the description, and the tags
+    merged (:func:`merged_tags`) and stored with ``set_tags`` (which keeps the tag rows)."""
+    if body.description is not None:
+        row.description = body.description
+    if body.tags is not None:
+        set_tags(row, merged_tags(row.tags, body.tags))
+
+
 def merged_tags(old: dict[str, Any], patch: dict[str, str | None]) -> dict[str, str]:
     """JSON merge patch (RFC 7396) of a tag map: a key set to a string sets it, to null
     removes it; the keys the patch does not name stay. At most :data:`TAGS_MAX` keys."""
@@ -401,10 +410,7 @@ class ModelService:
         """``PATCH /models/{name}``: ``description`` and ``tags`` (merged; a null removes a key)."""
         with self.db.write() as s:
             m = get_model(s, name, for_update=True)
-            if body.description is not None:
-                m.description = body.description
-            if body.tags is not None:
-                ModelRepository(s).set_tags(m, merged_tags(m.tags, body.tags))
+            apply_metadata(m, body, ModelRepository(s).set_tags)
             m.updated_at = utcnow()
             s.flush()
             return self.view_in(s, m)
@@ -414,10 +420,7 @@ class ModelService:
         with self.db.write() as s:
             m = get_model(s, name, for_update=True)
             v = self.versions.get(s, m, number)
-            if body.description is not None:
-                v.description = body.description
-            if body.tags is not None:
-                VersionRepository(s).set_tags(v, merged_tags(v.tags, body.tags))
+            apply_metadata(v, body, VersionRepository(s).set_tags)
             s.flush()
             served = ServedRepository(s).get(m.id, [v.version]).get(v.version)
             return version_out(m, v, self.versions.exports(s, v), served)

@@ -42,6 +42,15 @@ def _tagged(owner: Any, table: type[ModelTag] | type[VersionTag], column: Any, t
     ]
 
 
+def _replace_tags(s: Session, owner: Any, owner_id: int, tags: dict[str, str]) -> None:
+    """The tag table's rows of one owner (``owner``: its column, ``model_tags.model_id`` or
+    ``version_tags.version_id``) made ``tags``."""
+    s.execute(sa.delete(owner.class_).where(owner == owner_id))
+    if tags:
+        rows = [{owner.key: owner_id, "key": k, "value": v, "digest": tag_digest(v)} for k, v in tags.items()]
+        s.execute(sa.insert(owner.class_), rows)
+
+
 def _contains(column: Any, text: str) -> Any:
     """Case-insensitive substring match, ``%`` and ``_`` taken literally."""
     return column.icontains(text, autoescape=True)
@@ -88,10 +97,7 @@ class ModelRepository:
         """``m.tags`` and its rows in ``model_tags`` (every change of a model's tags goes here)."""
         m.tags = dict(tags)
         self.s.flush()
-        self.s.execute(sa.delete(ModelTag).where(ModelTag.model_id == m.id))
-        if tags:
-            rows = [{"model_id": m.id, "key": k, "value": v, "digest": tag_digest(v)} for k, v in tags.items()]
-            self.s.execute(sa.insert(ModelTag), rows)
+        _replace_tags(self.s, ModelTag.model_id, m.id, tags)
 
     def add(self, model: Model) -> Model:
         self.s.add(model)
@@ -166,10 +172,7 @@ class VersionRepository:
         """``v.tags`` and its rows in ``version_tags``."""
         v.tags = dict(tags)
         self.s.flush()
-        self.s.execute(sa.delete(VersionTag).where(VersionTag.version_id == v.id))
-        if tags:
-            rows = [{"version_id": v.id, "key": k, "value": val, "digest": tag_digest(val)} for k, val in tags.items()]
-            self.s.execute(sa.insert(VersionTag), rows)
+        _replace_tags(self.s, VersionTag.version_id, v.id, tags)
 
     def add(self, v: Version) -> Version:
         mark_changed(self.s, model_subject(v.model_id))  # `latest` moves

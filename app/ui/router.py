@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from app.context import AppContext
-from app.core.errors import NotFound, StewardError, Unauthorized
+from app.core.errors import Forbidden, NotFound, StewardError, Unauthorized
 from app.core.schemas import NAME_PATTERN
 from app.keys.service import Principal
 from app.ui.service import UiService
@@ -122,7 +122,7 @@ def _same_site(request: Request) -> bool:
 
 def _cross_site(request: Request) -> HTMLResponse:
     detail = "This form was sent from another site."
-    return _page(request, "error.html", 403, who=None, status=403, title="Forbidden", detail=detail)
+    return _error(request, None, Forbidden(detail))
 
 
 def _safe_next(value: str | None) -> str:
@@ -188,7 +188,7 @@ async def logout(request: Request) -> Response:
     form = await _form(request)
     who = await run_in_threadpool(_who, request)
     if who is not None and not who[1].csrf_ok(form.get("csrf")):
-        return _page(request, "error.html", 403, who=who, status=403, title="Forbidden", detail="Bad CSRF token.")
+        return _error(request, who, Forbidden("Bad CSRF token."))
     r = _go(request, "/ui/login")
     r.delete_cookie(COOKIE, path=_root(request) + "/ui")
     return r
@@ -243,7 +243,7 @@ async def rollback(request: Request, name: str, alias: str) -> Response:
     if who is None:  # the session ended: sign in again, then back to the model's page
         return _sign_in(request, back)
     if not who[1].csrf_ok(form.get("csrf")):
-        return _page(request, "error.html", 403, who=who, status=403, title="Forbidden", detail="Bad CSRF token.")
+        return _error(request, who, Forbidden("Bad CSRF token."))
     try:
         _named(name, alias)
         e = await run_in_threadpool(UiService(_ctx(request)).rollback, who[0], name, alias, form.get("reason"))
